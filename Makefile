@@ -1,0 +1,35 @@
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= gateway.toml
+
+.PHONY: install run test lint check clean bench
+
+$(BIN)/gateway: pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test,otel]'
+	touch $(BIN)/gateway
+
+install: $(BIN)/gateway
+
+run: install
+	$(BIN)/gateway serve --config $(CONFIG)
+
+check: install
+	$(BIN)/gateway check --config $(CONFIG)
+
+test: install
+	$(BIN)/ruff check proxy adapters tests
+	$(BIN)/pytest -q
+
+# Direct vs gateway (bare, governed) vs LiteLLM on loopback; writes tests/bench/RESULTS.md.
+# BENCH_ARGS="--quick --skip-litellm" (or BENCH_QUICK=1, BENCH_SKIP_LITELLM=1) for a smoke run.
+bench: install
+	$(BIN)/python tests/bench/run.py $(BENCH_ARGS)
+
+lint: install
+	$(BIN)/ruff check proxy adapters tests
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
