@@ -1,0 +1,1 @@
+"""One module per provider wire format, all behind the interface in adapters.base."""

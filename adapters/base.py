@@ -1,0 +1,206 @@
+"""The interface every provider adapter implements.
+
+An adapter is pure translation, with no I/O of its own: it turns an OpenAI request into the
+provider's HTTP request, and the provider's response body, byte stream or error back into OpenAI
+bytes plus the usage it carried. Sending, timeouts and retries live in ``proxy`` so that every
+provider gets the same behaviour. Adding a provider is one module that subclasses ``Adapter``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from proxy.config import ProviderConfig, Target
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0  # part of prompt_tokens
+    reasoning_tokens: int = 0  # part of completion_tokens
+    estimated: bool = False  # counted by the gateway, not reported by the upstream
+
+    @classmethod
+    def from_openai(cls, usage: Any) -> Usage | None:
+        if not isinstance(usage, dict):
+            return None
+        prompt_details = usage.get("prompt_tokens_details") or {}
+        completion_details = usage.get("completion_tokens_details") or {}
+        return cls(
+            prompt_tokens=_int(usage.get("prompt_tokens")),
+            completion_tokens=_int(usage.get("completion_tokens")),
+            cached_tokens=_int(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else 0,
+            reasoning_tokens=(
+                _int(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else 0
+            ),
+        )
+
+    def to_openai(self) -> dict[str, Any]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+            "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
+        }
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+@dataclass(slots=True)
+class Call:
+    """One client request bound to one target. Adapters must not mutate ``body``."""
+
+    alias: str
+    target: Target
+    provider: ProviderConfig
+    body: dict[str, Any]
+    stream: bool
+    include_usage: bool  # the client asked for the usage chunk
+    request_id: str
+
+
+@dataclass(slots=True)
+class UpstreamRequest:
+    url: str
+    headers: dict[str, str]
+    content: bytes
+    method: str = "POST"
+
+
+@dataclass(slots=True)
+class Reply:
+    body: bytes  # OpenAI JSON, ``model`` already set to the alias
+    usage: Usage | None
+
+
+class UpstreamError(Exception):
+    """A failed upstream attempt, already in the shape the client will see.
+
+    ``reason`` is one of: timeout, connection, status_5xx, status_429, status_4xx, bad_response.
+    The router decides from ``reason`` whether another attempt (or target) may succeed.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        reason: str,
+        type: str = "api_error",
+        code: str | None = None,
+        param: str | None = None,
+        retry_after: str | None = None,
+        upstream_status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.reason = reason
+        self.type = type
+        self.code = code
+        self.param = param
+        self.retry_after = retry_after
+        self.upstream_status = upstream_status
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class StreamTranslator:
+    """Turns upstream stream bytes into OpenAI SSE bytes, as they arrive.
+
+    ``feed`` returns what can be sent now (possibly b""); ``end`` is called when the upstream
+    closes and returns the tail, or raises UpstreamError if the stream ended early. ``done`` turns
+    true at the upstream's terminal event; ``error`` is set when the upstream reported an error
+    in-band (the translator has already emitted it as an OpenAI error event).
+    """
+
+    usage: Usage | None = None
+    done: bool = False
+    error: UpstreamError | None = None
+
+    def feed(self, data: bytes) -> bytes:
+        raise NotImplementedError
+
+    def end(self) -> bytes:
+        raise NotImplementedError
+
+    def estimated_completion_tokens(self) -> int:
+        """A guess at the tokens generated so far, used only when the upstream sent no usage."""
+        return 0
+
+
+class Adapter:
+    """Base class: one instance per configured provider."""
+
+    def __init__(self, provider: ProviderConfig) -> None:
+        self.provider = provider
+
+    def chat_request(self, call: Call) -> UpstreamRequest:
+        raise NotImplementedError
+
+    def chat_response(self, call: Call, body: bytes) -> Reply:
+        raise NotImplementedError
+
+    def chat_stream(self, call: Call) -> StreamTranslator:
+        raise NotImplementedError
+
+    def embeddings_request(self, call: Call) -> UpstreamRequest:
+        raise UpstreamError(400, f"provider kind {self.provider.kind!r} has no embeddings", "status_4xx",
+                            type="invalid_request_error", code="unsupported_endpoint")
+
+    def embeddings_response(self, call: Call, body: bytes) -> Reply:
+        raise NotImplementedError
+
+    def error(self, status: int, body: bytes, headers: dict[str, str]) -> UpstreamError:
+        """Map a non-2xx upstream answer to the error the client sees."""
+        raise NotImplementedError
+
+
+def upstream_status_error(
+    provider: ProviderConfig,
+    status: int,
+    message: str,
+    type: str | None,
+    code: str | None = None,
+    param: str | None = None,
+    retry_after: str | None = None,
+) -> UpstreamError:
+    """Shared status policy: 4xx passes through, 429 keeps Retry-After, 5xx becomes 502."""
+    message = scrub(provider, message)
+    if status == 429:
+        return UpstreamError(429, message, "status_429", type or "rate_limit_error", code or "rate_limit_exceeded",
+                             param, retry_after, status)
+    if 400 <= status < 500:
+        return UpstreamError(status, message, "status_4xx", type or "invalid_request_error", code, param,
+                             upstream_status=status)
+    return UpstreamError(502, f"upstream {provider.name} returned {status}: {message}", "status_5xx",
+                         "upstream_error", code or "upstream_error", param, retry_after, status)
+
+
+def bad_response(provider: ProviderConfig, what: str) -> UpstreamError:
+    return UpstreamError(502, f"upstream {provider.name} sent {what}", "bad_response", "upstream_error",
+                         "bad_upstream_response")
+
+
+def scrub(provider: ProviderConfig, text: str) -> str:
+    """Provider keys never leave the process, even when an upstream echoes them in a message."""
+    if provider.api_key and provider.api_key in text:
+        text = text.replace(provider.api_key, "***")
+    return text
+
+
+def loads_object(provider: ProviderConfig, body: bytes) -> dict[str, Any]:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise bad_response(provider, "a body that is not JSON") from None
+    if not isinstance(data, dict):
+        raise bad_response(provider, "a JSON body that is not an object")
+    return data

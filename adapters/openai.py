@@ -1,0 +1,227 @@
+"""kind = "openai": any OpenAI-compatible API (OpenAI, OpenRouter, Mistral, Groq, vLLM, Ollama, ...).
+
+Requests are forwarded as sent except ``model``. Streams pass through at the byte level: the
+``model`` value is rewritten in place and only the event that carries ``usage`` is parsed.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+from adapters.base import (
+    Adapter,
+    Call,
+    Reply,
+    StreamTranslator,
+    UpstreamError,
+    UpstreamRequest,
+    Usage,
+    bad_response,
+    loads_object,
+    upstream_status_error,
+)
+from proxy.config import ProviderConfig
+
+# The top-level "model" member of a chunk. Quotes inside JSON strings are always escaped, so an
+# unescaped `"model"` followed by a colon can only be a key.
+_MODEL = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
+_DONE = b"[DONE]"
+
+
+class OpenAIAdapter(Adapter):
+    def __init__(self, provider: ProviderConfig) -> None:
+        super().__init__(provider)
+        self.headers = {"content-type": "application/json", **provider.headers}
+        if provider.api_key:
+            self.headers["authorization"] = f"Bearer {provider.api_key}"
+        self.chat_url = f"{provider.base_url}/chat/completions"
+        self.embeddings_url = f"{provider.base_url}/embeddings"
+
+    # chat -------------------------------------------------------------------------------------------
+
+    def chat_request(self, call: Call) -> UpstreamRequest:
+        body = dict(call.body)
+        body["model"] = call.target.model
+        if call.stream:
+            # Always ask for usage so the ledger has real numbers; the client's choice is honoured
+            # by the stream translator, which drops the usage-only chunk if it was not asked for.
+            options = body.get("stream_options")
+            body["stream_options"] = {**options, "include_usage": True} if isinstance(options, dict) else {
+                "include_usage": True
+            }
+        return UpstreamRequest(self.chat_url, self.headers, orjson.dumps(body))
+
+    def chat_response(self, call: Call, body: bytes) -> Reply:
+        data = loads_object(self.provider, body)
+        if "choices" not in data:
+            if isinstance(data.get("error"), dict):  # some servers answer 200 with an error body
+                raise self.error(502, body, {})
+            raise bad_response(self.provider, "a chat response without choices")
+        data["model"] = call.alias
+        return Reply(orjson.dumps(data), Usage.from_openai(data.get("usage")))
+
+    def chat_stream(self, call: Call) -> StreamTranslator:
+        return OpenAIStream(call.alias, call.include_usage)
+
+    # embeddings -------------------------------------------------------------------------------------
+
+    def embeddings_request(self, call: Call) -> UpstreamRequest:
+        body = dict(call.body)
+        body["model"] = call.target.model
+        return UpstreamRequest(self.embeddings_url, self.headers, orjson.dumps(body))
+
+    def embeddings_response(self, call: Call, body: bytes) -> Reply:
+        data = loads_object(self.provider, body)
+        if not isinstance(data.get("data"), list):
+            raise bad_response(self.provider, "an embeddings response without data")
+        data["model"] = call.alias
+        return Reply(orjson.dumps(data), Usage.from_openai(data.get("usage")))
+
+    # errors -----------------------------------------------------------------------------------------
+
+    def error(self, status: int, body: bytes, headers: dict[str, str]) -> UpstreamError:
+        return openai_error(self.provider, status, body, headers)
+
+
+def openai_error(provider: ProviderConfig, status: int, body: bytes, headers: dict[str, str]) -> UpstreamError:
+    message, type_, code, param = f"HTTP {status}", None, None, None
+    try:
+        data: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        data = None
+    err = data.get("error") if isinstance(data, dict) else None
+    if isinstance(err, dict):
+        message = str(err.get("message") or message)
+        type_ = err.get("type") if isinstance(err.get("type"), str) else None
+        code = str(err["code"]) if err.get("code") is not None else None
+        param = err.get("param") if isinstance(err.get("param"), str) else None
+    elif isinstance(err, str):
+        message = err
+    elif data is None and body:
+        message = f"HTTP {status} with a non-JSON body"
+    return upstream_status_error(provider, status, message, type_, code, param, headers.get("retry-after"))
+
+
+class OpenAIStream(StreamTranslator):
+    """Byte-level pass-through of an OpenAI SSE stream.
+
+    Works on whole lines: a read may end mid-line, so the tail waits for the next read. Per read it
+    runs one regex substitution for ``model`` and two substring checks; only an event carrying a
+    non-null ``usage`` or an ``error`` is parsed.
+    """
+
+    def __init__(self, alias: str, include_usage: bool) -> None:
+        self.model = b'"model":' + orjson.dumps(alias)
+        self.seen_model: bytes | None = None  # the upstream's exact `"model":"..."` member, once seen
+        self.include_usage = include_usage
+        self.pending = b""
+        self.usage: Usage | None = None
+        self.done = False
+        self.error: UpstreamError | None = None
+        self.delta_events = 0
+
+    def feed(self, data: bytes) -> bytes:
+        if self.done:
+            return b""
+        if self.pending:
+            data = self.pending + data
+        cut = data.rfind(b"\n") + 1
+        self.pending = data[cut:]
+        return self._lines(data[:cut]) if cut else b""
+
+    def end(self) -> bytes:
+        out = b""
+        if self.pending and not self.done:
+            out = self._lines(self.pending + b"\n\n")
+            self.pending = b""
+        if not self.done and self.error is None:
+            raise UpstreamError(502, "upstream stream ended before [DONE]", "bad_response", "upstream_error",
+                                "stream_truncated")
+        return out
+
+    def _rewrite_model(self, block: bytes) -> bytes:
+        """Every chunk of a stream names the same upstream model: the regex learns that exact member
+        from the first chunk that names one, then a C-speed bytes.replace rewrites later reads.
+        (An empty name is not learned: Azure opens with a chunk whose "model" is "".)"""
+        seen = self.seen_model
+        if seen is not None:
+            return block.replace(seen, self.model)
+        for match in _MODEL.finditer(block):
+            if not match.group(0).endswith(b'""'):
+                self.seen_model = match.group(0)
+                break
+        return _MODEL.sub(self.model, block)
+
+    # Substrings that make a block worth inspecting event by event; subclasses may add their own.
+    # Each is one C-speed scan of the block, so they are chosen to start with rare bytes: any usage
+    # object holds "prompt_tokens"; an in-band error event starts with {"error".
+    markers: tuple[bytes, ...] = (b"prompt_tokens", b"[DONE]", b'{"error"')
+
+    def _lines(self, block: bytes) -> bytes:
+        block = self._rewrite_model(block)
+        # One event carries about one token: good enough when the upstream never sends usage.
+        self.delta_events += block.count(b"data:")
+        # Only the lines from the first one worth inspecting onward take the slow path: a read that
+        # holds 200 content chunks and the usage chunk must not parse the 200.
+        first = -1
+        for marker in self.markers:
+            at = block.find(marker)
+            if at >= 0 and (first < 0 or at < first):
+                first = at
+        if first < 0:
+            return block
+        cut = block.rfind(b"\n", 0, first) + 1
+        return block[:cut] + self._slow_path(block[cut:]) if cut else self._slow_path(block)
+
+    def _slow_path(self, block: bytes) -> bytes:
+        """Inspect event by event: capture usage, drop what the client did not ask for, stop at [DONE]."""
+        out: list[bytes] = []
+        skip_blank = False
+        for line in block.splitlines(keepends=True):
+            stripped = line.strip()
+            if skip_blank and not stripped:
+                skip_blank = False
+                continue
+            skip_blank = False
+            if stripped.startswith(b"data:"):
+                payload = stripped[5:].strip()
+                if payload == _DONE:
+                    out.append(b"data: [DONE]\n\n")
+                    self.done = True
+                    break
+                if any(m in payload for m in self.markers):
+                    keep = self._inspect(payload)
+                    if not keep:
+                        skip_blank = True
+                        continue
+            out.append(line)
+        return b"".join(out)
+
+    def _inspect(self, payload: bytes) -> bool:
+        """Parse one event; return whether the client should see it."""
+        try:
+            event = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return True  # not ours to judge: the client's parser will see what the upstream sent
+        if not isinstance(event, dict):
+            return True
+        if isinstance(event.get("error"), dict) and "choices" not in event:
+            err = event["error"]
+            self.error = UpstreamError(502, str(err.get("message") or "upstream stream error"), "bad_response",
+                                       str(err.get("type") or "upstream_error"), err.get("code"))
+            return True
+        usage = Usage.from_openai(event.get("usage"))
+        if usage is not None:
+            self.usage = usage
+            return self.include_usage or bool(event.get("choices"))
+        return self.keep_event(event)
+
+    def keep_event(self, event: dict[str, Any]) -> bool:
+        """Whether an inspected event without usage goes to the client; subclasses filter here."""
+        return True
+
+    def estimated_completion_tokens(self) -> int:
+        return self.delta_events
