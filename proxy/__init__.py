@@ -1,0 +1,1 @@
+"""llm-gateway: an OpenAI-compatible reverse proxy for LLM APIs."""

@@ -1,0 +1,169 @@
+"""The ASGI application: routes, error rendering and the lifespan that owns upstream clients."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from proxy import admin, endpoints, observability, reload, usage_api
+from proxy.admin import ManagedKeys, apply_keys
+from proxy.config import Config, load_config
+from proxy.errors import GatewayError
+from proxy.keystore import KeyStore
+from proxy.ledger import Ledger
+from proxy.limits import Limits, seed_budgets
+from proxy.prices import warn_unpriced
+from proxy.runtime import Runtime
+
+log = logging.getLogger("gateway")
+
+
+async def healthz(request: Request) -> Response:
+    return Response(b'{"status":"ok"}', media_type="application/json")
+
+
+async def readyz(request: Request) -> Response:
+    runtime = getattr(request.app.state, "runtime", None)
+    if runtime is None:
+        return GatewayError(503, "not ready", "service_unavailable_error", "not_ready").response()
+    return Response(b'{"status":"ready"}', media_type="application/json")
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        err = GatewayError(404, f"Unknown path: {request.method} {request.url.path}", code="unknown_url")
+    elif exc.status_code == 405:
+        err = GatewayError(405, f"Method {request.method} is not allowed on {request.url.path}",
+                           code="method_not_allowed")
+    else:
+        err = GatewayError(exc.status_code, str(exc.detail), code=None)
+    return err.response(dict(exc.headers or {}))
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return GatewayError(500, "The gateway hit an internal error.", "server_error", "internal_error").response()
+
+
+def routes() -> list[Route]:
+    table = [
+        ("/chat/completions", endpoints.chat_completions, ["POST"]),
+        ("/embeddings", endpoints.embeddings, ["POST"]),
+        ("/models", endpoints.list_models, ["GET"]),
+        ("/models/{model_id:path}", endpoints.get_model, ["GET"]),
+    ]
+    out = [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"]),
+           Route("/metrics", observability.metrics_endpoint, methods=["GET"]),
+           Route("/v1/usage", usage_api.usage, methods=["GET"]),
+           Route("/admin/keys", admin.create_key, methods=["POST"]),
+           Route("/admin/keys", admin.list_keys, methods=["GET"]),
+           Route("/admin/keys/{name}", admin.update_key, methods=["PATCH"]),
+           Route("/admin/keys/{name}", admin.revoke_key, methods=["DELETE"])]
+    for prefix in ("/v1", ""):
+        out += [Route(prefix + path, handler, methods=methods) for path, handler, methods in table]
+    return out
+
+
+def create_app(config: Config, tracer_provider: Any = None) -> Starlette | FastPath:
+    """``tracer_provider``: an OpenTelemetry TracerProvider to trace into (tests, embedding programs);
+    without one, traces follow the OTEL_* environment (see proxy.tracing)."""
+    tracing = observability.tracing_for(config, tracer_provider)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # The ledger outlives config reloads; uvicorn has drained in-flight requests before the
+        # shutdown half runs, so closing it last flushes (or spills) every row they submitted.
+        ledger = app.state.ledger = Ledger.from_config(config.storage)
+        await ledger.start()
+        warn_unpriced(config)
+        # Limits are app-level too: counters must survive config reloads.
+        limits = app.state.limits = Limits.from_config(config)
+        limits.on_denied = lambda scope: app.state.runtime.obs.ratelimited(scope)
+        limits.on_store_error = lambda scope: app.state.runtime.obs.limits_store_error()
+        app.state.background = set()
+        managed = app.state.managed_keys = ManagedKeys(KeyStore(config.storage.database_url))
+        app.state.on_runtime = [lambda rt: apply_keys(rt, managed)]  # applied to every new Runtime
+        app.state.runtime = Runtime(config, sink=ledger, limits=limits)
+        await managed.start()
+        apply_keys(app.state.runtime, managed)
+        await seed_budgets(config, limits, app.state.runtime.all_keys)
+        # Metrics, access log and traces: app-level like the ledger, attached to every later Runtime.
+        observer = await observability.start(app, config, ledger, tracing)
+
+        def keys_changed(_: object) -> None:
+            apply_keys(app.state.runtime, managed)
+            task = asyncio.ensure_future(seed_budgets(config, limits, app.state.runtime.all_keys))
+            app.state.background.add(task)
+            task.add_done_callback(app.state.background.discard)
+
+        managed.on_change.append(keys_changed)
+        pid_file = reload.install(app)
+        try:
+            yield
+        finally:
+            reload.uninstall(pid_file)
+            try:
+                await managed.close()
+                for task in list(app.state.background):
+                    task.cancel()
+                await app.state.runtime.aclose()
+                await limits.aclose()
+            finally:
+                await ledger.close()
+                await observer.aclose()
+
+    app = Starlette(
+        routes=routes(),
+        middleware=observability.middleware(tracing),
+        lifespan=lifespan,
+        exception_handlers={HTTPException: http_error, Exception: server_error},
+    )
+    return app if app.user_middleware else FastPath(app)
+
+
+class FastPath:
+    """The proxy endpoints straight from the server, everything else through Starlette.
+
+    Starlette's middleware stack, router and response-send wrappers cost about a tenth of a proxied
+    request's CPU; the two hot POST routes need none of them. Only used when no middleware (such as
+    tracing) must see every request.
+    """
+
+    HOT = {"/v1/chat/completions": endpoints.chat_completions, "/chat/completions": endpoints.chat_completions,
+           "/v1/embeddings": endpoints.embeddings, "/embeddings": endpoints.embeddings}
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+
+    def __getattr__(self, name: str) -> Any:  # state, router, ... as on the Starlette app
+        return getattr(self.app, name)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        handler = self.HOT.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if handler is None:
+            await self.app(scope, receive, send)
+            return
+        scope["app"] = self.app
+        request = Request(scope, receive)
+        try:
+            response = await handler(request)
+        except Exception as exc:
+            response = await server_error(request, exc)
+        await response(scope, receive, send)
+
+
+def app_from_env() -> Starlette | FastPath:
+    """Factory for `uvicorn --factory` and for worker processes: the config path comes from the env."""
+    return create_app(load_config(os.environ.get("GATEWAY_CONFIG", "gateway.toml")))

@@ -1,0 +1,49 @@
+"""Gateway keys: stored as sha256 digests, looked up by digest, compared in constant time."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from datetime import UTC, datetime
+from fnmatch import fnmatchcase
+
+from proxy.config import KeyConfig
+from proxy.errors import GatewayError
+
+
+def hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class KeyRing:
+    def __init__(self, keys: list[KeyConfig]) -> None:
+        self._by_hash = {k.key_hash: k for k in keys}
+
+    def find(self, secret: str) -> KeyConfig | None:
+        digest = hash_key(secret)
+        key = self._by_hash.get(digest)
+        return key if key is not None and hmac.compare_digest(key.key_hash, digest) else None
+
+    def authenticate(self, authorization: str | None) -> KeyConfig:
+        if not authorization:
+            raise GatewayError(
+                401, "Missing API key: send 'Authorization: Bearer <gateway key>'.", code="invalid_api_key"
+            )
+        scheme, _, secret = authorization.partition(" ")
+        secret = secret.strip()
+        if scheme.lower() != "bearer" or not secret:
+            raise GatewayError(401, "Malformed Authorization header: expected 'Bearer <key>'.", code="invalid_api_key")
+        digest = hash_key(secret)
+        key = self._by_hash.get(digest)
+        # The dict lookup is by digest; the final equality check is constant time all the same.
+        if key is None or not hmac.compare_digest(key.key_hash, digest):
+            raise GatewayError(401, "Incorrect API key provided.", code="invalid_api_key")
+        if key.expires_at is not None and datetime.now(UTC) >= key.expires_at:
+            raise GatewayError(401, "This API key has expired.", code="expired_api_key")
+        return key
+
+
+def model_allowed(key: KeyConfig | None, alias: str) -> bool:
+    if key is None:
+        return True
+    return any(p == "*" or p == alias or fnmatchcase(alias, p) for p in key.models)

@@ -1,0 +1,544 @@
+"""Load and validate gateway.toml into plain dataclasses.
+
+Every error names the file, the key path and the reason, e.g.
+``gateway.toml:providers.openai.api_key: environment variable OPENAI_API_KEY is not set``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+PROVIDER_KINDS = ("openai", "echo", "anthropic", "gemini", "azure")
+
+DEFAULT_BASE_URLS = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+    "gemini": "https://generativelanguage.googleapis.com",
+    "echo": "http://echo.local/v1",
+}
+
+
+class ConfigError(Exception):
+    def __init__(self, file: str, key: str, reason: str) -> None:
+        super().__init__(f"{file}:{key}: {reason}")
+        self.file = file
+        self.key = key
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_mb: float = 32
+    require_auth: bool = True
+    admin_key: str = ""
+    fuzzy_models: bool = False  # resolve close misspellings of an alias (said in x-gateway-model-resolved)
+    metrics_port: int = 0  # 0 = GET /metrics on the main port; else only on this port
+    metrics_require_admin: bool = False  # /metrics needs `Authorization: Bearer <admin_key>`
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+
+@dataclass(slots=True)
+class StorageConfig:
+    database_url: str = "sqlite:///gateway.db"
+    redis_url: str = ""
+    retention_days: int = 0  # 0 = keep usage rows forever
+    spill_dir: str = "usage-spill"  # usage rows wait here while the database is unreachable
+    prices_file: str = ""  # resolved against the config file's directory; "" = none
+    queue_max_rows: int = 10_000  # usage rows kept in memory before spilling to spill_dir
+    flush_interval_ms: int = 200
+
+
+@dataclass(slots=True)
+class ObservabilityConfig:
+    access_log: bool = True  # one JSON line per request on stdout
+    log_bodies: bool = False  # add the client's request body (the prompt) to access log lines
+    capture_content: bool = False  # prompt and completion text on trace spans (gen_ai.*.messages)
+
+
+@dataclass(slots=True)
+class ProviderConfig:
+    name: str
+    kind: str
+    base_url: str
+    api_key: str = ""
+    timeout_s: float = 120.0
+    connect_timeout_s: float = 10.0
+    headers: dict[str, str] = field(default_factory=dict)
+    api_version: str = ""  # azure: the api-version query parameter; empty = the /openai/v1/ style
+    anthropic_beta: str = ""  # anthropic: sent as the anthropic-beta header when set
+
+
+STRATEGIES = ("priority", "weighted", "round_robin", "latency", "cost", "least_busy")
+FALLBACK_REASONS = ("rate_limit", "timeout", "server_error", "connection", "context_window")
+RETRYABLE_STATUSES = (429, 500, 502, 503, 504, 529)
+
+
+@dataclass(slots=True)
+class Target:
+    provider: str
+    model: str  # "" = forward the model name the client asked for (glob aliases)
+    input_per_mtok: float | None = None
+    output_per_mtok: float | None = None
+    cached_input_per_mtok: float | None = None
+    per_request: float | None = None
+    default_max_tokens: int = 4096  # translating adapters whose API requires max_tokens
+    drop_unsupported: bool = False  # drop fields the provider cannot honour instead of a 400
+    # routing and resilience
+    weight: float = 1.0
+    max_retries: int = 1
+    retry_on: tuple[int | str, ...] = ("connection", "timeout") + RETRYABLE_STATUSES
+    context_window: int | None = None
+    connect_timeout_s: float = 10.0
+    first_byte_timeout_s: float = 120.0
+    timeout_s: float = 120.0
+    stream_idle_timeout_s: float = 120.0
+    failure_threshold: int = 5
+    cooldown_s: float = 30.0
+
+
+@dataclass(slots=True)
+class ModelAlias:
+    name: str
+    targets: list[Target]
+    strategy: str = "priority"
+    fallback_on: tuple[str, ...] = FALLBACK_REASONS
+    max_cost_per_request: float | None = None
+    hedge_after_ms: float | None = None
+    keepalive_s: float = 15.0
+    retry_after_cap_s: float = 5.0
+    rpm: int | None = None  # limits for the alias as a whole, e.g. to protect a provider quota
+    tpm: int | None = None
+
+    @property
+    def is_glob(self) -> bool:
+        return any(c in self.name for c in "*?[")
+
+
+BUDGET_PERIODS = ("day", "month", "total")
+
+
+@dataclass(slots=True)
+class KeyConfig:
+    name: str
+    key_hash: str  # hex sha256 of the secret; the secret itself is never kept
+    models: list[str] = field(default_factory=lambda: ["*"])
+    rpm: int | None = None
+    tpm: int | None = None
+    max_parallel: int | None = None
+    budget_usd: float | None = None
+    budget_period: str = "month"
+    expires_at: datetime | None = None  # UTC
+    metadata: dict[str, Any] = field(default_factory=dict)
+    source: str = "config"  # config | db (managed through the admin API)
+
+
+@dataclass(slots=True)
+class LimitsConfig:
+    rpm: int | None = None
+    tpm: int | None = None
+    on_store_error: str = "allow"  # allow | deny: what to do when Redis cannot be reached
+
+
+@dataclass(slots=True)
+class Config:
+    path: str
+    server: ServerConfig
+    storage: StorageConfig
+    providers: dict[str, ProviderConfig]
+    models: dict[str, ModelAlias]
+    keys: list[KeyConfig]
+    observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+
+# --- interpolation -------------------------------------------------------------------------------
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class _MissingVar(Exception):
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def _interpolate(value: str, env: dict[str, str]) -> str:
+    def sub(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        got = env.get(name)
+        if got:
+            return got
+        if default is not None:
+            return default
+        raise _MissingVar(name)
+
+    return _VAR.sub(sub, value)
+
+
+# --- field checking ------------------------------------------------------------------------------
+
+
+class _Section:
+    """Reads typed fields out of one TOML table and rejects keys nobody reads."""
+
+    def __init__(self, cfg: _Loader, path: str, table: Any) -> None:
+        if not isinstance(table, dict):
+            raise ConfigError(cfg.file, path, f"expected a table, got {_type_name(table)}")
+        self.cfg = cfg
+        self.path = path
+        self.table = table
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any = None, required: bool = False) -> Any:
+        self.seen.add(name)
+        if name not in self.table:
+            if required:
+                raise ConfigError(self.cfg.file, self.key(name), "is required")
+            return default
+        value = self.table[name]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, bool) and bool not in kinds:
+            raise ConfigError(self.cfg.file, self.key(name), f"expected {_kinds(kinds)}, got a boolean")
+        if not isinstance(value, kinds):
+            raise ConfigError(self.cfg.file, self.key(name), f"expected {_kinds(kinds)}, got {_type_name(value)}")
+        if isinstance(value, str):
+            value = self.cfg.interpolate(self.key(name), value)
+        return value
+
+    def number(self, name: str, default: float | None, minimum: float = 0) -> float | None:
+        value = self.get(name, float, default)
+        if value is not None and value < minimum:
+            raise ConfigError(self.cfg.file, self.key(name), f"must be >= {minimum}")
+        return value
+
+    def string_map(self, name: str) -> dict[str, str]:
+        table = self.get(name, dict, {})
+        out = {}
+        for k, v in table.items():
+            if not isinstance(v, str):
+                raise ConfigError(self.cfg.file, f"{self.key(name)}.{k}", f"expected a string, got {_type_name(v)}")
+            out[k] = self.cfg.interpolate(f"{self.key(name)}.{k}", v)
+        return out
+
+    def string_list(self, name: str, default: list[str]) -> list[str]:
+        value = self.get(name, list, default)
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise ConfigError(self.cfg.file, f"{self.key(name)}[{i}]", "expected a string")
+        return list(value)
+
+    def done(self) -> None:
+        unknown = sorted(set(self.table) - self.seen)
+        if unknown:
+            raise ConfigError(self.cfg.file, self.key(unknown[0]), "unknown key")
+
+
+def _type_name(value: Any) -> str:
+    return {
+        str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "an array", dict: "a table"
+    }.get(type(value), type(value).__name__)
+
+
+def _kinds(kinds: tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "an array",
+             dict: "a table", datetime: "a date-time"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+class _Loader:
+    def __init__(self, file: str, env: dict[str, str]) -> None:
+        self.file = file
+        self.env = env
+        # A provider whose secret is missing is an error only if an alias uses it.
+        self.deferred: dict[str, ConfigError] = {}
+        self.current_provider: str | None = None
+
+    def interpolate(self, key: str, value: str) -> str:
+        try:
+            return _interpolate(value, self.env)
+        except _MissingVar as e:
+            err = ConfigError(self.file, key, f"environment variable {e.name} is not set and has no default")
+            if self.current_provider is None:
+                raise err from None
+            self.deferred.setdefault(self.current_provider, err)
+            return ""
+
+
+def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Config:
+    file = str(path)
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(file, "-", "file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(file, "-", f"invalid TOML: {e}") from None
+    return parse_config(raw, file, dict(os.environ) if env is None else env)
+
+
+def parse_config(raw: dict[str, Any], file: str, env: dict[str, str]) -> Config:
+    cfg = _Loader(file, env)
+    root = _Section(cfg, "", raw)
+
+    s = _Section(cfg, "server", root.get("server", dict, {}))
+    server = ServerConfig(
+        host=s.get("host", str, "127.0.0.1"),
+        port=int(s.number("port", 8080, minimum=0)),
+        max_body_mb=s.number("max_body_mb", 32.0, minimum=0.001),
+        require_auth=s.get("require_auth", bool, True),
+        admin_key=s.get("admin_key", str, ""),
+        fuzzy_models=s.get("fuzzy_models", bool, False),
+        metrics_port=_count(s, "metrics_port", 0, minimum=0),
+        metrics_require_admin=s.get("metrics_require_admin", bool, False),
+    )
+    if server.port > 65535:
+        raise ConfigError(file, "server.port", "must be <= 65535")
+    if server.metrics_port > 65535:
+        raise ConfigError(file, "server.metrics_port", "must be <= 65535")
+    if server.metrics_port and server.metrics_port == server.port:
+        raise ConfigError(file, "server.metrics_port", "must differ from server.port (0 = serve on the main port)")
+    if server.metrics_require_admin and not server.admin_key:
+        raise ConfigError(file, "server.metrics_require_admin", "needs server.admin_key to be set")
+    s.done()
+
+    s = _Section(cfg, "storage", root.get("storage", dict, {}))
+    storage = StorageConfig(
+        database_url=s.get("database_url", str, "sqlite:///gateway.db"),
+        redis_url=s.get("redis_url", str, ""),
+        retention_days=_count(s, "retention_days", 0, minimum=0),
+        spill_dir=s.get("spill_dir", str, "usage-spill"),
+        prices_file=s.get("prices_file", str, ""),
+        queue_max_rows=_count(s, "queue_max_rows", 10_000, minimum=1),
+        flush_interval_ms=_count(s, "flush_interval_ms", 200, minimum=1),
+    )
+    if not storage.spill_dir:
+        raise ConfigError(file, "storage.spill_dir", "must not be empty")
+    if storage.prices_file:
+        storage.prices_file = str(Path(file).parent / storage.prices_file)  # absolute paths stay as they are
+    if not storage.database_url.startswith(("sqlite://", "postgresql://", "postgres://")):
+        raise ConfigError(file, "storage.database_url", "must start with sqlite:// or postgresql://")
+    if storage.redis_url and not storage.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(file, "storage.redis_url", "must start with redis://, rediss:// or unix://")
+    s.done()
+
+    s = _Section(cfg, "observability", root.get("observability", dict, {}))
+    observability = ObservabilityConfig(
+        access_log=s.get("access_log", bool, True),
+        log_bodies=s.get("log_bodies", bool, False),
+        capture_content=s.get("capture_content", bool, False),
+    )
+    s.done()
+
+    providers = _parse_providers(cfg, root.get("providers", dict, {}))
+    models = _parse_models(cfg, root.get("models", list, []), providers)
+    if storage.prices_file:
+        from proxy.prices import apply_prices_file  # local: prices imports this module
+
+        apply_prices_file(file, storage.prices_file, providers, models)
+    keys = _parse_keys(cfg, root.get("keys", list, []))
+    s = _Section(cfg, "limits", root.get("limits", dict, {}))
+    limits = LimitsConfig(rpm=_opt_count(s, "rpm"), tpm=_opt_count(s, "tpm"),
+                          on_store_error=s.get("on_store_error", str, "allow"))
+    if limits.on_store_error not in ("allow", "deny"):
+        raise ConfigError(file, "limits.on_store_error", "must be 'allow' or 'deny'")
+    s.done()
+    root.done()
+
+    used = {t.provider for alias in models.values() for t in alias.targets}
+    for name, err in cfg.deferred.items():
+        if name in used:
+            raise err
+        del providers[name]  # unusable and unused: leave it out
+    if server.require_auth and not keys:
+        raise ConfigError(file, "keys", "require_auth is true but no [[keys]] are defined")
+    return Config(path=file, server=server, storage=storage, providers=providers, models=models, keys=keys,
+                  limits=limits, observability=observability)
+
+
+def _parse_providers(cfg: _Loader, table: dict[str, Any]) -> dict[str, ProviderConfig]:
+    providers: dict[str, ProviderConfig] = {}
+    for name, body in table.items():
+        cfg.current_provider = name
+        p = _Section(cfg, f"providers.{name}", body)
+        kind = p.get("kind", str, required=True)
+        if kind not in PROVIDER_KINDS:
+            expected = ", ".join(PROVIDER_KINDS)
+            raise ConfigError(cfg.file, p.key("kind"), f"unknown kind {kind!r}; expected one of {expected}")
+        base_url = p.get("base_url", str, DEFAULT_BASE_URLS.get(kind, ""))
+        if kind == "azure" and not base_url:
+            raise ConfigError(cfg.file, p.key("base_url"), "is required for kind 'azure'")
+        if not base_url.startswith(("http://", "https://")):
+            raise ConfigError(cfg.file, p.key("base_url"), "must start with http:// or https://")
+        timeout = p.number("timeout_s", 120.0, minimum=0.001)
+        providers[name] = ProviderConfig(
+            name=name,
+            kind=kind,
+            base_url=base_url.rstrip("/"),
+            api_key=p.get("api_key", str, ""),
+            timeout_s=timeout,
+            connect_timeout_s=p.number("connect_timeout_s", min(10.0, timeout), minimum=0.001),
+            headers=p.string_map("headers"),
+            api_version=p.get("api_version", str, ""),
+            anthropic_beta=p.get("anthropic_beta", str, ""),
+        )
+        p.done()
+    cfg.current_provider = None
+    return providers
+
+
+def _parse_models(cfg: _Loader, items: list[Any], providers: dict[str, ProviderConfig]) -> dict[str, ModelAlias]:
+    models: dict[str, ModelAlias] = {}
+    for i, body in enumerate(items):
+        m = _Section(cfg, f"models[{i}]", body)
+        name = m.get("name", str, required=True)
+        if not name:
+            raise ConfigError(cfg.file, m.key("name"), "must not be empty")
+        if name in models:
+            raise ConfigError(cfg.file, m.key("name"), f"duplicate alias {name!r}")
+        raw_targets = m.get("targets", list, required=True)
+        if not raw_targets:
+            raise ConfigError(cfg.file, m.key("targets"), "needs at least one target")
+        is_glob = any(c in name for c in "*?[")
+        targets = [
+            _parse_target(cfg, _Section(cfg, f"models[{i}].targets[{j}]", tbody), providers, "" if is_glob else name)
+            for j, tbody in enumerate(raw_targets)
+        ]
+        strategy = m.get("strategy", str, "priority")
+        if strategy not in STRATEGIES:
+            raise ConfigError(cfg.file, m.key("strategy"), f"unknown strategy {strategy!r}; expected one of "
+                              + ", ".join(STRATEGIES))
+        fallback_on = m.string_list("fallback_on", list(FALLBACK_REASONS))
+        for reason in fallback_on:
+            if reason not in FALLBACK_REASONS:
+                raise ConfigError(cfg.file, m.key("fallback_on"), f"unknown reason {reason!r}; expected any of "
+                                  + ", ".join(FALLBACK_REASONS))
+        hedge = m.number("hedge_after_ms", None)
+        models[name] = ModelAlias(
+            name=name,
+            targets=targets,
+            strategy=strategy,
+            fallback_on=tuple(fallback_on),
+            max_cost_per_request=m.number("max_cost_per_request", None),
+            hedge_after_ms=hedge,
+            keepalive_s=m.number("keepalive_s", 15.0, minimum=0.01),
+            retry_after_cap_s=m.number("retry_after_cap_s", 5.0),
+            rpm=_opt_count(m, "rpm"),
+            tpm=_opt_count(m, "tpm"),
+        )
+        m.done()
+    return models
+
+
+def _parse_target(cfg: _Loader, t: _Section, providers: dict[str, ProviderConfig], default_model: str) -> Target:
+    provider = t.get("provider", str, required=True)
+    if provider not in providers and provider not in cfg.deferred:
+        raise ConfigError(cfg.file, t.key("provider"), f"undefined provider {provider!r}")
+    p = providers.get(provider)
+    timeout = p.timeout_s if p else 120.0
+    retry_on = t.get("retry_on", list, None)
+    if retry_on is not None:
+        allowed = ("connection", "timeout") + RETRYABLE_STATUSES
+        for item in retry_on:
+            if item not in allowed or isinstance(item, bool):
+                raise ConfigError(cfg.file, t.key("retry_on"), f"{item!r} is not retryable; expected any of "
+                                  + ", ".join(map(str, allowed)))
+    target = Target(
+        provider=provider,
+        model=t.get("model", str, default_model),
+        input_per_mtok=t.number("input_per_mtok", None),
+        output_per_mtok=t.number("output_per_mtok", None),
+        cached_input_per_mtok=t.number("cached_input_per_mtok", None),
+        per_request=t.number("per_request", None),
+        default_max_tokens=int(t.number("default_max_tokens", 4096, minimum=1)),
+        drop_unsupported=t.get("drop_unsupported", bool, False),
+        weight=t.number("weight", 1.0),
+        max_retries=int(t.number("max_retries", 1)),
+        context_window=_opt_int(t.number("context_window", None, minimum=1)),
+        connect_timeout_s=t.number("connect_timeout_s", p.connect_timeout_s if p else 10.0, minimum=0.001),
+        first_byte_timeout_s=t.number("first_byte_timeout_s", timeout, minimum=0.001),
+        timeout_s=t.number("timeout_s", timeout, minimum=0.001),
+        stream_idle_timeout_s=t.number("stream_idle_timeout_s", timeout, minimum=0.001),
+        failure_threshold=int(t.number("failure_threshold", 5, minimum=1)),
+        cooldown_s=t.number("cooldown_s", 30.0),
+    )
+    if retry_on is not None:
+        target.retry_on = tuple(retry_on)
+    t.done()
+    return target
+
+
+def _count(s: _Section, name: str, default: int, minimum: int) -> int:
+    value = s.get(name, int, default)
+    if value < minimum:
+        raise ConfigError(s.cfg.file, s.key(name), f"must be >= {minimum}")
+    return value
+
+
+def _opt_count(s: _Section, name: str) -> int | None:
+    value = s.get(name, int, None)
+    if value is not None and value < 1:
+        raise ConfigError(s.cfg.file, s.key(name), "must be >= 1")
+    return value
+
+
+def _opt_int(value: float | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _parse_keys(cfg: _Loader, items: list[Any]) -> list[KeyConfig]:
+    from proxy.auth import hash_key  # local: auth imports this module
+
+    keys: list[KeyConfig] = []
+    names: set[str] = set()
+    for i, body in enumerate(items):
+        k = _Section(cfg, f"keys[{i}]", body)
+        name = k.get("name", str, required=True)
+        if name in names:
+            raise ConfigError(cfg.file, k.key("name"), f"duplicate key name {name!r}")
+        names.add(name)
+        secret = k.get("key", str, "")
+        digest = k.get("key_sha256", str, "")
+        if bool(secret) == bool(digest):
+            raise ConfigError(cfg.file, k.key("key"), "set exactly one of key or key_sha256")
+        if digest and not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise ConfigError(cfg.file, k.key("key_sha256"), "must be 64 lowercase hex characters")
+        budget = k.number("budget_usd", None)
+        period = k.get("budget_period", str, "month")
+        if period not in BUDGET_PERIODS:
+            raise ConfigError(cfg.file, k.key("budget_period"), "must be one of " + ", ".join(BUDGET_PERIODS))
+        expires = k.get("expires_at", (str, datetime), None)
+        keys.append(
+            KeyConfig(name=name, key_hash=digest or hash_key(secret), models=k.string_list("models", ["*"]),
+                      rpm=_opt_count(k, "rpm"), tpm=_opt_count(k, "tpm"), max_parallel=_opt_count(k, "max_parallel"),
+                      budget_usd=budget, budget_period=period,
+                      expires_at=None if expires is None else _utc(cfg, k.key("expires_at"), expires),
+                      metadata=k.get("metadata", dict, {}))
+        )
+        k.done()
+    return keys
+
+
+def _utc(cfg: _Loader, key: str, value: str | datetime) -> datetime:
+    """A TOML datetime or an ISO-8601 string; naive times are taken as UTC."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ConfigError(cfg.file, key, f"{value!r} is not an ISO-8601 date-time") from None
+    if not isinstance(value, datetime):
+        raise ConfigError(cfg.file, key, "expected a date-time")
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

@@ -1,0 +1,324 @@
+"""The OpenAI-compatible endpoints: chat completions, embeddings and models."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from adapters.base import UpstreamError, Usage
+from proxy.config import Target
+from proxy.cost import cost_usd
+from proxy.dispatch import Dispatch, Outcome
+from proxy.errors import GatewayError, error_event
+from proxy.limits import Ticket
+from proxy.records import UsageRecord
+from proxy.requests import (
+    check_chat,
+    check_embeddings,
+    estimate_prompt_tokens,
+    include_usage,
+    read_json,
+    request_ids,
+    require_model,
+)
+from proxy.runtime import Runtime
+from proxy.sse import SSEResponse
+from proxy.upstream import TRANSPORT_ERRORS
+
+JSON = "application/json"
+log = logging.getLogger("gateway")
+
+
+async def chat_completions(request: Request) -> Response | SSEResponse:
+    return await _proxy(request, "chat")
+
+
+async def embeddings(request: Request) -> Response | SSEResponse:
+    return await _proxy(request, "embeddings")
+
+
+async def _proxy(request: Request, endpoint: str) -> Response | SSEResponse:
+    started = time.perf_counter()
+    rt: Runtime = request.app.state.runtime
+    header_id, rid = request_ids(request)
+    headers = {"x-request-id": header_id}
+    try:
+        key = rt.authenticate(request.headers.get("authorization"))
+    except GatewayError as e:
+        return e.response(headers)  # unauthenticated requests leave no usage row
+
+    record = UsageRecord(request_id=rid, created_at=time.time(), key_name=key.name if key else None,
+                         model="", endpoint=endpoint, stream=False)
+    rt.obs.request_started(endpoint)
+    rt.active += 1
+    dispatch: Dispatch | None = None
+    ticket: Ticket | None = None
+    try:
+        body = await read_json(request, rt.config.server.max_body_bytes)
+        record.model = require_model(body)
+        if endpoint == "chat":
+            check_chat(body)
+        else:
+            check_embeddings(body)
+        stream = endpoint == "chat" and body.get("stream") is True
+        record.stream = stream
+        alias = rt.resolve(record.model, key)
+        if alias.name != record.model and not alias.is_glob:  # a fuzzy match: say so, account to the alias
+            headers["x-gateway-model-resolved"] = alias.name
+            record.model = alias.name
+        prompt_estimate = estimate_prompt_tokens(body)
+        ticket = await rt.limits.acquire(key, alias, body, prompt_estimate, endpoint, rid)
+        if ticket is not None:
+            headers.update(ticket.headers())
+        dispatch = Dispatch(rt.router, rt.upstreams, rt.obs, alias, record.model, endpoint, body, stream,
+                            include_usage(body), rid, prompt_estimate)
+        if stream:
+            return await _stream(rt, dispatch, record, started, headers, ticket)
+        outcome = await dispatch.run()
+    except (GatewayError, UpstreamError) as e:
+        return _fail(rt, record, started, e, headers, dispatch, ticket)
+    except Exception:  # a bug must still answer in OpenAI shape and leave its usage row
+        log.exception("unhandled error in %s request %s", endpoint, rid)
+        error = GatewayError(500, "The gateway hit an internal error.", "server_error", "internal_error")
+        return _fail(rt, record, started, error, headers, dispatch, ticket)
+
+    _describe(record, headers, dispatch, outcome)
+    reply = outcome.reply
+    assert reply is not None
+    _settle(record, outcome.call.target, reply.usage, body, 0)
+    if record.cost_usd is not None:
+        headers["x-gateway-cost-usd"] = f"{record.cost_usd:.10f}"
+    record.status = 200
+    done = _finish(rt, record, started, dispatch.waited_s, ticket, headers)
+    return AccountedResponse(done, reply.body, 200, headers, media_type=JSON)
+
+
+class AccountedResponse(Response):
+    """Runs its bookkeeping (in the event loop) after sending, and even if sending fails (the client
+    is gone): a usage row is never lost to a broken connection."""
+
+    def __init__(self, after: Callable[[], None], *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.after = after
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.after()
+
+
+def _finish(rt: Runtime, record: UsageRecord, started: float, waited_s: float, ticket: Ticket | None,
+            headers: dict[str, str]) -> Callable[[], None]:
+    """The one place a whole-body request ends: timings now (the overhead is a response header), the
+    bookkeeping once the response is sent, so the client does not wait for it."""
+    elapsed = time.perf_counter() - started
+    record.latency_ms = elapsed * 1000
+    overhead = max(0.0, elapsed - waited_s)
+    headers["x-gateway-overhead-ms"] = f"{overhead * 1000:.3f}"
+    return functools.partial(_account, rt, record, ticket, overhead)
+
+
+def _account(rt: Runtime, record: UsageRecord, ticket: Ticket | None, overhead: float) -> None:
+    """The usage row goes to the ledger, the real usage settles the limits the request reserved,
+    and its numbers go to observers."""
+    rt.limits.settle(ticket, record)
+    rt.active -= 1
+    rt.sink.submit(record)
+    rt.obs.request_finished(record, overhead)
+
+
+def _describe(record: UsageRecord, headers: dict[str, str], dispatch: Dispatch, outcome: Outcome | None) -> None:
+    """Who answered (or was tried last), in the record and the response headers."""
+    record.attempts = dispatch.attempts
+    headers["x-gateway-attempts"] = str(dispatch.attempts)
+    if outcome is not None:
+        record.provider = outcome.upstream.provider.name
+        record.upstream_model = outcome.call.target.model
+    elif dispatch.last is not None:
+        record.provider = dispatch.last.target.provider
+        record.upstream_model = dispatch.last.target.model or record.model
+    if record.provider:
+        headers["x-gateway-provider"] = record.provider
+        headers["x-gateway-upstream-model"] = record.upstream_model or ""
+
+
+
+
+def _fail(rt: Runtime, record: UsageRecord, started: float, e: GatewayError | UpstreamError,
+          headers: dict[str, str], dispatch: Dispatch | None, ticket: Ticket | None) -> Response:
+    if dispatch is not None:
+        _describe(record, headers, dispatch, None)
+    record.status = e.status
+    record.error_type = e.reason if isinstance(e, UpstreamError) else (e.code or e.type)
+    done = _finish(rt, record, started, dispatch.waited_s if dispatch else 0.0, ticket, headers)
+    if isinstance(e, GatewayError):
+        headers.update(e.headers)
+    elif e.retry_after:
+        headers["retry-after"] = e.retry_after
+    return AccountedResponse(done, orjson.dumps(e.body()), e.status, headers, media_type=JSON)
+
+
+def _settle(record: UsageRecord, target: Target, usage: Usage | None, body: dict, estimated_completion: int) -> None:
+    """Copy the upstream's usage and its cost into the record; estimate when the upstream sent none."""
+    if usage is None:
+        usage = Usage(prompt_tokens=estimate_prompt_tokens(body), completion_tokens=estimated_completion,
+                      estimated=True)
+    record.usage_estimated = usage.estimated
+    record.prompt_tokens = usage.prompt_tokens
+    record.completion_tokens = usage.completion_tokens
+    record.cached_tokens = usage.cached_tokens
+    record.reasoning_tokens = usage.reasoning_tokens
+    record.cost_usd = cost_usd(target, usage)
+
+
+async def _stream(rt: Runtime, dispatch: Dispatch, record: UsageRecord, started: float,
+                  headers: dict[str, str], ticket: Ticket | None) -> Response | SSEResponse:
+    # Until the first bytes are ready, failures can still be retried elsewhere and answered with a
+    # real HTTP status. If that takes longer than keepalive_s, the response starts with SSE comments
+    # so proxies in between do not cut an idle connection; a final failure is then an error event.
+    task = asyncio.ensure_future(dispatch.run())
+    done, _ = await asyncio.wait((task,), timeout=dispatch.alias.keepalive_s)
+    if done and task.exception() is not None:
+        exc = task.exception()
+        if isinstance(exc, GatewayError | UpstreamError):
+            return _fail(rt, record, started, exc, headers, dispatch, ticket)
+        raise exc  # type: ignore[misc]
+    outcome = task.result() if done else None
+    if outcome is not None:
+        _describe(record, headers, dispatch, outcome)
+    headers["x-gateway-overhead-ms"] = f"{max(0.0, time.perf_counter() - started - dispatch.waited_s) * 1000:.3f}"
+    relay = StreamRelay(rt, dispatch, task, record, started, ticket)
+    return SSEResponse(headers, relay.chunks(), relay.finish)
+
+
+class StreamRelay:
+    """Relays one stream to the client and finishes its accounting exactly once, however it ends:
+    completed, failed, or abandoned by the client (even before the first chunk was asked for)."""
+
+    def __init__(self, rt: Runtime, dispatch: Dispatch, task: asyncio.Future[Outcome], record: UsageRecord,
+                 started: float, ticket: Ticket | None) -> None:
+        self.rt = rt
+        self.dispatch = dispatch
+        self.task = task
+        self.record = record
+        self.started = started
+        self.ticket = ticket
+        self.status, self.error_type = 200, None
+        self.outcome: Outcome | None = None
+        self.waited = 0.0  # time spent waiting on upstream chunks
+        self.finished = False
+
+    def _failed(self, e: GatewayError | UpstreamError) -> bytes:
+        self.status = e.status
+        self.error_type = e.reason if isinstance(e, UpstreamError) else (e.code or e.type)
+        return error_event(GatewayError(e.status, e.message, e.type, e.code))
+
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
+        task, keepalive = self.task, self.dispatch.alias.keepalive_s
+        while not task.done():
+            await asyncio.wait((task,), timeout=keepalive)
+            if not task.done():
+                yield b": keep-alive\n\n"
+        try:
+            self.outcome = outcome = task.result()
+        except (GatewayError, UpstreamError) as e:
+            yield self._failed(e)
+            return
+        except Exception:  # a bug: still an OpenAI error event for the client and an honest row
+            log.exception("unhandled error in stream request %s", self.record.request_id)
+            yield self._failed(GatewayError(500, "The gateway hit an internal error.", "server_error",
+                                            "internal_error"))
+            return
+        start = outcome.stream
+        assert start is not None
+        tr = start.translator
+        self.record.ttft_ms = (time.perf_counter() - self.started) * 1000
+        clock = time.perf_counter
+        try:
+            yield start.first
+            while not tr.done:
+                t0 = clock()
+                try:
+                    data = await anext(start.chunks)
+                except StopAsyncIteration:
+                    self.waited += clock() - t0
+                    tail = tr.end()
+                    if tail:
+                        yield tail
+                    break
+                self.waited += clock() - t0
+                out = tr.feed(data)
+                if out:
+                    yield out
+            if tr.error is not None:
+                self.status, self.error_type = tr.error.status, tr.error.reason
+        except UpstreamError as e:
+            yield self._failed(e)
+        except TRANSPORT_ERRORS as exc:
+            yield self._failed(outcome.upstream.transport_error(exc))
+
+    async def finish(self, disconnected: bool) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        task, record = self.task, self.record
+        if not task.done():
+            task.cancel()  # the client left while we were still waiting on the upstream
+            with contextlib.suppress(BaseException):
+                await task
+        if self.outcome is None and task.done() and not task.cancelled() and task.exception() is None:
+            self.outcome = task.result()  # answered just as the client left: still close and count it
+        outcome = self.outcome
+        if outcome is not None and outcome.stream is not None:
+            await outcome.stream.aclose()
+            outcome.state.end()
+        if disconnected and not (outcome and outcome.stream and outcome.stream.translator.done):
+            self.status, self.error_type = 499, "client_disconnect"
+        _describe(record, {}, self.dispatch, outcome)
+        record.status = self.status
+        record.error_type = self.error_type
+        if outcome is not None and outcome.stream is not None:
+            tr = outcome.stream.translator
+            _settle(record, outcome.call.target, tr.usage, self.dispatch.body, tr.estimated_completion_tokens())
+        elapsed = time.perf_counter() - self.started
+        record.latency_ms = elapsed * 1000
+        _account(self.rt, record, self.ticket, max(0.0, elapsed - self.dispatch.waited_s - self.waited))
+
+
+# models ---------------------------------------------------------------------------------------------
+
+
+def _model_object(rt: Runtime, name: str) -> dict:
+    alias = rt.config.models[name]
+    return {"id": name, "object": "model", "created": rt.created, "owned_by": alias.targets[0].provider}
+
+
+async def list_models(request: Request) -> Response:
+    rt: Runtime = request.app.state.runtime
+    try:
+        key = rt.authenticate(request.headers.get("authorization"))
+    except GatewayError as e:
+        return e.response()
+    data = [_model_object(rt, m.name) for m in rt.allowed_models(key)]
+    return Response(orjson.dumps({"object": "list", "data": data}), media_type=JSON)
+
+
+async def get_model(request: Request) -> Response:
+    rt: Runtime = request.app.state.runtime
+    try:
+        key = rt.authenticate(request.headers.get("authorization"))
+        alias = rt.resolve(request.path_params["model_id"], key)
+    except GatewayError as e:
+        return e.response()
+    return Response(orjson.dumps(_model_object(rt, alias.name)), media_type=JSON)

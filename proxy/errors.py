@@ -1,0 +1,43 @@
+"""OpenAI-format error bodies: every failure a client can see goes through here."""
+
+from __future__ import annotations
+
+import orjson
+from starlette.responses import Response
+
+
+class GatewayError(Exception):
+    """A failure answered to the client as ``{"error": {message, type, param, code}}``."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.param = param
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self, headers: dict[str, str] | None = None) -> Response:
+        merged = {**self.headers, **headers} if headers else self.headers
+        return Response(orjson.dumps(self.body()), self.status, merged, media_type="application/json")
+
+
+def error_event(err: GatewayError) -> bytes:
+    """The SSE form of an error once a stream has started; OpenAI SDKs raise APIError on it."""
+    return b"data: " + orjson.dumps(err.body()) + b"\n\n"
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> GatewayError:
+    return GatewayError(400, message, "invalid_request_error", code, param)

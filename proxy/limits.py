@@ -1,0 +1,461 @@
+"""Rate limits, concurrency limits and budgets: exact across replicas with Redis, the same in-process.
+
+Semantics (identical in both backends):
+- rpm and tpm use GCRA over a 60 s window: a limit of N per minute allows a burst of N at once, then
+  refills continuously at N/60 per second. It is exact (no fixed-window edge doubling) and keeps one
+  number per scope. TPM reserves the request's estimated prompt tokens plus its max_tokens (or the
+  target's default_max_tokens) before the call, and settles to the real usage after it.
+- max_parallel counts a key's requests in flight (entries older than 10 minutes are dropped, so a
+  crashed replica cannot leak slots forever).
+- budgets reserve the request's worst-case cost (estimated prompt plus max_tokens at the priciest
+  target) against the spend so far in the current period (UTC day, UTC month, or total), and settle
+  to the row's real cost afterwards. Spend starts from the usage ledger's rows for the period.
+- Every scope of a request is checked, and only if all pass reserved, atomically: in Redis by one Lua
+  script (one round trip; all key names share one hash tag so the script is legal on Redis Cluster).
+  Settling happens after the response, off the request path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from proxy.config import Config, KeyConfig, ModelAlias
+from proxy.errors import GatewayError
+from proxy.records import UsageRecord
+from proxy.resp import MiniRedis, RedisError
+from proxy.router import estimated_cost, requested_max_tokens
+
+log = logging.getLogger("gateway.limits")
+
+WINDOW_S = 60.0
+PARALLEL_STALE_S = 600.0
+SETTLE_BATCH_S = 0.005  # settlements wait this long to be sent with others
+SETTLE_BATCH_MAX = 500
+PREFIX = "{llm-gateway}:"  # one hash tag: every key of one script lands in one Redis Cluster slot
+
+
+@dataclass(slots=True)
+class Check:
+    scope: str  # key | model | global | parallel | budget
+    kind: str  # gcra | parallel | budget
+    key: str
+    limit: float
+    amount: float
+    unit: str  # requests | tokens | usd
+    ttl_s: float = 0.0  # budget: seconds until the period ends (0 = never)
+
+
+@dataclass(slots=True)
+class Result:
+    remaining: float
+    reset_s: float
+
+
+@dataclass(slots=True)
+class Ticket:
+    request_id: str
+    checks: list[Check]
+    results: list[Result]
+    reserved_tokens: int = 0
+    reserved_cost: float = 0.0
+    settled: bool = False
+
+    def headers(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for unit in ("requests", "tokens"):
+            pairs = [(c, r) for c, r in zip(self.checks, self.results, strict=True)
+                     if c.kind == "gcra" and c.unit == unit]
+            if not pairs:
+                continue
+            check, result = min(pairs, key=lambda p: p[1].remaining)
+            out[f"x-ratelimit-limit-{unit}"] = str(int(check.limit))
+            out[f"x-ratelimit-remaining-{unit}"] = str(max(0, math.floor(result.remaining + 1e-9)))
+            out[f"x-ratelimit-reset-{unit}"] = duration(result.reset_s)
+        return out
+
+
+@dataclass(slots=True)
+class Denial:
+    check: Check
+    retry_after_s: float
+
+
+def duration(seconds: float) -> str:
+    """OpenAI's reset format: 1s, 6m0s, 1.5s."""
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        text = f"{seconds:.3f}".rstrip("0").rstrip(".")
+        return f"{text or '0'}s"
+    minutes, rest = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{rest}s"
+
+
+def period_of(period: str, now: datetime) -> tuple[str, datetime | None, float]:
+    """(id, start, seconds until the next period) for a budget period at ``now`` (UTC)."""
+    if period == "day":
+        start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        return start.strftime("d%Y-%m-%d"), start, 86400 - (now - start).total_seconds()
+    if period == "month":
+        start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        nxt = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
+        return start.strftime("m%Y-%m"), start, (nxt - now).total_seconds()
+    return "total", None, 0.0
+
+
+class StoreUnavailable(Exception):
+    pass
+
+
+# --- backends ------------------------------------------------------------------------------------
+
+
+class MemoryBackend:
+    """In-process: the same arithmetic as the Lua script, on dicts. ``clock`` is injectable for tests."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.values: dict[str, float] = {}
+        self.parallel: dict[str, dict[str, float]] = {}
+
+    async def acquire(self, checks: list[Check], request_id: str) -> tuple[Denial | None, list[Result]]:
+        now = self.clock()
+        results: list[Result] = []
+        new_values: list[float] = []
+        for check in checks:
+            if check.kind == "gcra":
+                step = WINDOW_S / check.limit
+                tat = max(self.values.get(check.key, now), now)
+                new = tat + check.amount * step
+                if new - now > WINDOW_S + 1e-9:
+                    return Denial(check, _gcra_retry(check, new - WINDOW_S - now)), []
+                new_values.append(new)
+                results.append(Result((now + WINDOW_S - new) / step, new - now))
+            elif check.kind == "parallel":
+                slots = self.parallel.setdefault(check.key, {})
+                for rid, started in list(slots.items()):
+                    if started < now - PARALLEL_STALE_S:
+                        del slots[rid]
+                if len(slots) + 1 > check.limit:
+                    return Denial(check, 1.0), []
+                new_values.append(0.0)
+                results.append(Result(check.limit - len(slots) - 1, 0.0))
+            else:
+                spent = self.values.get(check.key, 0.0)
+                if spent + check.amount > check.limit + 1e-12:
+                    return Denial(check, check.ttl_s), []
+                new_values.append(spent + check.amount)
+                results.append(Result(check.limit - spent - check.amount, check.ttl_s))
+        for check, value in zip(checks, new_values, strict=True):
+            if check.kind == "parallel":
+                self.parallel[check.key][request_id] = now
+            else:
+                self.values[check.key] = value
+        return None, results
+
+    async def settle(self, entries: list[tuple[Check, float, str]]) -> None:
+        now = self.clock()
+        for check, delta, request_id in entries:
+            if check.kind == "parallel":
+                self.parallel.get(check.key, {}).pop(request_id, None)
+            elif check.kind == "gcra" and check.key in self.values:
+                self.values[check.key] = max(now, self.values[check.key] + delta * WINDOW_S / check.limit)
+            elif check.kind == "budget":
+                self.values[check.key] = self.values.get(check.key, 0.0) + delta
+
+    async def seed(self, key: str, value: float, ttl_s: float) -> None:
+        self.values.setdefault(key, value)
+
+    async def aclose(self) -> None:
+        pass
+
+
+def _gcra_retry(check: Check, wait: float) -> float:
+    # A request larger than the whole window can never pass: say so with a full window.
+    return WINDOW_S if check.amount > check.limit else wait
+
+
+ACQUIRE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rid = ARGV[1]
+local out = {1}
+local new = {}
+for i = 1, #KEYS do
+  local b = 1 + (i - 1) * 4
+  local kind, limit, amount, ttl = ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
+  if kind == 'gcra' then
+    local step = 60 / limit
+    local tat = tonumber(redis.call('GET', KEYS[i])) or now
+    if tat < now then tat = now end
+    local v = tat + amount * step
+    if v - now > 60 + 1e-9 then return {0, i, tostring(v - 60 - now)} end
+    new[i] = v
+    out[#out + 1] = tostring((now + 60 - v) / step)
+    out[#out + 1] = tostring(v - now)
+  elseif kind == 'parallel' then
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - ttl)
+    local n = redis.call('ZCARD', KEYS[i])
+    if n + 1 > limit then return {0, i, '1'} end
+    out[#out + 1] = tostring(limit - n - 1)
+    out[#out + 1] = '0'
+  else
+    local spent = tonumber(redis.call('GET', KEYS[i])) or 0
+    if spent + amount > limit + 1e-12 then return {0, i, tostring(ttl)} end
+    out[#out + 1] = tostring(limit - spent - amount)
+    out[#out + 1] = tostring(ttl)
+  end
+end
+for i = 1, #KEYS do
+  local b = 1 + (i - 1) * 4
+  local kind, amount, ttl = ARGV[b + 1], tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
+  if kind == 'gcra' then
+    redis.call('SET', KEYS[i], tostring(new[i]), 'PX', math.ceil((new[i] - now) * 1000) + 1000)
+  elseif kind == 'parallel' then
+    redis.call('ZADD', KEYS[i], now, rid)
+    redis.call('PEXPIRE', KEYS[i], math.ceil(ttl * 1000))
+  else
+    redis.call('INCRBYFLOAT', KEYS[i], amount)
+    if ttl > 0 then redis.call('EXPIRE', KEYS[i], math.ceil(ttl) + 86400) end
+  end
+end
+return out
+"""
+
+SETTLE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+for i = 1, #KEYS do
+  local b = (i - 1) * 4
+  local kind, limit, delta, rid = ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), ARGV[b + 4]
+  if kind == 'parallel' then
+    redis.call('ZREM', KEYS[i], rid)
+  elseif kind == 'gcra' and delta ~= 0 then
+    local tat = tonumber(redis.call('GET', KEYS[i]))
+    if tat then
+      local v = tat + delta * 60 / limit
+      if v <= now then redis.call('DEL', KEYS[i])
+      else redis.call('SET', KEYS[i], tostring(v), 'PX', math.ceil((v - now) * 1000) + 1000) end
+    end
+  elseif kind == 'budget' and delta ~= 0 then
+    if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('INCRBYFLOAT', KEYS[i], delta) end
+  end
+end
+return 1
+"""
+
+
+class RedisBackend:
+    def __init__(self, url: str) -> None:
+        # A purpose-built client (proxy.resp): the script call is on every request's path.
+        self.client = MiniRedis(url)
+
+    async def acquire(self, checks: list[Check], request_id: str) -> tuple[Denial | None, list[Result]]:
+        args: list[Any] = [request_id]
+        for c in checks:
+            args += [c.kind, repr(c.limit), repr(c.amount), repr(c.ttl_s if c.kind != "parallel" else PARALLEL_STALE_S)]
+        try:
+            reply = await self.client.run_script(ACQUIRE_LUA, [c.key for c in checks], args)
+        except (OSError, TimeoutError, RedisError) as exc:
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
+        if int(reply[0]) == 0:
+            check = checks[int(reply[1]) - 1]
+            return Denial(check, _gcra_retry(check, float(reply[2])) if check.kind == "gcra" else float(reply[2])), []
+        values = [float(v) for v in reply[1:]]
+        return None, [Result(values[i], values[i + 1]) for i in range(0, len(values), 2)]
+
+    async def settle(self, entries: list[tuple[Check, float, str]]) -> None:
+        args: list[Any] = []
+        for check, delta, request_id in entries:
+            args += [check.kind, repr(check.limit), repr(delta), request_id]
+        try:
+            await self.client.run_script(SETTLE_LUA, [c.key for c, _, _ in entries], args)
+        except (OSError, TimeoutError, RedisError) as exc:
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
+
+    async def seed(self, key: str, value: float, ttl_s: float) -> None:
+        expiry = ("EX", int(ttl_s) + 86400) if ttl_s else ()
+        try:
+            await self.client.call("SET", key, repr(value), "NX", *expiry)
+        except (OSError, TimeoutError, RedisError) as exc:
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+# --- the limiter ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Limits:
+    config: Config
+    backend: Any  # MemoryBackend | RedisBackend
+    on_store_error: Callable[[str], None] = lambda scope: None  # metrics hook
+    on_denied: Callable[[str], None] = lambda scope: None
+    pending: list[tuple[Check, float, str]] = field(default_factory=list)  # settlements not yet sent
+    flusher: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_config(cls, config: Config) -> Limits:
+        url = config.storage.redis_url
+        return cls(config, RedisBackend(url) if url else MemoryBackend())
+
+    def checks_for(self, key: KeyConfig | None, alias: ModelAlias, body: dict[str, Any], prompt_tokens: int,
+                   endpoint: str) -> tuple[list[Check], int, float]:
+        max_tokens = requested_max_tokens(body, alias.targets[0].default_max_tokens) if endpoint == "chat" else 0
+        tokens = prompt_tokens + max_tokens
+        checks: list[Check] = []
+        scopes: list[tuple[str, str, int | None, int | None]] = [("global", "global", self.config.limits.rpm,
+                                                                  self.config.limits.tpm),
+                                                                 ("model", f"model:{alias.name}", alias.rpm, alias.tpm)]
+        if key is not None:
+            scopes.append(("key", f"key:{key.name}", key.rpm, key.tpm))
+        for scope, name, rpm, tpm in scopes:
+            if rpm:
+                checks.append(Check(scope, "gcra", f"{PREFIX}rpm:{name}", rpm, 1, "requests"))
+            if tpm:
+                checks.append(Check(scope, "gcra", f"{PREFIX}tpm:{name}", tpm, tokens, "tokens"))
+        cost = 0.0
+        if key is not None and key.max_parallel:
+            checks.append(Check("parallel", "parallel", f"{PREFIX}inflight:key:{key.name}", key.max_parallel, 1,
+                                "requests"))
+        if key is not None and key.budget_usd is not None:
+            cost = max((estimated_cost(t, prompt_tokens, max_tokens) or 0.0) for t in alias.targets)
+            period_id, _, ttl = period_of(key.budget_period, datetime.now(UTC))
+            checks.append(Check("budget", "budget", f"{PREFIX}spend:key:{key.name}:{period_id}", key.budget_usd, cost,
+                                "usd", ttl))
+        return checks, tokens, cost
+
+    async def acquire(self, key: KeyConfig | None, alias: ModelAlias, body: dict[str, Any], prompt_tokens: int,
+                      endpoint: str, request_id: str) -> Ticket | None:
+        if not (self.config.limits.rpm or self.config.limits.tpm or alias.rpm or alias.tpm or (key is not None and (
+                key.rpm or key.tpm or key.max_parallel or key.budget_usd is not None))):
+            return None  # nothing limits this request: no estimates, no store call
+        checks, tokens, cost = self.checks_for(key, alias, body, prompt_tokens, endpoint)
+        try:
+            denial, results = await self.backend.acquire(checks, request_id)
+        except StoreUnavailable as exc:
+            self.on_store_error("store")
+            log.warning("limits store unavailable (%s): %s", self.config.limits.on_store_error, exc)
+            if self.config.limits.on_store_error == "deny":
+                raise GatewayError(503, "Rate limits cannot be checked right now; try again shortly.",
+                                   "service_unavailable_error", "limits_unavailable",
+                                   headers={"retry-after": "1"}) from None
+            return None
+        if denial is not None:
+            self.on_denied(denial.check.scope)
+            raise _rejection(denial)
+        return Ticket(request_id, checks, results, tokens, cost)
+
+    def settle(self, ticket: Ticket | None, record: UsageRecord) -> None:
+        """Replace reservations with what the request really used; runs in the background."""
+        if ticket is None or ticket.settled:
+            return
+        ticket.settled = True
+        used_tokens = record.prompt_tokens + record.completion_tokens
+        rid = ticket.request_id
+        adjustments: list[tuple[Check, float, str]] = []
+        for check in ticket.checks:
+            if check.kind == "parallel":
+                adjustments.append((check, 0.0, rid))
+            elif check.unit == "tokens":
+                adjustments.append((check, used_tokens - ticket.reserved_tokens, rid))
+            elif check.unit == "usd":
+                adjustments.append((check, (record.cost_usd or 0.0) - ticket.reserved_cost, rid))
+        if not adjustments:
+            return
+        self.pending += adjustments
+        if self.flusher is None or self.flusher.done():
+            # A freed concurrency slot goes out at once; token and budget corrections can wait a few
+            # milliseconds to be sent with other requests' (one script call per batch).
+            urgent = any(check.kind == "parallel" for check, _, _ in adjustments)
+            self.flusher = asyncio.ensure_future(self._flush_soon(0 if urgent else SETTLE_BATCH_S))
+
+    async def _flush_soon(self, delay: float) -> None:
+        if delay:
+            await asyncio.sleep(delay)
+        await self.flush()
+
+    async def flush(self) -> None:
+        while self.pending:
+            batch, self.pending = self.pending[:SETTLE_BATCH_MAX], self.pending[SETTLE_BATCH_MAX:]
+            try:
+                await self.backend.settle(batch)
+            except StoreUnavailable as exc:
+                self.on_store_error("store")
+                log.warning("limits store unavailable while settling: %s", exc)
+
+    async def seed_budgets(self, spend_by_key: dict[str, float], keys: list[KeyConfig]) -> None:
+        """Start each budgeted key's spend from the ledger, unless a replica already did."""
+        now = datetime.now(UTC)
+        for key in keys:
+            if key.budget_usd is None:
+                continue
+            period_id, _, ttl = period_of(key.budget_period, now)
+            with contextlib.suppress(StoreUnavailable):
+                await self.backend.seed(f"{PREFIX}spend:key:{key.name}:{period_id}", spend_by_key.get(key.name, 0.0),
+                                        ttl)
+
+    async def aclose(self) -> None:
+        if self.flusher is not None:
+            self.flusher.cancel()
+        await self.flush()
+        await self.backend.aclose()
+
+
+def _rejection(denial: Denial) -> GatewayError:
+    check = denial.check
+    retry = str(max(1, math.ceil(denial.retry_after_s))) if denial.retry_after_s else "60"
+    if check.kind == "budget":
+        return GatewayError(429, f"Budget of ${check.limit:g} for this key is used up for the current period.",
+                            "insufficient_quota", "insufficient_quota", headers={"retry-after": retry})
+    headers = {"retry-after": retry}
+    if check.kind == "gcra":
+        headers.update({f"x-ratelimit-limit-{check.unit}": str(int(check.limit)),
+                        f"x-ratelimit-remaining-{check.unit}": "0",
+                        f"x-ratelimit-reset-{check.unit}": duration(denial.retry_after_s)})
+    if check.kind == "parallel":
+        message = f"Too many concurrent requests for this key (max_parallel = {int(check.limit)})."
+    else:
+        what = "requests" if check.unit == "requests" else "tokens"
+        message = (f"Rate limit reached for {check.scope} scope: {int(check.limit)} {what} per minute. "
+                   f"Please try again in {retry}s.")
+        if check.amount > check.limit:
+            message = (f"This request needs {int(check.amount)} tokens (prompt plus max_tokens), more than the "
+                       f"{check.scope} scope's limit of {int(check.limit)} tokens per minute.")
+    return GatewayError(429, message, "rate_limit_error", "rate_limit_exceeded", headers=headers)
+
+
+async def seed_budgets(config: Config, limits: Limits, keys: list[KeyConfig]) -> None:
+    """Budgets start from the ledger: the spend of each budgeted key in its current period."""
+    budgeted = [k for k in keys if k.budget_usd is not None]
+    if not budgeted:
+        return
+    from proxy.storage import open_store, redact
+
+    store = open_store(config.storage.database_url)
+    now = datetime.now(UTC)
+    spend: dict[str, float] = {}
+    try:
+        async with asyncio.timeout(5):
+            await store.open()
+            await store.migrate()
+            for key in budgeted:
+                _, start, _ = period_of(key.budget_period, now)
+                rows = await store.report(start or datetime(1970, 1, 1, tzinfo=UTC), now, "key")
+                spend[key.name] = next((r.cost_usd or 0.0 for r in rows if r.group == key.name), 0.0)
+    except Exception as exc:  # the gateway still starts; budgets count from zero until seeded
+        log.warning("could not read spend so far from %s for budgets: %s", redact(store.url), exc)
+        return
+    finally:
+        with contextlib.suppress(Exception):
+            await store.close()
+    await limits.seed_budgets(spend, budgeted)

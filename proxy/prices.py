@@ -1,0 +1,187 @@
+"""Model prices from a local file, and `gateway prices refresh` to fill that file from OpenRouter.
+
+The file (JSON, USD per million tokens)::
+
+    {"source": "openrouter", "fetched_at": "2026-01-01T00:00:00Z",
+     "models": {"openai/gpt-4o-mini": {"input_per_mtok": 0.15, "output_per_mtok": 0.6,
+                                       "cached_input_per_mtok": 0.075}}}
+
+A target with neither ``input_per_mtok`` nor ``output_per_mtok`` in gateway.toml takes its prices
+from the file, looked up by its upstream model id: first exactly, then as ``<vendor>/<model>``
+(vendor from the provider kind: openai, anthropic, google), which is how OpenRouter names them.
+Explicit prices in gateway.toml always win. A model found nowhere stays unpriced: cost_usd null.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from proxy.config import Config, ConfigError, ModelAlias, ProviderConfig, Target
+
+log = logging.getLogger("gateway")
+
+OPENROUTER_URL = "https://openrouter.ai"
+PRICE_FIELDS = ("input_per_mtok", "output_per_mtok", "cached_input_per_mtok", "per_request")
+VENDORS = {"openai": "openai", "azure": "openai", "anthropic": "anthropic", "gemini": "google"}
+
+
+# --- reading and applying ------------------------------------------------------------------------------------------
+
+
+def load_prices(path: str | os.PathLike[str]) -> dict[str, dict[str, float]]:
+    """Model id -> price fields. Raises ValueError for a file that is not in the format above."""
+    data = orjson.loads(Path(path).read_bytes())
+    models = data.get("models") if isinstance(data, dict) else None
+    if not isinstance(models, dict):
+        raise ValueError('expected a JSON object with a "models" object')
+    out: dict[str, dict[str, float]] = {}
+    for model_id, prices in models.items():
+        if not isinstance(prices, dict):
+            raise ValueError(f"models.{model_id}: expected an object")
+        entry: dict[str, float] = {}
+        for name, value in prices.items():
+            if name not in PRICE_FIELDS:
+                raise ValueError(f"models.{model_id}.{name}: unknown field")
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ValueError(f"models.{model_id}.{name}: expected a number >= 0")
+            entry[name] = float(value)
+        if "input_per_mtok" not in entry or "output_per_mtok" not in entry:
+            raise ValueError(f"models.{model_id}: input_per_mtok and output_per_mtok are required")
+        out[model_id] = entry
+    return out
+
+
+def apply_prices_file(file: str, path: str, providers: dict[str, ProviderConfig],
+                      models: dict[str, ModelAlias]) -> None:
+    """Fill unpriced targets from the prices file. A missing file is not an error (it is what
+    `gateway prices refresh` creates); such targets stay unpriced and are named at start."""
+    try:
+        prices = load_prices(path)
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as e:  # orjson.JSONDecodeError is a ValueError
+        raise ConfigError(file, "storage.prices_file", f"{path}: {e}") from None
+    for alias in models.values():
+        for target in alias.targets:
+            if target.input_per_mtok is None and target.output_per_mtok is None:
+                found = lookup(prices, target, providers.get(target.provider))
+                if found is not None:
+                    for name, value in found.items():
+                        setattr(target, name, value)
+
+
+def lookup(prices: dict[str, dict[str, float]], target: Target,
+           provider: ProviderConfig | None) -> dict[str, float] | None:
+    if not target.model:
+        return None  # a glob alias forwards the client's model name: nothing fixed to look up
+    if target.model in prices:
+        return prices[target.model]
+    vendor = VENDORS.get(provider.kind) if provider is not None else None
+    if vendor is not None:
+        return prices.get(f"{vendor}/{target.model}")
+    return None
+
+
+def unpriced_targets(config: Config) -> list[str]:
+    """'alias -> provider/model' for every target without a price (the local echo provider aside)."""
+    out = []
+    for alias in config.models.values():
+        for t in alias.targets:
+            provider = config.providers.get(t.provider)
+            if provider is None or provider.kind == "echo":
+                continue
+            if t.input_per_mtok is None or t.output_per_mtok is None:
+                out.append(f"{alias.name} -> {t.provider}/{t.model or '<requested model>'}")
+    return out
+
+
+def warn_unpriced(config: Config) -> list[str]:
+    missing = unpriced_targets(config)
+    for name in missing:
+        where = f" and not in {config.storage.prices_file}" if config.storage.prices_file else ""
+        log.warning("no price for %s (no input_per_mtok/output_per_mtok%s): its cost_usd will be null",
+                    name, where)
+    return missing
+
+
+# --- refreshing from OpenRouter ------------------------------------------------------------------------------------
+
+
+def _usd(value: Any) -> Decimal | None:
+    """OpenRouter prices are USD as decimal strings; "-1" marks a price it cannot state."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        usd = Decimal(str(value))
+    except InvalidOperation:
+        return None
+    return usd if usd.is_finite() and usd >= 0 else None
+
+
+def _per_mtok(value: Any) -> float | None:
+    per_token = _usd(value)
+    return None if per_token is None else float(per_token * 1_000_000)  # Decimal: "0.00000015" -> exactly 0.15
+
+
+def parse_openrouter(data: Any) -> dict[str, dict[str, float]]:
+    """OpenRouter's GET /api/v1/models body -> prices per model id (models without a usable price left out)."""
+    items = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        raise ValueError('expected a JSON object with a "data" array')
+    out: dict[str, dict[str, float]] = {}
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+            continue
+        pricing = item.get("pricing")
+        if not isinstance(pricing, dict):
+            continue
+        prompt, completion = _per_mtok(pricing.get("prompt")), _per_mtok(pricing.get("completion"))
+        if prompt is None or completion is None:
+            continue
+        entry = {"input_per_mtok": prompt, "output_per_mtok": completion}
+        cached = _per_mtok(pricing.get("input_cache_read"))
+        if cached is not None:
+            entry["cached_input_per_mtok"] = cached
+        per_request = _usd(pricing.get("request"))
+        if per_request:
+            entry["per_request"] = float(per_request)
+        out[item["id"]] = entry
+    return out
+
+
+def fetch_openrouter(base_url: str = OPENROUTER_URL, timeout: float = 30.0) -> dict[str, dict[str, float]]:
+    import httpx
+
+    url = base_url.rstrip("/") + "/api/v1/models"
+    resp = httpx.get(url, timeout=timeout, headers={"accept": "application/json"}, follow_redirects=True)
+    if resp.status_code != 200:
+        raise ValueError(f"GET {url} answered {resp.status_code}: {resp.text[:200]}")
+    try:
+        data = orjson.loads(resp.content)
+    except orjson.JSONDecodeError as e:
+        raise ValueError(f"GET {url} did not answer JSON: {e}") from None
+    return parse_openrouter(data)
+
+
+def write_prices(path: str | os.PathLike[str], prices: dict[str, dict[str, float]], source: str) -> None:
+    """Atomically: a gateway starting meanwhile reads the old file or the new one, never half of one."""
+    target = Path(path)
+    body = {"source": source, "fetched_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "models": dict(sorted(prices.items()))}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n")
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

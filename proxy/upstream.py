@@ -1,0 +1,172 @@
+"""Upstream connections: one adapter and keep-alive connection pools per provider, and the two
+ways of sending (whole body, or a stream) with the same timeout and error mapping for every kind.
+
+The client is ``proxy.http1`` (see there for why a purpose-built one): a proxy's own CPU cost is
+dominated by its HTTP client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import AsyncIterator
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from adapters import echo
+from adapters.base import Adapter, UpstreamError, UpstreamRequest
+from proxy.config import ConfigError, ProviderConfig
+from proxy.http1 import Pool, Response
+
+ADAPTER_CLASSES = {
+    "openai": "adapters.openai:OpenAIAdapter",
+    "echo": "adapters.openai:OpenAIAdapter",  # echo speaks OpenAI, answered in-process
+    "anthropic": "adapters.anthropic:AnthropicAdapter",
+    "gemini": "adapters.gemini:GeminiAdapter",
+    "azure": "adapters.azure:AzureAdapter",
+}
+
+TRANSPORT_ERRORS = (OSError, TimeoutError)  # ConnectionError and refused connects are OSErrors
+DRAIN_S = 0.5  # after a stream's terminal event: how long to wait for the rest of its response
+
+
+def make_adapter(provider: ProviderConfig, file: str = "gateway.toml") -> Adapter:
+    module_name, _, class_name = ADAPTER_CLASSES[provider.kind].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError:
+        raise ConfigError(file, f"providers.{provider.name}.kind",
+                          f"kind {provider.kind!r} is not available in this build") from None
+    adapter: Adapter = getattr(module, class_name)(provider)
+    return adapter
+
+
+class UpstreamStream(Protocol):
+    chunks: AsyncIterator[bytes]
+
+    async def aclose(self, finished: bool = False) -> None: ...
+
+
+class HttpStream:
+    def __init__(self, response: Response) -> None:
+        self.response = response
+        self.chunks: AsyncIterator[bytes] = response.chunks
+
+    async def aclose(self, finished: bool = False) -> None:
+        # A stream whose terminal event arrived usually has only the chunked terminator left: read it
+        # so the connection is reused. Otherwise the connection is closed at once, so the upstream
+        # stops generating (and billing).
+        if finished and not self.response.complete:
+            await self.response.drain(DRAIN_S)
+        self.response.close()
+
+
+class Upstream:
+    """A provider's adapter and connection pools, together."""
+
+    def __init__(self, provider: ProviderConfig, file: str = "gateway.toml") -> None:
+        self.provider = provider
+        self.adapter = make_adapter(provider, file)
+        self.pools: dict[str, Pool] = {}  # by origin; made on first use, inside the event loop
+        self.routes: dict[str, tuple[Pool, str]] = {}  # url -> (pool, request target), parsed once
+
+    def _route(self, url: str) -> tuple[Pool, str]:
+        route = self.routes.get(url)
+        if route is None:
+            parts = urlsplit(url)
+            origin = f"{parts.scheme}://{parts.netloc}"
+            pool = self.pools.get(origin)
+            if pool is None:
+                pool = self.pools[origin] = Pool(origin)
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            route = (pool, target)
+            if len(self.routes) < 10_000:  # urls are per provider and model: a bounded set
+                self.routes[url] = route
+        return route
+
+    async def aclose(self) -> None:
+        for pool in self.pools.values():
+            pool.close()
+
+    async def fetch(self, req: UpstreamRequest, connect_s: float, total_s: float) -> bytes:
+        """Send and read the whole response; a non-2xx answer raises the adapter's UpstreamError."""
+        pool, target = self._route(req.url)
+        response = None
+        try:
+            # The connection's own timer enforces total_s: cheaper than an asyncio.timeout scope.
+            response = await pool.request(req.method, target, req.headers, req.content, connect_s, None, total_s)
+            body = await response.read()
+        except TRANSPORT_ERRORS as exc:
+            if response is not None:
+                response.close()
+            raise self.transport_error(exc) from None
+        except BaseException:
+            if response is not None:
+                response.close()
+            raise
+        if response.status >= 300:
+            raise self.adapter.error(response.status, body, response.headers)
+        return body
+
+    async def open_stream(self, req: UpstreamRequest, connect_s: float, idle_s: float) -> UpstreamStream:
+        """Send and wait for the response head; the caller reads ``chunks`` and must ``aclose()``.
+        The caller bounds the wait (first-byte timeout); ``idle_s`` bounds each gap between reads."""
+        pool, target = self._route(req.url)
+        try:
+            response = await pool.request(req.method, target, req.headers, req.content, connect_s, idle_s)
+        except TRANSPORT_ERRORS as exc:
+            raise self.transport_error(exc) from None
+        if response.status >= 300:
+            try:
+                async with asyncio.timeout(idle_s):
+                    body = await response.read()
+            except TRANSPORT_ERRORS:
+                body = b""
+            finally:
+                response.close()
+            raise self.adapter.error(response.status, body, response.headers)
+        return HttpStream(response)
+
+    def transport_error(self, exc: BaseException) -> UpstreamError:
+        name = self.provider.name
+        if isinstance(exc, TimeoutError):
+            return UpstreamError(504, f"upstream {name} timed out", "timeout", "timeout", "upstream_timeout")
+        return UpstreamError(502, f"connection to upstream {name} failed ({type(exc).__name__})", "connection",
+                             "upstream_error", "upstream_connection_error")
+
+
+class EchoStream:
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self.chunks = chunks
+
+    async def aclose(self, finished: bool = False) -> None:
+        pass
+
+
+class EchoUpstream(Upstream):
+    """kind = "echo": the same adapter and code path, answered in-process instead of over a socket."""
+
+    async def fetch(self, req: UpstreamRequest, connect_s: float, total_s: float) -> bytes:
+        status, body = echo.answer(req.url, req.content)
+        assert isinstance(body, bytes)
+        if status >= 300:
+            raise self.adapter.error(status, body, {})
+        return body
+
+    async def open_stream(self, req: UpstreamRequest, connect_s: float, idle_s: float) -> UpstreamStream:
+        status, body = echo.answer(req.url, req.content)
+        if isinstance(body, bytes):
+            raise self.adapter.error(status, body, {})
+        return EchoStream(body)
+
+    async def aclose(self) -> None:
+        pass
+
+
+def make_upstream(provider: ProviderConfig, file: str = "gateway.toml") -> Upstream:
+    return EchoUpstream(provider, file) if provider.kind == "echo" else Upstream(provider, file)
+
+
+def is_transport_error(exc: BaseException) -> bool:
+    return isinstance(exc, TRANSPORT_ERRORS)
+
