@@ -1,0 +1,280 @@
+"""What a run found (plain data) and how it is written: the table, the targets, RESULTS.md."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import os
+import platform
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench_load import Load
+from bench_procs import ROOT, cpus
+
+
+@dataclass
+class Plan:
+    quick: bool
+    warmup_s: int
+    c1_s: int
+    c16_s: int
+    stream_s: int
+    ttft_n: int
+    ttft_cap_s: float
+    min_requests: int  # a slow server's phase is extended until it served this many (or phase_cap_s)
+    phase_cap_s: int
+    memory_first: int
+    memory_total: int
+    memory_cap_s: float
+
+    @classmethod
+    def make(cls, quick: bool) -> Plan:
+        if quick:  # a smoke run of the whole harness, about 1.5 minutes: numbers are rough
+            return cls(quick=True, warmup_s=1, c1_s=2, c16_s=3, stream_s=2, ttft_n=30, ttft_cap_s=10,
+                       min_requests=20, phase_cap_s=10, memory_first=2_000, memory_total=10_000, memory_cap_s=60)
+        return cls(quick=False, warmup_s=2, c1_s=6, c16_s=8, stream_s=5, ttft_n=300, ttft_cap_s=20,
+                   min_requests=200, phase_cap_s=30, memory_first=10_000, memory_total=100_000, memory_cap_s=300)
+
+
+@dataclass
+class Row:
+    name: str
+    status: str = "ok"  # "ok", or why there are no numbers
+    c1: Load | None = None
+    c16: Load | None = None
+    s5: Load | None = None
+    s200: Load | None = None
+    ttft_ms: float | None = None  # median, 5-chunk stream
+    ttft200_ms: float | None = None  # median, 200-chunk stream: the first event may wait behind the burst
+    peak_rss_mb: float | None = None
+    commit: str = ""  # HEAD when this row's server started: others may commit during a run
+    errors: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Memory:
+    first: int = 0
+    total: int = 0
+    rss_first_mb: float = 0.0
+    rss_total_mb: float = 0.0
+    status: str = "ok"
+
+    @property
+    def growth(self) -> float:
+        return self.rss_total_mb / self.rss_first_mb - 1 if self.rss_first_mb else float("nan")
+
+
+@dataclass
+class Results:
+    plan: Plan
+    commit: str  # HEAD when the run started
+    rows: dict[str, Row] = field(default_factory=dict)
+    bare_notes: list[str] = field(default_factory=list)
+    governed_notes: list[str] = field(default_factory=list)
+    ledger: str = "not run"
+    ledger_ok: bool | None = None
+    memory: Memory | None = None
+    litellm_version: str = ""
+    noise: str = ""
+
+
+def fmt(x: float | None, digits: int = 2) -> str:
+    return "—" if x is None or x != x else f"{x:.{digits}f}"
+
+
+def git_head() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    return out.stdout.strip() or "?"
+
+
+def machine(res: Results) -> list[str]:
+    model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "proxy", "adapters"],
+                           capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    wrk_version = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    pkgs = ", ".join(f"{p} {_version(p)}" for p in ("starlette", "uvicorn", "aiohttp", "httpx",
+                                                    "orjson", "uvloop", "httptools", "redis", "hiredis", "asyncpg"))
+    server_cpu, load_cpu = cpus()
+    pinning = (f"server under test on core {server_cpu} (taskset), load generator + fake upstream on core {load_cpu}"
+               if server_cpu is not None else "not pinned (fewer than 2 cores or no taskset)")
+    head = git_head()
+    commit = res.commit + ("" if head == res.commit else f" (HEAD moved to {head} during the run)")
+    commit += " (the gateway code has uncommitted changes)" if dirty else ""
+    return [
+        f"- date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- commit: {commit}",
+        f"- machine: {os.cpu_count()} cores, {model}, Linux {platform.release()}",
+        f"- pinning: {pinning}",
+        f"- Python {platform.python_version()}; {pkgs}",
+        f"- load: {wrk_version.strip()}, closed loop, 1 thread; TTFT by a raw-socket client at concurrency 1",
+    ]
+
+
+def _version(pkg: str) -> str:
+    try:
+        return importlib.metadata.version(pkg)
+    except importlib.metadata.PackageNotFoundError:
+        return "-"
+
+
+def _ms(x: float | None) -> str:
+    return "—" if x is None else f"{x:.3f}"
+
+
+def table(res: Results) -> list[str]:
+    direct = res.rows.get("direct")
+    head = ("| | rps c=16 | ÷ direct | p50 c=1 ms | p99 c=1 ms | p50 c=16 ms | p99 c=16 ms | added p50 c=1 ms "
+            "| CPU µs/req | upstream µs/req | CPU ÷ upstream | peak RSS MB | TTFT p50 ms (5 / 200 chunks) "
+            "| added TTFT ms (5 / 200) | stream CPU µs (5 / 200 chunks) | 200 ÷ 5 |")
+    columns = head.count("|") - 1
+    out = [head, "|" + "---|" * columns]
+    for key in ("direct", "bare", "governed", "litellm"):
+        row = res.rows.get(key)
+        if row is None:
+            continue
+        if row.status != "ok" or row.c1 is None or row.c16 is None or row.s5 is None or row.s200 is None:
+            out.append(f"| {row.name} | {row.status} |" + " |" * (columns - 2))
+            continue
+        base = None if key == "direct" else direct
+        added = _added(row, base, "c1")
+        vs_direct = row.c16.rps / direct.c16.rps if direct and direct.c16 else None
+        ratio = "—" if base is None else fmt(row.c16.server_us / row.c16.upstream_us)
+        out.append(
+            f"| {row.name} | {row.c16.rps:,.0f} | {fmt(vs_direct)} | {row.c1.p50_ms:.3f} | {row.c1.p99_ms:.3f} "
+            f"| {row.c16.p50_ms:.2f} | {row.c16.p99_ms:.2f} | {_ms(added)} | {row.c16.server_us:,.0f} "
+            f"| {row.c16.upstream_us:,.0f} | {ratio} | {fmt(row.peak_rss_mb, 1)} "
+            f"| {_ms(row.ttft_ms)} / {_ms(row.ttft200_ms)} "
+            f"| {_ms(_added(row, base, 'ttft'))} / {_ms(_added(row, base, 'ttft200'))} "
+            f"| {row.s5.server_us:,.0f} / {row.s200.server_us:,.0f} | {fmt(row.s200.server_us / row.s5.server_us)} |"
+        )
+    return out
+
+
+def _added(row: Row, direct: Row | None, what: str) -> float | None:
+    """Milliseconds the row adds over the direct row: p50 at c=1 ("c1"), or a median TTFT."""
+    if direct is None:
+        return None
+    if what == "c1":
+        return row.c1.p50_ms - direct.c1.p50_ms if row.c1 and direct.c1 else None
+    mine, theirs = getattr(row, f"{what}_ms"), getattr(direct, f"{what}_ms")
+    return None if mine is None or theirs is None else mine - theirs
+
+
+def details(res: Results) -> list[str]:
+    out = ["| | requests c=1 / c=16 / 5-chunk / 200-chunk | errors | upstream CPU µs per stream (5 / 200) "
+           "| HEAD at its start |", "|---|---|---|---|---|"]
+    for row in res.rows.values():
+        if row.status == "ok" and row.c1 and row.c16 and row.s5 and row.s200:
+            out.append(f"| {row.name} | {row.c1.requests:,} / {row.c16.requests:,} / {row.s5.requests:,} / "
+                       f"{row.s200.requests:,} | {row.errors} | {row.s5.upstream_us:,.0f} / "
+                       f"{row.s200.upstream_us:,.0f} | {row.commit} |")
+    return out
+
+
+def verdicts(res: Results) -> list[tuple[str, bool | None, str]]:
+    """(target, passed or None when it could not be measured, the numbers)."""
+    rows = {k: r for k, r in res.rows.items() if r.status == "ok" and r.c16 is not None}
+    direct, bare, gov, lite = (rows.get(k) for k in ("direct", "bare", "governed", "litellm"))
+    out: list[tuple[str, bool | None, str]] = []
+
+    def ratio_target(label: str, row: Row | None, limit: float) -> None:
+        if row is None or row.c16 is None:
+            out.append((label, None, "not measured"))
+            return
+        r = row.c16.server_us / row.c16.upstream_us
+        out.append((label, r <= limit, f"{row.c16.server_us:.0f} µs vs upstream {row.c16.upstream_us:.0f} µs "
+                                       f"= {r:.2f}x (limit {limit:g}x)"))
+
+    ratio_target("bare: CPU per non-stream request ≤ 4x the upstream's", bare, 4)
+    ratio_target("governed: CPU per non-stream request ≤ 6x the upstream's", gov, 6)
+    if bare and lite and bare.c16 and lite.c16:
+        r = lite.c16.server_us / bare.c16.server_us
+        extra = f"; governed: {lite.c16.server_us / gov.c16.server_us:.1f}x" if gov and gov.c16 else ""
+        out.append(("≥ 15x less CPU per request than LiteLLM (bare)", r >= 15,
+                    f"LiteLLM {lite.c16.server_us:,.0f} µs vs {bare.c16.server_us:,.0f} µs = {r:.1f}x{extra}"))
+    else:
+        out.append(("≥ 15x less CPU per request than LiteLLM (bare)", None, "not measured"))
+    for key, row in (("bare", bare), ("governed", gov)):
+        if row is None or direct is None or row.c1 is None or direct.c1 is None:
+            out.append((f"{key}: added p50 at concurrency 1 ≤ 0.5 ms", None, "not measured"))
+            out.append((f"{key}: added time to first token ≤ 0.5 ms", None, "not measured"))
+            continue
+        added = row.c1.p50_ms - direct.c1.p50_ms
+        out.append((f"{key}: added p50 at concurrency 1 ≤ 0.5 ms", added <= 0.5,
+                    f"{row.c1.p50_ms:.3f} − {direct.c1.p50_ms:.3f} = {added:.3f} ms"))
+        t5, t200 = _added(row, direct, "ttft"), _added(row, direct, "ttft200")
+        if t5 is None or t200 is None:
+            out.append((f"{key}: added time to first token ≤ 0.5 ms", None, "not measured"))
+            continue
+        out.append((f"{key}: added time to first token ≤ 0.5 ms (5- and 200-chunk streams)",
+                    max(t5, t200) <= 0.5, f"5 chunks: {t5:.3f} ms, 200 chunks: {t200:.3f} ms"))
+    for key, row in (("bare", bare), ("governed", gov)):
+        if row is None or row.s5 is None or row.s200 is None:
+            out.append((f"{key}: 200-chunk stream costs ≤ 3x a 5-chunk one", None, "not measured"))
+            continue
+        r = row.s200.server_us / row.s5.server_us
+        out.append((f"{key}: 200-chunk stream costs ≤ 3x a 5-chunk one", r <= 3,
+                    f"{row.s200.server_us:,.0f} / {row.s5.server_us:,.0f} µs = {r:.2f}x"))
+    if bare and gov and bare.c16 and gov.c16:
+        loss = 1 - gov.c16.rps / bare.c16.rps
+        out.append(("governed loses ≤ 25% throughput vs bare", loss <= 0.25,
+                    f"{gov.c16.rps:,.0f} vs {bare.c16.rps:,.0f} rps = {loss:+.1%}"))
+    else:
+        out.append(("governed loses ≤ 25% throughput vs bare", None, "not measured"))
+    out.append(("governed: one usage row per request served", res.ledger_ok, res.ledger))
+    mem = res.memory
+    label = "memory: RSS after N requests within 10% of RSS after the first N/10"
+    if mem is None or not mem.rss_first_mb or not mem.rss_total_mb:
+        out.append((label, None, mem.status if mem else "skipped"))
+    else:
+        label = f"memory: RSS after {mem.total:,} requests within 10% of RSS after {mem.first:,}"
+        numbers = f"{mem.rss_first_mb:.1f} MB → {mem.rss_total_mb:.1f} MB ({mem.growth:+.1%})"
+        if mem.status != "ok":
+            out.append((label, None, f"{numbers}; {mem.status}"))
+        else:
+            out.append((label, abs(mem.growth) <= 0.10, numbers))
+    return out
+
+
+def report(res: Results) -> str:
+    plan = res.plan
+    lines = ["# `make bench` results", ""]
+    lines += machine(res)
+    if res.litellm_version:
+        lines.append(f"- LiteLLM: litellm[proxy]=={res.litellm_version} in its own venv, 1 worker, no database")
+    lines.append(f"- mode: {'QUICK (smoke run: short phases, numbers are rough)' if plan.quick else 'full'}; "
+                 f"phases: warm-up {plan.warmup_s} s, c=1 {plan.c1_s} s, c=16 {plan.c16_s} s, "
+                 f"streams {plan.stream_s} s each at c=16 (a phase that served fewer than {plan.min_requests} "
+                 f"requests is extended, up to {plan.phase_cap_s} s); TTFT: up to {plan.ttft_n} streams of each "
+                 f"length at c=1")
+    lines.append(f"- noise: {res.noise}")
+    lines += ["", "## Results", ""]
+    lines += table(res)
+    lines += [""] + details(res)
+    lines += ["", "CPU µs/req: utime+stime of the serving process (from /proc) over the c=16 non-stream phase, "
+              "divided by the requests served; upstream µs/req: the fake upstream's own CPU in the same phase. "
+              "Added latency and TTFT: minus the direct row's, same run. TTFT: median time to the first "
+              "`data:` byte at c=1. Streams: 5 or 200 content chunks sent back to back (zero delay) "
+              "with include_usage, CPU per stream at c=16.", ""]
+    lines += ["## Targets", ""]
+    for label, ok, detail in verdicts(res):
+        mark = "PASS" if ok else ("n/a" if ok is None else "FAIL")
+        lines.append(f"- **{mark}** {label}: {detail}")
+    lines += ["", "## Gateway modes", ""]
+    lines += [f"- bare: {n}" for n in res.bare_notes]
+    lines += [f"- governed: {n}" for n in res.governed_notes]
+    lines.append(f"- governed: ledger check: {res.ledger}")
+    notes = [f"- {r.name}: {n}" for r in res.rows.values() for n in r.notes]
+    if notes:
+        lines += ["", "## Notes", ""] + notes
+    return "\n".join(lines) + "\n"
