@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openai import OpenAI
+
+from proxy.app import create_app
+from proxy.config import parse_config
+from tests.fakes.openai_server import make_app as make_fake_openai
+from tests.servers import ServerThread
+
+PROVIDER_KEY = "sk-provider-secret-123"
+GATEWAY_KEY = "sk-test-key"
+LIMITED_KEY = "sk-limited-key"
+
+FAKE_KINDS = ["ok", "fail-400", "fail-401", "fail-404", "fail-429", "fail-500", "fail-503", "not-json", "slow",
+              "tools", "cut-stream", "error-stream", "split-stream", "comment-stream", "slow-stream", "leak-key"]
+
+
+class Running:
+    """A started server plus what a test needs to reach it."""
+
+    def __init__(self, server: ServerThread, app: Any) -> None:
+        self.server = server
+        self.app = app
+        self.url = server.url
+
+    def client(self, key: str = GATEWAY_KEY, **kwargs: Any) -> OpenAI:
+        return OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def fake_openai() -> Iterator[Running]:
+    app = make_fake_openai()
+    server = ServerThread(app).start()
+    yield Running(server, app)
+    server.stop()
+
+
+def base_config(fake_url: str, db_path: str | Path = ":memory:", extra: str = "") -> str:
+    models = "\n".join(
+        f'[[models]]\nname = "a-{kind}"\ntargets = [{{ provider = "fake", model = "{kind}" }}]\n' for kind in FAKE_KINDS
+    )
+    return f"""
+[server]
+require_auth = true
+
+[storage]
+database_url = "sqlite:///{db_path}"
+
+[providers.fake]
+kind = "openai"
+base_url = "{fake_url}/v1"
+api_key = "{PROVIDER_KEY}"
+timeout_s = 1.5
+
+[providers.local]
+kind = "echo"
+
+[providers.nowhere]
+kind = "openai"
+base_url = "http://127.0.0.1:9/v1"
+api_key = "x"
+
+[[models]]
+name = "gpt-test"
+targets = [{{ provider = "fake", model = "ok", input_per_mtok = 1.0, output_per_mtok = 2.0 }}]
+
+[[models]]
+name = "echo"
+targets = [{{ provider = "local", model = "echo-1" }}]
+
+[[models]]
+name = "unreachable"
+targets = [{{ provider = "nowhere", model = "m" }}]
+
+{models}
+{extra}
+
+[[keys]]
+name = "team"
+key = "{GATEWAY_KEY}"
+
+[[keys]]
+name = "limited"
+key = "{LIMITED_KEY}"
+models = ["gpt-*", "echo"]
+"""
+
+
+def start_gateway(toml_text: str, env: dict[str, str] | None = None) -> Running:
+    config = parse_config(__import__("tomllib").loads(toml_text), "test.toml", env or dict(os.environ))
+    app = create_app(config)
+    return Running(ServerThread(app).start(), app)
+
+
+@pytest.fixture(scope="session")
+def gateway(fake_openai: Running, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    db = tmp_path_factory.mktemp("gw") / "gw.db"
+    running = start_gateway(base_config(fake_openai.url, db))
+    yield running
+    running.server.stop()
+
+
+@pytest.fixture
+def make_gateway() -> Iterator[Callable[..., Running]]:
+    started: list[Running] = []
+
+    def make(toml_text: str, env: dict[str, str] | None = None) -> Running:
+        running = start_gateway(toml_text, env)
+        started.append(running)
+        return running
+
+    yield make
+    for running in started:
+        running.server.stop()
+
+
+@pytest.fixture
+def client(gateway: Running) -> OpenAI:
+    return gateway.client()

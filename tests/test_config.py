@@ -1,0 +1,137 @@
+"""Config loading: every mistake is an error naming the file, the key and the reason."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from proxy.cli import main
+from proxy.config import ConfigError, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+MINIMAL = """
+[providers.local]
+kind = "echo"
+
+[[models]]
+name = "m"
+targets = [{ provider = "local", model = "echo-1" }]
+
+[[keys]]
+name = "dev"
+key = "sk-1"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gw.toml"
+    path.write_text(text)
+    return path
+
+
+def error_of(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, text), env=env or {})
+    return str(e.value)
+
+
+def test_minimal_config_loads(tmp_path):
+    cfg = load_config(write(tmp_path, MINIMAL), env={})
+    assert cfg.models["m"].targets[0].model == "echo-1"
+    assert cfg.server.port == 8080 and cfg.server.require_auth is True
+    assert cfg.keys[0].key_hash != "sk-1" and len(cfg.keys[0].key_hash) == 64
+
+
+@pytest.mark.parametrize("text,expected", [
+    (MINIMAL + "\n[server]\nbogus = 1\n", "gw.toml:server.bogus: unknown key"),
+    (MINIMAL.replace('name = "m"', 'name = "m"\ncolour = "red"'), "gw.toml:models[0].colour: unknown key"),
+    ("[server]\nport = \"80\"\n" + MINIMAL, "gw.toml:server.port: expected a number, got a string"),
+    ("[server]\nrequire_auth = 1\n" + MINIMAL, "gw.toml:server.require_auth: expected a boolean, got an integer"),
+    (MINIMAL.replace('provider = "local"', 'provider = "ghost"'),
+     "gw.toml:models[0].targets[0].provider: undefined provider 'ghost'"),
+    (MINIMAL + '\n[[models]]\nname = "m"\ntargets = [{ provider = "local" }]\n',
+     "gw.toml:models[1].name: duplicate alias 'm'"),
+    (MINIMAL.replace('kind = "echo"', 'kind = "magic"'), "gw.toml:providers.local.kind: unknown kind 'magic'"),
+    (MINIMAL.replace('targets = [{ provider = "local", model = "echo-1" }]', "targets = []"),
+     "gw.toml:models[0].targets: needs at least one target"),
+    ("[storage]\ndatabase_url = \"mysql://x\"\n" + MINIMAL, "gw.toml:storage.database_url: must start with"),
+    (MINIMAL.replace('[[keys]]\nname = "dev"\nkey = "sk-1"\n', ""), "gw.toml:keys: require_auth is true"),
+    ("[server\n", "gw.toml:-: invalid TOML"),
+])
+def test_errors_name_file_key_and_reason(tmp_path, text, expected):
+    assert expected in error_of(tmp_path, text)
+
+
+def test_interpolation_with_defaults(tmp_path):
+    text = MINIMAL.replace('key = "sk-1"', 'key = "${DEV_KEY:-sk-default}"') + """
+[providers.up]
+kind = "openai"
+base_url = "${UP_URL}/v1"
+api_key = "${UP_KEY}"
+headers = { "X-Title" = "${TITLE:-gateway}" }
+"""
+    text = text.replace('targets = [{ provider = "local", model = "echo-1" }]',
+                        'targets = [{ provider = "up", model = "gpt" }]')
+    cfg = load_config(write(tmp_path, text), env={"UP_URL": "http://h:1", "UP_KEY": "k1"})
+    up = cfg.providers["up"]
+    assert (up.base_url, up.api_key, up.headers) == ("http://h:1/v1", "k1", {"X-Title": "gateway"})
+    from proxy.auth import hash_key
+    assert cfg.keys[0].key_hash == hash_key("sk-default")
+
+
+def test_missing_variable_is_an_error_only_when_the_provider_is_used(tmp_path):
+    unused = MINIMAL + '\n[providers.openai]\nkind = "openai"\napi_key = "${OPENAI_API_KEY}"\n'
+    cfg = load_config(write(tmp_path, unused), env={})
+    assert "openai" not in cfg.providers
+    used = unused.replace('provider = "local"', 'provider = "openai"')
+    message = error_of(tmp_path, used)
+    assert "gw.toml:providers.openai.api_key: environment variable OPENAI_API_KEY is not set" in message
+    outside = MINIMAL.replace('key = "sk-1"', 'key = "${NOPE}"')
+    assert "gw.toml:keys[0].key: environment variable NOPE" in error_of(tmp_path, outside)
+
+
+def test_key_sha256_instead_of_secret(tmp_path):
+    from proxy.auth import hash_key
+    digest = hash_key("sk-secret")
+    cfg = load_config(write(tmp_path, MINIMAL.replace('key = "sk-1"', f'key_sha256 = "{digest}"')), env={})
+    assert cfg.keys[0].key_hash == digest
+
+
+def test_shipped_config_passes_check(capsys):
+    assert main(["check", "--config", str(ROOT / "gateway.toml")]) == 0
+    out = capsys.readouterr().out
+    assert "gateway.toml: ok" in out and "gpt-4o-mini -> local/echo-1" in out
+    assert "sk-gateway-dev" not in out  # never a secret
+
+
+def test_check_reports_file_key_reason_and_fails(tmp_path, capsys):
+    path = write(tmp_path, MINIMAL + "\n[server]\nport = 99999\n")
+    assert main(["check", "--config", str(path)]) == 2
+    assert f"{path}:server.port: must be <= 65535" in capsys.readouterr().err
+
+
+def test_check_uses_gateway_config_env(tmp_path):
+    path = write(tmp_path, MINIMAL)
+    out = subprocess.run([sys.executable, "-m", "proxy.cli", "check"], capture_output=True, text=True,
+                         env={"GATEWAY_CONFIG": str(path), "PATH": "/usr/bin:/bin"}, cwd=tmp_path)
+    assert out.returncode == 0 and "m -> local/echo-1" in out.stdout
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "serve" in out and "check" in out
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = capsys.readouterr().out
+    assert "--config" in out and "--workers" in out and "--port" in out
+
+
+def test_parse_config_rejects_non_table_sections():
+    with pytest.raises(ConfigError, match="x.toml:server: expected a table"):
+        parse_config({"server": 3}, "x.toml", {})

@@ -1,0 +1,71 @@
+"""Embeddings (float and base64) and the models endpoints, through the OpenAI SDK."""
+
+from __future__ import annotations
+
+import math
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import GATEWAY_KEY, LIMITED_KEY
+
+
+def test_embeddings_base64_default_and_float(client, fake_openai):
+    # The SDK asks for base64 unless told otherwise and decodes packed float32 itself.
+    default = client.embeddings.create(model="a-ok", input=["hello world", "abc"], dimensions=4)
+    assert fake_openai.app.state.fake.last()["body"]["encoding_format"] == "base64"
+    floats = client.embeddings.create(model="a-ok", input=["hello world", "abc"], dimensions=4,
+                                      encoding_format="float")
+    assert default.model == floats.model == "a-ok"
+    assert [d.index for d in default.data] == [0, 1]
+    for a, b in zip(default.data, floats.data, strict=True):
+        assert len(a.embedding) == 4
+        assert a.embedding == pytest.approx(b.embedding, rel=1e-6)
+    assert floats.usage.prompt_tokens == 3
+
+
+def test_echo_embeddings_are_deterministic_unit_vectors(client):
+    one = client.embeddings.create(model="echo", input="same text", dimensions=64)
+    two = client.embeddings.create(model="echo", input="same text", dimensions=64, encoding_format="float")
+    other = client.embeddings.create(model="echo", input="other text", dimensions=64)
+    vec = one.data[0].embedding
+    assert len(vec) == 64 and math.isclose(sum(v * v for v in vec), 1.0, rel_tol=1e-5)
+    assert vec == pytest.approx(two.data[0].embedding, rel=1e-6)
+    assert vec != pytest.approx(other.data[0].embedding, rel=1e-3)
+    assert one.usage.prompt_tokens == 2
+
+
+def test_embeddings_errors(gateway, client):
+    r = httpx.post(gateway.url + "/v1/embeddings", headers={"authorization": f"Bearer {GATEWAY_KEY}"},
+                   json={"model": "a-ok"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "input"
+    with pytest.raises(openai.InternalServerError) as e:
+        client.embeddings.create(model="a-fail-500", input="x")
+    assert e.value.status_code == 502
+
+
+def test_models_list_and_get_respect_key(gateway):
+    full = {m.id for m in gateway.client().models.list()}
+    assert {"gpt-test", "echo", "a-ok"} <= full
+    limited = gateway.client(key=LIMITED_KEY)
+    assert {m.id for m in limited.models.list()} == {"gpt-test", "echo"}
+    model = limited.models.retrieve("gpt-test")
+    assert model.id == "gpt-test" and model.object == "model"
+    with pytest.raises(openai.PermissionDeniedError):
+        limited.models.retrieve("a-ok")
+    with pytest.raises(openai.NotFoundError):
+        limited.models.retrieve("nope")
+
+
+def test_paths_without_v1_prefix(gateway):
+    headers = {"authorization": f"Bearer {GATEWAY_KEY}"}
+    r = httpx.post(gateway.url + "/chat/completions", headers=headers,
+                   json={"model": "echo", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200 and r.json()["model"] == "echo"
+    assert httpx.get(gateway.url + "/models", headers=headers).json()["object"] == "list"
+
+
+def test_health_endpoints(gateway):
+    assert httpx.get(gateway.url + "/healthz").json() == {"status": "ok"}
+    assert httpx.get(gateway.url + "/readyz").status_code == 200

@@ -1,0 +1,229 @@
+"""Rate limits, concurrency limits and budgets: the same tests on the in-process backend and on real
+Redis, plus GCRA window behaviour on a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+import uuid
+
+import httpx
+import openai
+import pytest
+
+from proxy.config import parse_config
+from proxy.limits import Limits, MemoryBackend, duration
+from proxy.records import UsageRecord
+from tests.redis_util import shared_redis_url
+
+MSG = [{"role": "user", "content": "hi"}]  # echo: 1 prompt token, "Echo: hi" = 3 completion tokens
+
+
+def limits_config(fake_url: str, redis_url: str, key_extra: str = "", model_extra: str = "", limits: str = "",
+                  name: str | None = None) -> tuple[str, str, str]:
+    """A config whose key name is unique per test, so Redis state never leaks between tests or runs."""
+    name = name or f"k-{uuid.uuid4().hex[:10]}"
+    secret = f"sk-{name}"
+    text = f"""
+[storage]
+database_url = "sqlite:///:memory:"
+redis_url = "{redis_url}"
+
+[limits]
+{limits}
+
+[providers.local]
+kind = "echo"
+
+[providers.fake]
+kind = "openai"
+base_url = "{fake_url}/v1"
+
+[[models]]
+name = "m-{name}"
+{model_extra}
+targets = [{{ provider = "local", model = "echo-1", input_per_mtok = 1000.0, output_per_mtok = 1000.0 }}]
+
+[[models]]
+name = "slow-{name}"
+targets = [{{ provider = "fake", model = "delay-400" }}]
+
+[[keys]]
+name = "{name}"
+key = "{secret}"
+{key_extra}
+"""
+    return text, secret, f"m-{name}"
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend(request) -> str:
+    return "" if request.param == "memory" else shared_redis_url()
+
+
+def post(url: str, secret: str, model: str, **extra) -> httpx.Response:
+    return httpx.post(url + "/v1/chat/completions", headers={"authorization": f"Bearer {secret}"},
+                      json={"model": model, "messages": MSG, "max_tokens": 3, **extra}, timeout=10)
+
+
+def burst(url: str, secret: str, model: str, n: int, workers: int = 20) -> list[httpx.Response]:
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda _: post(url, secret, model), range(n)))
+
+
+def test_rpm_headers_and_rejection(make_gateway, fake_openai, backend):
+    text, secret, model = limits_config(fake_openai.url, backend, key_extra="rpm = 3")
+    gw = make_gateway(text)
+    answers = [post(gw.url, secret, model) for _ in range(4)]
+    assert [r.status_code for r in answers] == [200, 200, 200, 429]
+    assert [r.headers["x-ratelimit-remaining-requests"] for r in answers[:3]] == ["2", "1", "0"]
+    assert all(r.headers["x-ratelimit-limit-requests"] == "3" for r in answers)
+    assert answers[0].headers["x-ratelimit-reset-requests"].endswith("s")
+    denied = answers[3]
+    err = denied.json()["error"]
+    assert err["code"] == "rate_limit_exceeded" and err["type"] == "rate_limit_error"
+    assert 1 <= int(denied.headers["retry-after"]) <= 20  # the next slot frees in 60/3 = 20 s
+
+
+def test_tpm_reserves_then_settles_to_real_usage(make_gateway, fake_openai, backend):
+    text, secret, model = limits_config(fake_openai.url, backend, key_extra="tpm = 1000")
+    gw = make_gateway(text)
+    # reserves 1 (prompt estimate) + 500 (max_tokens); the echo really uses 1 + 3 = 4 tokens
+    first = post(gw.url, secret, model, max_tokens=500)
+    assert first.status_code == 200 and first.headers["x-ratelimit-remaining-tokens"] == "499"
+    time.sleep(0.3)  # settling runs after the response
+    second = post(gw.url, secret, model, max_tokens=500)
+    assert second.status_code == 200
+    assert int(second.headers["x-ratelimit-remaining-tokens"]) >= 1000 - 4 - 501
+    too_big = post(gw.url, secret, model, max_tokens=5000)
+    assert too_big.status_code == 429 and "more than" in too_big.json()["error"]["message"]
+
+
+def test_alias_and_global_scopes(make_gateway, fake_openai, backend):
+    text, secret, model = limits_config(fake_openai.url, backend, model_extra="rpm = 2")
+    gw = make_gateway(text)
+    assert [post(gw.url, secret, model).status_code for _ in range(3)] == [200, 200, 429]
+    if backend:  # the global scope is shared by every test on this Redis: check it in-process only
+        return
+    text, secret, model = limits_config(fake_openai.url, backend, limits="rpm = 2")
+    gw = make_gateway(text)
+    answers = [post(gw.url, secret, model) for _ in range(3)]
+    assert [r.status_code for r in answers] == [200, 200, 429]
+    assert "global" in answers[2].json()["error"]["message"]
+
+
+def test_max_parallel(make_gateway, fake_openai, backend):
+    text, secret, _ = limits_config(fake_openai.url, backend, key_extra="max_parallel = 2")
+    gw = make_gateway(text)
+    name = secret.removeprefix("sk-")
+    answers = burst(gw.url, secret, f"slow-{name}", 3, workers=3)
+    assert sorted(r.status_code for r in answers) == [200, 200, 429]
+    time.sleep(0.3)
+    assert post(gw.url, secret, f"slow-{name}").status_code == 200  # slots are released after each request
+
+
+def test_budget_stops_at_the_limit(make_gateway, fake_openai, backend):
+    # each request costs (1 + 3) tokens x $1000/Mtok = $0.004; $0.02 buys exactly five
+    text, secret, model = limits_config(fake_openai.url, backend, key_extra="budget_usd = 0.02")
+    gw = make_gateway(text)
+    answers = burst(gw.url, secret, model, 12)
+    assert sorted(r.status_code for r in answers).count(200) == 5
+    denied = [r for r in answers if r.status_code == 429]
+    assert all(r.json()["error"]["code"] == "insufficient_quota" for r in denied)
+    assert all(r.json()["error"]["type"] == "insufficient_quota" for r in denied)
+
+
+def test_expired_key_is_refused(make_gateway, fake_openai):
+    text, secret, model = limits_config(fake_openai.url, "", key_extra='expires_at = "2020-01-01T00:00:00Z"')
+    gw = make_gateway(text)
+    r = post(gw.url, secret, model)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "expired_api_key"
+
+
+def test_sdk_sees_rate_limit_error(make_gateway, fake_openai):
+    text, secret, model = limits_config(fake_openai.url, "", key_extra="rpm = 1")
+    client = make_gateway(text).client(key=secret)
+    client.chat.completions.create(model=model, messages=MSG)
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model=model, messages=MSG)
+
+
+# --- window behaviour on a fake clock ------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _limits(toml: str) -> tuple[Limits, Clock]:
+    import tomllib
+
+    config = parse_config(tomllib.loads(toml), "t.toml", {})
+    clock = Clock()
+    return Limits(config, MemoryBackend(clock)), clock
+
+
+GCRA_TOML = """
+[providers.local]
+kind = "echo"
+[[models]]
+name = "m"
+targets = [{ provider = "local", model = "e", input_per_mtok = 1.0, output_per_mtok = 1.0 }]
+[[keys]]
+name = "k"
+key = "sk-k"
+rpm = 60
+tpm = 600
+"""
+
+
+def test_gcra_burst_then_steady_refill():
+    limits, clock = _limits(GCRA_TOML)
+    key, alias = limits.config.keys[0], limits.config.models["m"]
+    body = {"messages": MSG, "max_tokens": 1}
+
+    async def take(n: int) -> list[bool]:
+        out = []
+        for i in range(n):
+            try:
+                await limits.acquire(key, alias, body, 1, "chat", f"r{clock.now}-{i}")
+                out.append(True)
+            except Exception:
+                out.append(False)
+        return out
+
+    assert asyncio.run(take(61)).count(True) == 60  # the whole minute's allowance at once, not more
+    clock.now += 0.5
+    assert asyncio.run(take(1)) == [False]  # one request per second refills, not per half second
+    clock.now += 0.5
+    assert asyncio.run(take(2)) == [True, False]
+    clock.now += 30
+    assert asyncio.run(take(31)).count(True) == 30
+    clock.now += 60
+    assert asyncio.run(take(61)).count(True) == 60  # fully refilled after a quiet minute
+
+
+def test_tpm_settle_gives_back_unused_tokens():
+    limits, clock = _limits(GCRA_TOML.replace("rpm = 60\n", ""))
+    key, alias = limits.config.keys[0], limits.config.models["m"]
+
+    async def run() -> tuple[str, str]:
+        ticket = await limits.acquire(key, alias, {"messages": MSG, "max_tokens": 499}, 1, "chat", "a")
+        before = ticket.headers()["x-ratelimit-remaining-tokens"]
+        limits.settle(ticket, UsageRecord("a", 0, "k", "m", "chat", False, prompt_tokens=1, completion_tokens=9))
+        await limits.flush()
+        ticket = await limits.acquire(key, alias, {"messages": MSG, "max_tokens": 1}, 1, "chat", "b")
+        return before, ticket.headers()["x-ratelimit-remaining-tokens"]
+
+    before, after = asyncio.run(run())
+    assert before == "100"  # 600 - (1 + 499)
+    assert after == "588"  # 600 - 10 used - 2 reserved
+
+
+def test_reset_duration_format():
+    assert duration(0.5) == "0.5s" and duration(1) == "1s" and duration(360) == "6m0s" and duration(61.2) == "1m1s"
