@@ -44,9 +44,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             port=port,
             workers=args.workers,
             loop="uvloop",
-            http="httptools",
+            http="proxy.server:GatewayHttpProtocol",  # httptools, head and body in one send
             access_log=False,  # the gateway writes its own JSON access log ([observability] access_log)
-        proxy_headers=False,  # nothing here reads the client address: skip X-Forwarded-* rewriting per request
+            proxy_headers=False,  # nothing here reads the client address: skip X-Forwarded-* rewriting per request
             log_level="info",
             timeout_graceful_shutdown=30,
         )

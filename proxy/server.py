@@ -1,0 +1,62 @@
+"""uvicorn's httptools protocol, with each response's head sent together with its first body bytes.
+
+uvicorn writes the status line and headers as soon as the app sends ``http.response.start`` and the
+body with the next message: two sends, two TCP segments and, on the client's side, two wake-ups per
+response. That was about a fifth of the gateway's CPU per proxied request. Here each request cycle
+writes through a ``HeadWithBody`` that holds the head until the first body write joins it; a head
+whose body is not ready within the same event-loop step (a stream still waiting on its upstream)
+goes out alone at the end of that step, so nothing waits on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+
+class HeadWithBody:
+    """What a request cycle writes through: the real transport, but the first write (the head) is
+    held until the next write or the end of the current event-loop step, whichever comes first."""
+
+    __slots__ = ("transport", "head", "started")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.head: bytes | None = None
+        self.started = False
+
+    def write(self, data: bytes) -> None:
+        if not self.started:
+            self.started = True
+            self.head = data
+            asyncio.get_running_loop().call_soon(self.flush)
+            return
+        head = self.head
+        if head is not None:
+            self.head = None
+            data = head + data
+        self.transport.write(data)
+
+    def flush(self) -> None:
+        head = self.head
+        if head is not None:
+            self.head = None
+            self.transport.write(head)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+
+class GatewayHttpProtocol(HttpToolsProtocol):
+    """``uvicorn --http`` for ``gateway serve``: httptools, with ``HeadWithBody`` per request cycle."""
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.transport is self.transport:
+            cycle.transport = HeadWithBody(self.transport)  # type: ignore[assignment]
