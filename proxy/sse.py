@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, Awaitable, Callable
 
-import anyio
 from starlette.types import Receive, Scope, Send
 
 SSE_HEADERS = [
@@ -16,7 +16,10 @@ SSE_HEADERS = [
 
 class SSEResponse:
     """Streams ``body``; ``on_close(disconnected)`` runs exactly once afterwards, however the stream
-    ended (completed, failed, client gone), shielded from cancellation."""
+    ended (completed, failed, client gone), and runs to its end even if the request is cancelled.
+
+    Plain asyncio rather than an anyio task group: the group cost about 45 µs of CPU per stream, a
+    tenth of a short stream's whole cost in the gateway."""
 
     def __init__(self, headers: dict[str, str], body: AsyncGenerator[bytes, None],
                  on_close: Callable[[bool], Awaitable[None]]) -> None:
@@ -25,31 +28,41 @@ class SSEResponse:
         self.on_close = on_close
         self.disconnected = False
         self.completed = False
+        self.streaming = False  # while True, a client hang-up cancels the relaying task
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        watcher = asyncio.ensure_future(self._watch(receive, task))
+        self.streaming = True
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.headers})
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._watch, receive, tg.cancel_scope)
-                try:
-                    async for chunk in self.body:
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    self.completed = True  # a hang-up after this point lost the client nothing
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
-                except OSError:
-                    self.disconnected = True
-                tg.cancel_scope.cancel()
+            async for chunk in self.body:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            self.completed = True  # a hang-up after this point lost the client nothing
+            self.streaming = False
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:
             self.disconnected = True
+        except asyncio.CancelledError:
+            if not (self.streaming and self.disconnected):
+                raise  # cancelled from outside (server shutdown): not ours to swallow
+            task.uncancel()  # our own cancel, from _watch: the client is gone
         finally:
-            with anyio.CancelScope(shield=True):
-                await self.body.aclose()
-                await self.on_close(self.disconnected and not self.completed)
+            self.streaming = False
+            watcher.cancel()
+            # Shielded: a cancelled request still closes the upstream and writes its usage row.
+            await asyncio.shield(asyncio.ensure_future(self._close()))
 
-    async def _watch(self, receive: Receive, scope: anyio.CancelScope) -> None:
+    async def _close(self) -> None:
+        await self.body.aclose()
+        await self.on_close(self.disconnected and not self.completed)
+
+    async def _watch(self, receive: Receive, task: asyncio.Task) -> None:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 self.disconnected = True
-                scope.cancel()
+                if self.streaming:
+                    task.cancel()  # stop waiting on the upstream now, not at the next chunk
                 return
