@@ -77,14 +77,24 @@ async def _proxy(request: Request, endpoint: str) -> Response | SSEResponse:
             headers["x-gateway-model-resolved"] = alias.name
             record.model = alias.name
         prompt_estimate = estimate_prompt_tokens(body)
-        ticket = await rt.limits.acquire(key, alias, body, prompt_estimate, endpoint, rid)
-        if ticket is not None:
-            headers.update(ticket.headers())
         dispatch = Dispatch(rt.router, rt.upstreams, rt.obs, alias, record.model, endpoint, body, stream,
                             include_usage(body), rid, prompt_estimate)
+        plan = rt.limits.plan(key, alias, body, prompt_estimate, endpoint, rid)
+        run: asyncio.Future[Outcome] | None = None
+        if plan is not None:
+            if plan.overlap:  # ample room at the last verdict: the store's round trip hides behind the upstream's
+                run = asyncio.ensure_future(dispatch.run())
+            try:
+                ticket = await rt.limits.admit(plan)
+            except BaseException:
+                if run is not None:
+                    await _abandon(run, record, body)
+                raise
+            if ticket is not None:
+                headers.update(ticket.headers())
         if stream:
-            return await _stream(rt, dispatch, record, started, headers, ticket)
-        outcome = await dispatch.run()
+            return await _stream(rt, dispatch, record, started, headers, ticket, run)
+        outcome = await (run if run is not None else dispatch.run())
     except (GatewayError, UpstreamError) as e:
         return _fail(rt, record, started, e, headers, dispatch, ticket)
     except Exception:  # a bug must still answer in OpenAI shape and leave its usage row
@@ -169,6 +179,24 @@ def _fail(rt: Runtime, record: UsageRecord, started: float, e: GatewayError | Up
     return AccountedResponse(done, orjson.dumps(e.body()), e.status, headers, media_type=JSON)
 
 
+async def _abandon(run: asyncio.Future[Outcome], record: UsageRecord, body: dict) -> None:
+    """Stop an upstream call started ahead of the limits verdict that then refused the request. If
+    the call had already got an answer, its usage goes into the refused request's row: it was spent."""
+    if not run.done():
+        run.cancel()
+    await asyncio.wait((run,))
+    if run.cancelled() or run.exception() is not None:
+        return
+    outcome = run.result()
+    if outcome.reply is not None:
+        _settle(record, outcome.call.target, outcome.reply.usage, body, 0)
+    elif outcome.stream is not None:
+        tr = outcome.stream.translator
+        await outcome.stream.aclose()
+        outcome.state.end()
+        _settle(record, outcome.call.target, tr.usage, body, tr.estimated_completion_tokens())
+
+
 def _settle(record: UsageRecord, target: Target, usage: Usage | None, body: dict, estimated_completion: int) -> None:
     """Copy the upstream's usage and its cost into the record; estimate when the upstream sent none."""
     if usage is None:
@@ -183,11 +211,12 @@ def _settle(record: UsageRecord, target: Target, usage: Usage | None, body: dict
 
 
 async def _stream(rt: Runtime, dispatch: Dispatch, record: UsageRecord, started: float,
-                  headers: dict[str, str], ticket: Ticket | None) -> Response | SSEResponse:
+                  headers: dict[str, str], ticket: Ticket | None,
+                  run: asyncio.Future[Outcome] | None) -> Response | SSEResponse:
     # Until the first bytes are ready, failures can still be retried elsewhere and answered with a
     # real HTTP status. If that takes longer than keepalive_s, the response starts with SSE comments
     # so proxies in between do not cut an idle connection; a final failure is then an error event.
-    task = asyncio.ensure_future(dispatch.run())
+    task = run if run is not None else asyncio.ensure_future(dispatch.run())
     done, _ = await asyncio.wait((task,), timeout=dispatch.alias.keepalive_s)
     if done and task.exception() is not None:
         exc = task.exception()

@@ -13,6 +13,12 @@ Semantics (identical in both backends):
 - Every scope of a request is checked, and only if all pass reserved, atomically: in Redis by one Lua
   script (one round trip; all key names share one hash tag so the script is legal on Redis Cluster).
   Settling happens after the response, off the request path.
+- With Redis, the round trip is hidden behind the upstream call when it safely can be: if this
+  replica's last verdict for the same key and model (under ``ROOM_FRESH_S`` old) left every limit at
+  least ``ROOM_FRACTION`` of its room after this request's amount, the upstream call starts while
+  the script runs. Every request is still checked and counted; a refusal cancels the call already
+  under way (the client gets the 429, the row records what the upstream was sent). Near a limit, or
+  without a recent verdict, the check comes first as before.
 """
 
 from __future__ import annotations
@@ -37,6 +43,9 @@ log = logging.getLogger("gateway.limits")
 
 WINDOW_S = 60.0
 PARALLEL_STALE_S = 600.0
+ROOM_FRACTION = 0.25  # overlap the check with the upstream call only with this much room left
+ROOM_FRESH_S = 1.0  # ... by a verdict at most this old
+ROOM_MAX_ENTRIES = 10_000  # (key, model) pairs remembered; the memory is dropped when full
 SETTLE_BATCH_S = 0.005  # settlements wait this long to be sent with others
 SETTLE_BATCH_MAX = 500
 PREFIX = "{llm-gateway}:"  # one hash tag: every key of one script lands in one Redis Cluster slot
@@ -83,6 +92,18 @@ class Ticket:
 
 
 @dataclass(slots=True)
+class Plan:
+    """A request's checks, ready to send; ``overlap``: the upstream call may start before the verdict."""
+
+    checks: list[Check]
+    tokens: int
+    cost: float
+    request_id: str
+    room_key: tuple[str, str]
+    overlap: bool
+
+
+@dataclass(slots=True)
 class Denial:
     check: Check
     retry_after_s: float
@@ -119,6 +140,8 @@ class StoreUnavailable(Exception):
 
 class MemoryBackend:
     """In-process: the same arithmetic as the Lua script, on dicts. ``clock`` is injectable for tests."""
+
+    remote = False  # a check costs no round trip: nothing to overlap
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
@@ -253,6 +276,8 @@ return 1
 
 
 class RedisBackend:
+    remote = True
+
     def __init__(self, url: str) -> None:
         # A purpose-built client (proxy.resp): the script call is on every request's path.
         self.client = MiniRedis(url)
@@ -302,6 +327,8 @@ class Limits:
     on_denied: Callable[[str], None] = lambda scope: None
     pending: list[tuple[Check, float, str]] = field(default_factory=list)  # settlements not yet sent
     flusher: asyncio.Task[None] | None = None
+    # (key, model) -> (until when, each check's remaining room) from this replica's last verdict
+    room: dict[tuple[str, str], tuple[float, list[float]]] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: Config) -> Limits:
@@ -334,15 +361,29 @@ class Limits:
                                 "usd", ttl))
         return checks, tokens, cost
 
-    async def acquire(self, key: KeyConfig | None, alias: ModelAlias, body: dict[str, Any], prompt_tokens: int,
-                      endpoint: str, request_id: str) -> Ticket | None:
+    def plan(self, key: KeyConfig | None, alias: ModelAlias, body: dict[str, Any], prompt_tokens: int,
+             endpoint: str, request_id: str) -> Plan | None:
+        """The checks for one request, or None when nothing limits it (no estimates, no store call)."""
         if not (self.config.limits.rpm or self.config.limits.tpm or alias.rpm or alias.tpm or (key is not None and (
                 key.rpm or key.tpm or key.max_parallel or key.budget_usd is not None))):
-            return None  # nothing limits this request: no estimates, no store call
+            return None
         checks, tokens, cost = self.checks_for(key, alias, body, prompt_tokens, endpoint)
+        room_key = (key.name if key is not None else "", alias.name)
+        return Plan(checks, tokens, cost, request_id, room_key, self.backend.remote and self._roomy(room_key, checks))
+
+    def _roomy(self, room_key: tuple[str, str], checks: list[Check]) -> bool:
+        seen = self.room.get(room_key)
+        if seen is None or seen[0] < time.monotonic() or len(seen[1]) != len(checks):
+            return False
+        return all(left - c.amount >= ROOM_FRACTION * c.limit for c, left in zip(checks, seen[1], strict=True))
+
+    async def admit(self, plan: Plan) -> Ticket | None:
+        """Check and reserve in one store call: a Ticket, None when the store is down and
+        ``on_store_error = "allow"``, or a GatewayError (429, or 503 under ``"deny"``)."""
         try:
-            denial, results = await self.backend.acquire(checks, request_id)
+            denial, results = await self.backend.acquire(plan.checks, plan.request_id)
         except StoreUnavailable as exc:
+            self.room.pop(plan.room_key, None)
             self.on_store_error("store")
             log.warning("limits store unavailable (%s): %s", self.config.limits.on_store_error, exc)
             if self.config.limits.on_store_error == "deny":
@@ -351,9 +392,19 @@ class Limits:
                                    headers={"retry-after": "1"}) from None
             return None
         if denial is not None:
+            self.room.pop(plan.room_key, None)
             self.on_denied(denial.check.scope)
             raise _rejection(denial)
-        return Ticket(request_id, checks, results, tokens, cost)
+        if self.backend.remote:
+            if len(self.room) >= ROOM_MAX_ENTRIES:
+                self.room.clear()
+            self.room[plan.room_key] = (time.monotonic() + ROOM_FRESH_S, [r.remaining for r in results])
+        return Ticket(plan.request_id, plan.checks, results, plan.tokens, plan.cost)
+
+    async def acquire(self, key: KeyConfig | None, alias: ModelAlias, body: dict[str, Any], prompt_tokens: int,
+                      endpoint: str, request_id: str) -> Ticket | None:
+        plan = self.plan(key, alias, body, prompt_tokens, endpoint, request_id)
+        return None if plan is None else await self.admit(plan)
 
     def settle(self, ticket: Ticket | None, record: UsageRecord) -> None:
         """Replace reservations with what the request really used; runs in the background."""

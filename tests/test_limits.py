@@ -227,3 +227,59 @@ def test_tpm_settle_gives_back_unused_tokens():
 
 def test_reset_duration_format():
     assert duration(0.5) == "0.5s" and duration(1) == "1s" and duration(360) == "6m0s" and duration(61.2) == "1m1s"
+
+
+# --- overlapping the Redis check with the upstream call -------------------------------------------------
+
+
+def test_overlap_needs_redis_room_and_a_fresh_verdict(monkeypatch):
+    import tomllib
+
+    from proxy import limits as limits_module
+    from proxy.limits import RedisBackend
+
+    name = f"k-{uuid.uuid4().hex[:10]}"
+    config = parse_config(tomllib.loads(GCRA_TOML.replace('"k"', f'"{name}"').replace("rpm = 60", "rpm = 4")
+                                        .replace("tpm = 600\n", "")), "t.toml", {})
+    key, alias = config.keys[0], config.models["m"]
+    body = {"messages": MSG, "max_tokens": 1}
+
+    async def overlaps(limits: Limits, n: int) -> list[bool]:
+        out = []
+        for i in range(n):
+            plan = limits.plan(key, alias, body, 1, "chat", f"r{i}")
+            out.append(plan.overlap)
+            await limits.admit(plan)
+        await limits.aclose()
+        return out
+
+    # rpm 4: room left after each verdict 3, 2, 1; overlap needs (room - 1) >= a quarter of 4
+    assert asyncio.run(overlaps(Limits(config, RedisBackend(shared_redis_url())), 4)) == [False, True, True, False]
+    assert asyncio.run(overlaps(Limits(config, MemoryBackend()), 3)) == [False, False, False]  # no round trip to hide
+    monkeypatch.setattr(limits_module, "ROOM_FRESH_S", 0.0)
+    config.keys[0].name = name + "-2"
+    assert asyncio.run(overlaps(Limits(config, RedisBackend(shared_redis_url())), 3)) == [False, False, False]
+
+
+def test_a_refusal_after_the_upstream_call_started_stops_it(make_gateway, fake_openai):
+    import redis
+
+    url = shared_redis_url()
+    text, secret, _ = limits_config(fake_openai.url, url, key_extra="rpm = 1000")
+    name = secret.removeprefix("sk-")
+    gw = make_gateway(text)
+    store = redis.Redis.from_url(url)
+    bucket = f"{{llm-gateway}}:rpm:key:{name}"
+    for stream in (False, True):
+        store.delete(bucket)
+        assert post(gw.url, secret, f"slow-{name}").status_code == 200  # a verdict with ample room
+        seconds, micros = store.time()
+        store.set(bucket, repr(seconds + micros / 1e6 + 600))  # then another replica used it all up
+        started = time.monotonic()
+        refused = post(gw.url, secret, f"slow-{name}", stream=stream)
+        took = time.monotonic() - started
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
+        assert refused.headers["x-gateway-provider"] == "fake"  # the upstream call had started: overlapped
+        assert took < 0.35  # and it was stopped, not waited for (the fake answers after 400 ms)
+    store.delete(bucket)
+    assert post(gw.url, secret, f"slow-{name}").status_code == 200  # nothing left broken
