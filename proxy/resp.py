@@ -4,6 +4,8 @@ redis-py's asyncio client spent about 200 us of CPU per script call here (a thir
 request); the limits need only EVALSHA/EVAL and SET, so this speaks just that: commands are written
 back to back on one connection and replies are matched in order. A dropped connection fails the
 calls in flight (the limiter then applies [limits] on_store_error) and the next call reconnects.
+A call unanswered after ``CALL_TIMEOUT_S`` (checked every ``CALL_TIMEOUT_S / 5`` by one timer per
+connection, not a timer per call) fails the connection the same way: later replies would mismatch.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from urllib.parse import unquote, urlsplit
 
 CONNECT_TIMEOUT_S = 0.5
 CALL_TIMEOUT_S = 0.5
+
+
+_SHAS: dict[str, str] = {}  # script source -> its SHA1, computed once
 
 
 class RedisError(Exception):
@@ -70,9 +75,10 @@ class _Protocol(asyncio.Protocol):
         self.client = client
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
-        self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.waiting: deque[tuple[asyncio.Future[Any], float]] = deque()  # (reply, answer-by loop time)
         self.closed = False
         self.outgoing: list[bytes] = []  # commands of this loop iteration, written together
+        self.watchdog: asyncio.TimerHandle | None = None
 
     def send(self, data: bytes) -> None:
         # Requests that reach the limits check in the same loop iteration share one write syscall.
@@ -87,6 +93,16 @@ class _Protocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self._watch()
+
+    def _watch(self) -> None:
+        if self.closed:
+            return
+        loop = asyncio.get_running_loop()
+        if self.waiting and self.waiting[0][1] <= loop.time():
+            self.fail(TimeoutError("redis did not answer in time"))
+            return
+        self.watchdog = loop.call_later(CALL_TIMEOUT_S / 5, self._watch)
 
     def data_received(self, data: bytes) -> None:
         buf = self.buffer
@@ -95,7 +111,7 @@ class _Protocol(asyncio.Protocol):
         try:
             while pos < len(buf) and self.waiting:
                 value, pos = _parse(buf, pos)
-                fut = self.waiting.popleft()
+                fut = self.waiting.popleft()[0]
                 if not fut.done():
                     fut.set_result(value)
         except _Incomplete:
@@ -109,8 +125,10 @@ class _Protocol(asyncio.Protocol):
         self.closed = True
         if self.client.protocol is self:
             self.client.protocol = None
+        if self.watchdog is not None:
+            self.watchdog.cancel()
         while self.waiting:
-            fut = self.waiting.popleft()
+            fut = self.waiting.popleft()[0]
             if not fut.done():
                 fut.set_exception(error)
         if self.transport is not None:
@@ -129,7 +147,6 @@ class MiniRedis:
         self.db = int(parts.path.lstrip("/") or 0)
         self.protocol: _Protocol | None = None
         self.connecting: asyncio.Future[_Protocol] | None = None
-        self.scripts: dict[str, str] = {}  # sha1 -> source, for NOSCRIPT recovery
 
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
@@ -163,15 +180,11 @@ class MiniRedis:
 
     async def _send(self, protocol: _Protocol, args: tuple[Any, ...]) -> Any:
         assert protocol.transport is not None
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        protocol.waiting.append(fut)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        protocol.waiting.append((fut, loop.time() + CALL_TIMEOUT_S))
         protocol.send(pack(args))
-        try:
-            async with asyncio.timeout(CALL_TIMEOUT_S):
-                return await fut
-        except TimeoutError:
-            protocol.fail(TimeoutError("redis did not answer in time"))  # replies would now mismatch
-            raise
+        return await fut
 
     async def call(self, *args: Any) -> Any:
         reply = await self._send(await self._ready(), args)
@@ -180,7 +193,9 @@ class MiniRedis:
         return reply
 
     async def run_script(self, source: str, keys: list[str], args: list[Any]) -> Any:
-        sha = hashlib.sha1(source.encode()).hexdigest()
+        sha = _SHAS.get(source)
+        if sha is None:
+            sha = _SHAS[source] = hashlib.sha1(source.encode()).hexdigest()
         try:
             return await self.call("EVALSHA", sha, len(keys), *keys, *args)
         except RedisError as exc:

@@ -4,6 +4,7 @@ reconnects after the server restarts."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -49,3 +50,31 @@ def test_pipelined_calls_scripts_and_reconnect():
         asyncio.run(run())
     finally:
         server.stop()
+
+
+def test_a_silent_server_times_the_call_out_and_drops_the_connection():
+    from proxy.resp import CALL_TIMEOUT_S
+
+    async def main() -> tuple[float, int]:
+        accepted = []
+
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            accepted.append(writer)
+            await reader.read()  # never answers; returns when the client hangs up
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = MiniRedis(f"redis://127.0.0.1:{port}/0")
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await client.call("PING")
+        took = time.monotonic() - started
+        with pytest.raises(TimeoutError):
+            await client.call("PING")  # a fresh connection, timed out again
+        server.close()
+        await client.aclose()
+        return took, len(accepted)
+
+    took, connections = asyncio.run(main())
+    assert CALL_TIMEOUT_S <= took < CALL_TIMEOUT_S * 3
+    assert connections == 2  # the timed-out connection was dropped, the next call reconnected
