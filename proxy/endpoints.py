@@ -7,7 +7,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -32,6 +32,7 @@ from proxy.requests import (
     require_model,
 )
 from proxy.runtime import Runtime
+from proxy.server import ON_DISCONNECT
 from proxy.sse import SSEResponse
 from proxy.upstream import TRANSPORT_ERRORS
 
@@ -94,7 +95,7 @@ async def _proxy(request: Request, endpoint: str) -> Response | SSEResponse:
                 headers.update(ticket.headers())
         if stream:
             return await _stream(rt, dispatch, record, started, headers, ticket, run)
-        outcome = await (run if run is not None else dispatch.run())
+        outcome = await _unless_client_leaves(request, run if run is not None else dispatch.run())
     except (GatewayError, UpstreamError) as e:
         return _fail(rt, record, started, e, headers, dispatch, ticket)
     except Exception:  # a bug must still answer in OpenAI shape and leave its usage row
@@ -111,6 +112,32 @@ async def _proxy(request: Request, endpoint: str) -> Response | SSEResponse:
     record.status = 200
     done = _finish(rt, record, started, dispatch.waited_s, ticket, headers)
     return AccountedResponse(done, reply.body, 200, headers, media_type=JSON)
+
+
+async def _unless_client_leaves(request: Request, waiting: Awaitable[Outcome]) -> Outcome:
+    """Wait for the upstream's answer, unless the client hangs up first: then stop the upstream call
+    (it would be billed for nothing) and fail with 499, so the row says what happened."""
+    task = asyncio.current_task()
+    assert task is not None
+    gone = False
+
+    def client_left() -> None:
+        nonlocal gone
+        gone = True
+        task.cancel()
+
+    scope = request.scope
+    scope[ON_DISCONNECT] = client_left
+    try:
+        return await waiting
+    except asyncio.CancelledError:
+        if not gone:
+            raise  # cancelled from outside (server shutdown)
+        task.uncancel()
+        raise GatewayError(499, "The client closed the connection before the answer was ready.",
+                           "client_error", "client_disconnect") from None
+    finally:
+        scope.pop(ON_DISCONNECT, None)
 
 
 class AccountedResponse(Response):

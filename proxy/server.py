@@ -6,6 +6,10 @@ response. That was about a fifth of the gateway's CPU per proxied request. Here 
 writes through a ``HeadWithBody`` that holds the head until the first body write joins it; a head
 whose body is not ready within the same event-loop step (a stream still waiting on its upstream)
 goes out alone at the end of that step, so nothing waits on it.
+
+It also tells a request that its client hung up before the response was complete: the app puts a
+callable under ``ON_DISCONNECT`` in the request's scope, and the protocol calls it from
+``connection_lost``. That costs nothing per request, unlike a task watching ``receive()``.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from __future__ import annotations
 import asyncio
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+ON_DISCONNECT = "gateway.on_disconnect"  # scope key: called once if the client leaves mid-request
 
 
 class HeadWithBody:
@@ -53,7 +59,15 @@ class HeadWithBody:
 
 
 class GatewayHttpProtocol(HttpToolsProtocol):
-    """``uvicorn --http`` for ``gateway serve``: httptools, with ``HeadWithBody`` per request cycle."""
+    """``uvicorn --http`` for ``gateway serve``: httptools, with ``HeadWithBody`` per request cycle
+    and the scope's ``ON_DISCONNECT`` hook."""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        cycle = self.cycle
+        hook = cycle.scope.pop(ON_DISCONNECT, None) if cycle is not None and not cycle.response_complete else None
+        super().connection_lost(exc)
+        if hook is not None:
+            hook()
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()

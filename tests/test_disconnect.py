@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import httpx
+import pytest
 
 from tests.conftest import GATEWAY_KEY
 
@@ -28,3 +29,37 @@ def test_client_disconnect_closes_upstream(gateway, fake_openai):
         time.sleep(0.05)
     assert outcomes[before:] == ["client_gone"]
     assert time.monotonic() - started < 3
+
+
+def test_client_leaving_a_whole_body_request_stops_the_upstream_call_and_records_499(make_gateway, fake_openai,
+                                                                                      tmp_path):
+    import sqlite3
+    import uuid
+
+    from tests.conftest import base_config
+
+    db = tmp_path / "gw.db"
+    alias = '[[models]]\nname = "hang"\ntargets = [{ provider = "fake", model = "hang-3000" }]\n'
+    gw = make_gateway(base_config(fake_openai.url, db, alias))
+    outcomes = fake_openai.app.state.fake.call_outcomes
+    before = len(outcomes)
+    rid = f"leaver-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up after 0.3 s and closes its connection
+        httpx.post(gw.url + "/v1/chat/completions", headers={"authorization": f"Bearer {GATEWAY_KEY}",
+                                                             "x-request-id": rid},
+                   json={"model": "hang", "messages": [{"role": "user", "content": "go"}]}, timeout=0.3)
+    started = time.monotonic()
+    while len(outcomes) == before and time.monotonic() - started < 5:
+        time.sleep(0.05)
+    assert outcomes[before:] == ["client_gone"]  # the upstream saw the hang-up, long before its 3 s answer
+    assert time.monotonic() - started < 0.8  # not by the provider's timeout_s (1.5 s, so 1.2 s after the client left)
+    rows: list = []
+    while not rows and time.monotonic() - started < 10:  # rows are written in batches
+        time.sleep(0.1)
+        with sqlite3.connect(db) as conn:
+            rows = conn.execute("SELECT status, error_type, provider FROM usage_log WHERE request_id LIKE ?",
+                                (rid + "%",)).fetchall()
+    assert rows == [(499, "client_disconnect", "fake")]
+    ok = httpx.post(gw.url + "/v1/chat/completions", headers={"authorization": f"Bearer {GATEWAY_KEY}"},
+                    json={"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}, timeout=5)
+    assert ok.status_code == 200  # the pooled upstream connections are still good

@@ -14,6 +14,7 @@ comment-stream      interleaves ": OPENROUTER PROCESSING" comment lines
 slow-stream         one chunk every 50 ms, 400 chunks; records whether the client went away
 leak-key            error message that echoes the provider key it was sent
 delay-<ms>          answers after <ms> milliseconds (stream: before the response head)
+hang-<ms>           answers after <ms> milliseconds unless the client leaves first; records which
 flaky-<n>-<tag>     500 for the first <n> requests with this exact model name, then normal answers
 ctx-limit           400 context_length_exceeded, as OpenAI reports a prompt over the context window
 fail-429x           429 without Retry-After
@@ -45,6 +46,7 @@ class State:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.stream_outcomes: list[str] = []  # "completed" or "client_gone", for slow-stream
+        self.call_outcomes: list[str] = []  # the same, for hang-<ms> (not streamed)
         self.counts: dict[str, int] = {}  # requests seen per model name
 
     def count(self, model: str) -> int:
@@ -102,6 +104,14 @@ def make_app() -> Starlette:
             return _error(429, "Rate limit reached", "requests", "rate_limit_exceeded")
         if model.startswith("delay-"):
             await asyncio.sleep(int(model[6:]) / 1000)
+        if model.startswith("hang-"):  # a slow whole-body answer that notices its client leaving
+            deadline = time.monotonic() + int(model[5:]) / 1000
+            while time.monotonic() < deadline:
+                if await request.is_disconnected():
+                    state.call_outcomes.append("client_gone")
+                    return Response(b"", 499)
+                await asyncio.sleep(0.02)
+            state.call_outcomes.append("completed")
         if model.startswith("fail-"):
             status = int(model[5:])
             if status == 429:
