@@ -4,6 +4,9 @@ redis-py's asyncio client spent about 200 us of CPU per script call here (a thir
 request); the limits need only EVALSHA/EVAL and SET, so this speaks just that: commands are written
 back to back on one connection and replies are matched in order. A dropped connection fails the
 calls in flight (the limiter then applies [limits] on_store_error) and the next call reconnects.
+Redis Cluster works from any node's address: a ``MOVED`` reply moves the client to the node it names
+(every key the gateway uses shares one hash tag, so one node serves them all), and an ``ASK`` reply
+(a slot being migrated) sends that one command to the importing node after ``ASKING``.
 A call unanswered after ``CALL_TIMEOUT_S`` (checked every ``CALL_TIMEOUT_S / 5`` by one timer per
 connection, not a timer per call) fails the connection the same way: later replies would mismatch.
 """
@@ -18,6 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 CONNECT_TIMEOUT_S = 0.5
 CALL_TIMEOUT_S = 0.5
+MAX_REDIRECTS = 3
 
 
 _SHAS: dict[str, str] = {}  # script source -> its SHA1, computed once
@@ -79,6 +83,7 @@ class _Protocol(asyncio.Protocol):
         self.closed = False
         self.outgoing: list[bytes] = []  # commands of this loop iteration, written together
         self.watchdog: asyncio.TimerHandle | None = None
+        self.retired = False  # replaced after a MOVED: closes once its replies are in
 
     def send(self, data: bytes) -> None:
         # Requests that reach the limits check in the same loop iteration share one write syscall.
@@ -117,6 +122,13 @@ class _Protocol(asyncio.Protocol):
         except _Incomplete:
             pass
         del buf[:pos]
+        if self.retired and not self.waiting:
+            self.fail(ConnectionError("connection retired"))
+
+    def retire(self) -> None:
+        self.retired = True
+        if not self.waiting:
+            self.fail(ConnectionError("connection retired"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.fail(ConnectionError("redis connection lost"))
@@ -135,6 +147,16 @@ class _Protocol(asyncio.Protocol):
             self.transport.abort()
 
 
+def _redirect(error: RedisError, current_host: str) -> tuple[str, str, int] | None:
+    """("MOVED" or "ASK", host, port) from a Redis Cluster redirection such as ``MOVED 3999 10.0.0.5:6379``;
+    an empty host means the node's own. None for any other error."""
+    parts = str(error).split()
+    if len(parts) != 3 or parts[0] not in ("MOVED", "ASK"):
+        return None
+    host, _, port = parts[2].rpartition(":")
+    return parts[0], host or current_host, int(port)
+
+
 class MiniRedis:
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
@@ -148,10 +170,10 @@ class MiniRedis:
         self.protocol: _Protocol | None = None
         self.connecting: asyncio.Future[_Protocol] | None = None
 
-    async def _connect(self) -> _Protocol:
+    async def _connect(self, host: str, port: int) -> _Protocol:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(CONNECT_TIMEOUT_S):
-            _, protocol = await loop.create_connection(lambda: _Protocol(self), self.host, self.port)
+            _, protocol = await loop.create_connection(lambda: _Protocol(self), host, port)
         setup = []
         if self.password is not None:
             setup.append(("AUTH", self.username, self.password) if self.username else ("AUTH", self.password))
@@ -169,7 +191,7 @@ class MiniRedis:
         if protocol is not None and not protocol.closed:
             return protocol
         if self.connecting is None:  # one connect for all concurrent callers
-            self.connecting = asyncio.ensure_future(self._connect())
+            self.connecting = asyncio.ensure_future(self._connect(self.host, self.port))
         try:
             protocol = await asyncio.shield(self.connecting)
         finally:
@@ -187,7 +209,36 @@ class MiniRedis:
         return await fut
 
     async def call(self, *args: Any) -> Any:
-        reply = await self._send(await self._ready(), args)
+        for _ in range(MAX_REDIRECTS):
+            reply = await self._send(await self._ready(), args)
+            if not isinstance(reply, RedisError):
+                return reply
+            redirect = _redirect(reply, self.host)
+            if redirect is None:
+                raise reply
+            kind, host, port = redirect
+            if kind == "ASK":
+                return await self._asking(host, port, args)
+            self._move(host, port)
+        raise RedisError(f"more than {MAX_REDIRECTS} cluster redirections for {args[0]}")
+
+    def _move(self, host: str, port: int) -> None:
+        """The cluster serves the gateway's slot elsewhere: every later command goes there."""
+        if (host, port) == (self.host, self.port):
+            return  # another call in flight followed the same redirection first
+        self.host, self.port = host, port
+        old, self.protocol = self.protocol, None
+        if old is not None:
+            old.retire()
+
+    async def _asking(self, host: str, port: int, args: tuple[Any, ...]) -> Any:
+        """A slot mid-migration: this one command goes to the importing node, on a connection of its own."""
+        protocol = await self._connect(host, port)
+        try:
+            await self._send(protocol, ("ASKING",))
+            reply = await self._send(protocol, args)
+        finally:
+            protocol.fail(ConnectionError("connection closed"))
         if isinstance(reply, RedisError):
             raise reply
         return reply

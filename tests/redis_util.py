@@ -4,10 +4,13 @@ starts and stops itself. Without Redis those tests skip, except under CI=true, w
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +64,71 @@ class RedisServer:
             self.proc.kill()
             self.proc.wait(timeout=10)
             self.proc = None
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free and valid too: ephemeral ports are too high."""
+    for _ in range(200):
+        port = random.randint(20000, 29999)
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a Redis Cluster node")
+
+
+class RedisCluster:
+    """Three redis-server nodes of the test's own, joined into a Redis Cluster (no replicas)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.binary = shutil.which("redis-server")
+        self.cli = shutil.which("redis-cli")
+        if self.binary is None or self.cli is None:
+            unavailable("redis-server or redis-cli not found")
+        self.workdir = workdir
+        self.ports = [_cluster_port() for _ in range(3)]
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> RedisCluster:
+        for port in self.ports:
+            self.procs.append(subprocess.Popen(
+                [str(self.binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                 "--cluster-enabled", "yes", "--cluster-config-file", str(self.workdir / f"nodes-{port}.conf")],
+                cwd=self.workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for port in self.ports:
+            self._wait(lambda p=port: self.run(p, "PING") == "PONG")
+        subprocess.run([str(self.cli), "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+                        "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=30)
+        for port in self.ports:
+            self._wait(lambda p=port: "cluster_state:ok" in self.run(p, "CLUSTER", "INFO"))
+        return self
+
+    def run(self, port: int, *args: str) -> str:
+        out = subprocess.run([str(self.cli), "-p", str(port), *args], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip()
+
+    @staticmethod
+    def _wait(ready: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 20
+        while not ready():
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis cluster did not come up")
+            time.sleep(0.1)
+
+    def owner(self, slot: int) -> int:
+        """The port of the node serving ``slot``."""
+        for port in self.ports:
+            myself = next(line for line in self.run(port, "CLUSTER", "NODES").splitlines() if "myself" in line)
+            for part in myself.split()[8:]:
+                low, _, high = part.partition("-")
+                if low.isdigit() and int(low) <= slot <= int(high or low):
+                    return port
+        raise RuntimeError(f"no node serves slot {slot}")
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.kill()
+            proc.wait(timeout=10)

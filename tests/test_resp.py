@@ -9,7 +9,7 @@ import time
 import pytest
 
 from proxy.resp import MiniRedis, RedisError, _Incomplete, _parse, pack
-from tests.redis_util import RedisServer
+from tests.redis_util import RedisCluster, RedisServer
 
 
 def test_parse_every_reply_type_and_incomplete_input():
@@ -78,3 +78,43 @@ def test_a_silent_server_times_the_call_out_and_drops_the_connection():
     took, connections = asyncio.run(main())
     assert CALL_TIMEOUT_S <= took < CALL_TIMEOUT_S * 3
     assert connections == 2  # the timed-out connection was dropped, the next call reconnected
+
+
+def test_redis_cluster_moved_and_ask(tmp_path):
+    """Given any node of a cluster, the client follows MOVED to the node serving the gateway's hash
+    slot and stays there; while that slot migrates, ASK sends the one command to the importing node."""
+    cluster = RedisCluster(tmp_path).start()
+    try:
+        slot = int(cluster.run(cluster.ports[0], "CLUSTER", "KEYSLOT", "{llm-gateway}:x"))
+        owner = cluster.owner(slot)
+        other = next(p for p in cluster.ports if p != owner)
+        script = "return redis.call('INCR', KEYS[1])"
+
+        async def moved() -> tuple[list[int], int]:
+            client = MiniRedis(f"redis://127.0.0.1:{other}/0")
+            got = [await client.run_script(script, ["{llm-gateway}:n"], []) for _ in range(3)]
+            port = client.port
+            await client.aclose()
+            return got, port
+
+        got, port = asyncio.run(moved())
+        assert got == [1, 2, 3] and port == owner
+
+        owner_id = cluster.run(owner, "CLUSTER", "MYID")
+        other_id = cluster.run(other, "CLUSTER", "MYID")
+        assert cluster.run(other, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", owner_id) == "OK"
+        assert cluster.run(owner, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", other_id) == "OK"
+
+        async def asked() -> tuple[int, int, int]:
+            client = MiniRedis(f"redis://127.0.0.1:{owner}/0")
+            existing = await client.run_script(script, ["{llm-gateway}:n"], [])  # still on the owner
+            fresh = await client.run_script(script, ["{llm-gateway}:fresh"], [])  # not there: ASK
+            port = client.port
+            await client.aclose()
+            return existing, fresh, port
+
+        existing, fresh, port = asyncio.run(asked())
+        assert (existing, fresh, port) == (4, 1, owner)  # ASK does not move the client
+        assert cluster.run(other, "CLUSTER", "COUNTKEYSINSLOT", str(slot)) == "1"  # the new key went to the importer
+    finally:
+        cluster.stop()
