@@ -3,15 +3,22 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= gateway.toml
 
-.PHONY: install run test lint check clean bench
+.PHONY: install dev run test lint check clean bench
 
+# The gateway alone for `make run`; the test and tracing extras only when a target needs them.
 $(BIN)/gateway: pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,otel]'
+	$(BIN)/pip install -q -e .
 	touch $(BIN)/gateway
 
+$(VENV)/.dev: $(BIN)/gateway
+	$(BIN)/pip install -q -e '.[test,otel]'
+	touch $(VENV)/.dev
+
 install: $(BIN)/gateway
+
+dev: $(VENV)/.dev
 
 run: install
 	$(BIN)/gateway serve --config $(CONFIG)
@@ -19,16 +26,16 @@ run: install
 check: install
 	$(BIN)/gateway check --config $(CONFIG)
 
-test: install
+test: dev
 	$(BIN)/ruff check proxy adapters tests
 	$(BIN)/pytest -q
 
 # Direct vs gateway (bare, governed) vs LiteLLM on loopback; writes tests/bench/RESULTS.md.
 # BENCH_ARGS="--quick --skip-litellm" (or BENCH_QUICK=1, BENCH_SKIP_LITELLM=1) for a smoke run.
-bench: install
+bench: dev
 	$(BIN)/python tests/bench/run.py $(BENCH_ARGS)
 
-lint: install
+lint: dev
 	$(BIN)/ruff check proxy adapters tests
 
 clean:
