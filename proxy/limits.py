@@ -209,7 +209,7 @@ ACQUIRE_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local rid = ARGV[1]
-local out = {1}
+local out = {}
 local new = {}
 for i = 1, #KEYS do
   local b = 1 + (i - 1) * 4
@@ -249,7 +249,8 @@ for i = 1, #KEYS do
     if ttl > 0 then redis.call('EXPIRE', KEYS[i], math.ceil(ttl) + 86400) end
   end
 end
-return out
+-- one bulk string ("remaining reset remaining reset ..."): cheaper to read than an array
+return table.concat(out, ' ')
 """
 
 SETTLE_LUA = """
@@ -290,10 +291,10 @@ class RedisBackend:
             reply = await self.client.run_script(ACQUIRE_LUA, [c.key for c in checks], args)
         except (OSError, TimeoutError, RedisError) as exc:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
-        if int(reply[0]) == 0:
+        if isinstance(reply, list):  # {0, failing check's index, seconds to wait}
             check = checks[int(reply[1]) - 1]
             return Denial(check, _gcra_retry(check, float(reply[2])) if check.kind == "gcra" else float(reply[2])), []
-        values = [float(v) for v in reply[1:]]
+        values = [float(v) for v in reply.split()]
         return None, [Result(values[i], values[i + 1]) for i in range(0, len(values), 2)]
 
     async def settle(self, entries: list[tuple[Check, float, str]]) -> None:
