@@ -2,10 +2,11 @@
 
 uvicorn writes the status line and headers as soon as the app sends ``http.response.start`` and the
 body with the next message: two sends, two TCP segments and, on the client's side, two wake-ups per
-response. That was about a fifth of the gateway's CPU per proxied request. Here each request cycle
-writes through a ``HeadWithBody`` that holds the head until the first body write joins it; a head
-whose body is not ready within the same event-loop step (a stream still waiting on its upstream)
-goes out alone at the end of that step, so nothing waits on it.
+response (measured: 5-7% of the gateway's CPU per proxied request, and 0.1-0.4 ms of a stream's time
+to first token on this machine). Here each request cycle writes through a ``HeadWithBody`` that
+holds the head until the first body write joins it; a head whose body is not ready within the same
+event-loop step (a stream still waiting on its upstream) goes out alone at the end of that step, so
+nothing waits on it.
 
 It also tells a request that its client hung up before the response was complete: the app puts a
 callable under ``ON_DISCONNECT`` in the request's scope, and the protocol calls it from
