@@ -56,7 +56,8 @@ async def _proxy(request: Request, endpoint: str) -> Response | SSEResponse:
     try:
         key = rt.authenticate(request.headers.get("authorization"))
     except GatewayError as e:
-        return e.response(headers)  # unauthenticated requests leave no usage row
+        rt.obs.auth_failed(e.code or "invalid_api_key")  # no usage row: counted here only
+        return e.response(headers)
 
     record = UsageRecord(request_id=rid, created_at=time.time(), key_name=key.name if key else None,
                          model="", endpoint=endpoint, stream=False)
@@ -365,6 +366,7 @@ async def list_models(request: Request) -> Response:
     try:
         key = rt.authenticate(request.headers.get("authorization"))
     except GatewayError as e:
+        rt.obs.auth_failed(e.code or "invalid_api_key")
         return e.response()
     data = [_model_object(rt, m.name) for m in rt.allowed_models(key)]
     return Response(orjson.dumps({"object": "list", "data": data}), media_type=JSON)
@@ -376,5 +378,7 @@ async def get_model(request: Request) -> Response:
         key = rt.authenticate(request.headers.get("authorization"))
         alias = rt.resolve(request.path_params["model_id"], key)
     except GatewayError as e:
+        if e.status == 401:
+            rt.obs.auth_failed(e.code or "invalid_api_key")
         return e.response()
     return Response(orjson.dumps(_model_object(rt, alias.name)), media_type=JSON)

@@ -53,6 +53,7 @@ OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 
 UPSTREAM_REASONS = frozenset({"timeout", "connection", "status_5xx", "status_429", "bad_response"})
 # Exported at 0 from the start, so that rate() sees the first refusal.
 RATELIMIT_SCOPES = ("key", "model", "global", "parallel", "budget")
+AUTH_FAILURE_CODES = ("invalid_api_key", "expired_api_key")  # the 401 codes: a bounded label
 
 
 class Hist:
@@ -108,6 +109,7 @@ class Metrics:
         self.upstream_errors: dict[tuple[str, str], int] = {}
         self.ratelimited_total: dict[str, int] = dict.fromkeys(RATELIMIT_SCOPES, 0)
         self.limits_store_errors = 0
+        self.auth_failures: dict[str, int] = dict.fromkeys(AUTH_FAILURE_CODES, 0)
         self.cache_total: dict[str, int] = {}
         self.aliases: frozenset[str] = frozenset()
         self.globs: tuple[str, ...] = ()
@@ -188,6 +190,10 @@ class Metrics:
     def limits_store_error(self) -> None:
         self.limits_store_errors += 1
 
+    def auth_failed(self, code: str) -> None:
+        code = code if code in self.auth_failures else "invalid_api_key"
+        self.auth_failures[code] += 1
+
     def cache_result(self, hit: bool) -> None:
         result = "hit" if hit else "miss"
         self.cache_total[result] = self.cache_total.get(result, 0) + 1
@@ -212,6 +218,7 @@ class Metrics:
             "upstream_errors": [[p, r, n] for (p, r), n in self.upstream_errors.items()],
             "ratelimited": self.ratelimited_total,
             "limits_store_errors": self.limits_store_errors,
+            "auth_failures": self.auth_failures,
             "cache": self.cache_total,
             "inflight": live.inflight,
             "queue_rows": live.queue_rows,
@@ -319,6 +326,7 @@ class _GatewayCollector(Collector):
         upstream: dict[tuple, _HistAcc] = {}
         upstream_errors: dict[tuple, float] = {}
         ratelimited: dict[tuple, float] = {}
+        auth_failures: dict[tuple, float] = {(code,): 0.0 for code in AUTH_FAILURE_CODES}
         cache: dict[tuple, float] = {}
         circuits: dict[tuple, float] = {}
         counters = {"spilled_rows": 0.0, "write_errors": 0.0, "limits_store_errors": 0.0}
@@ -347,6 +355,8 @@ class _GatewayCollector(Collector):
                 upstream_errors[(provider, reason)] = upstream_errors.get((provider, reason), 0) + n
             for scope, n in snap["ratelimited"].items():
                 ratelimited[(scope,)] = ratelimited.get((scope,), 0) + n
+            for code, n in snap.get("auth_failures", {}).items():
+                auth_failures[(code,)] = auth_failures.get((code,), 0) + n
             for result, n in snap["cache"].items():
                 cache[(result,)] = cache.get((result,), 0) + n
             for name in counters:
@@ -378,6 +388,8 @@ class _GatewayCollector(Collector):
         yield _counter("gateway_cost_usd", "Cost of requests in US dollars, from target prices.",
                        ("model", "provider", "key"), cost)
         yield _counter("gateway_ratelimited", "Requests refused by a rate limit or budget.", ("scope",), ratelimited)
+        yield _counter("gateway_auth_failures", "Requests refused for a missing, wrong or expired gateway key "
+                       "(401; they leave no usage row).", ("code",), auth_failures)
         yield _counter("gateway_limits_store_errors", "Rate-limit checks that could not reach Redis "
                        "(handled per [limits] on_store_error).", (), {(): counters["limits_store_errors"]})
         yield _counter("gateway_cache_requests", "Response cache lookups.", ("result",), cache)

@@ -99,6 +99,9 @@ class GatewayObserver(Observer):
     def limits_store_error(self) -> None:
         self.metrics.limits_store_error()
 
+    def auth_failed(self, code: str) -> None:
+        self.metrics.auth_failed(code)
+
     def cache_result(self, hit: bool) -> None:
         """For the response cache, once there is one: a lookup that hit or missed."""
         self.metrics.cache_result(hit)

@@ -32,5 +32,8 @@ class Observer:
     def limits_store_error(self) -> None:
         """A rate-limit check or settlement could not reach the limits store (Redis)."""
 
+    def auth_failed(self, code: str) -> None:
+        """A request was refused with 401 (``code``: invalid_api_key or expired_api_key)."""
+
     def ratelimited(self, scope: str) -> None:
         """A request was refused by a rate limit or budget of ``scope`` (key, model, global, budget)."""

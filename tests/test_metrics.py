@@ -106,6 +106,12 @@ def test_metrics_match_the_traffic_sent(make_gateway, fake_openai, tmp_path):
     emb = client.embeddings.create(model="gpt-test", input="one two three")
     tokens["prompt"] += emb.usage.prompt_tokens
     cost += usage_cost(emb.usage.prompt_tokens, 0)
+    wrong_key = "sk-wrong-" + os.urandom(4).hex()
+    for _ in range(2):
+        with pytest.raises(openai.AuthenticationError):
+            gw.client(key=wrong_key).chat.completions.create(model="gpt-test", messages=MSGS)
+    with pytest.raises(openai.AuthenticationError):
+        gw.client(key=wrong_key).models.list()
 
     text, s = scrape(gw.url)  # no gateway key needed
     promtool_check(text)
@@ -137,6 +143,9 @@ def test_metrics_match_the_traffic_sent(make_gateway, fake_openai, tmp_path):
     assert value(s, "gateway_cost_usd_total", model="gpt-test", provider="fake", key="team") == pytest.approx(cost)
     assert value(s, "gateway_ratelimited_total", scope="model") == 1
     assert value(s, "gateway_ratelimited_total", scope="key") == 0  # exported before the first refusal
+    assert value(s, "gateway_auth_failures_total", code="invalid_api_key") == 3  # no rows, but counted
+    assert value(s, "gateway_auth_failures_total", code="expired_api_key") == 0
+    assert wrong_key not in text
     assert value(s, "gateway_inflight_requests") == 0
     assert ("gateway_usage_queue_rows", ()) in s
     assert ("gateway_usage_spilled_rows_total", ()) in s
