@@ -75,8 +75,9 @@ def _parse(buf: bytes | bytearray, pos: int) -> tuple[Any, int]:
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self, client: MiniRedis) -> None:
+    def __init__(self, client: MiniRedis, address: tuple[str, int]) -> None:
         self.client = client
+        self.address = address
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.waiting: deque[tuple[asyncio.Future[Any], float]] = deque()  # (reply, answer-by loop time)
@@ -173,7 +174,7 @@ class MiniRedis:
     async def _connect(self, host: str, port: int) -> _Protocol:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(CONNECT_TIMEOUT_S):
-            _, protocol = await loop.create_connection(lambda: _Protocol(self), host, port)
+            _, protocol = await loop.create_connection(lambda: _Protocol(self, (host, port)), host, port)
         setup = []
         if self.password is not None:
             setup.append(("AUTH", self.username, self.password) if self.username else ("AUTH", self.password))
@@ -187,18 +188,22 @@ class MiniRedis:
         return protocol
 
     async def _ready(self) -> _Protocol:
-        protocol = self.protocol
-        if protocol is not None and not protocol.closed:
-            return protocol
-        if self.connecting is None:  # one connect for all concurrent callers
-            self.connecting = asyncio.ensure_future(self._connect(self.host, self.port))
-        try:
-            protocol = await asyncio.shield(self.connecting)
-        finally:
-            if self.connecting is not None and self.connecting.done():
-                self.connecting = None
-        self.protocol = protocol
-        return protocol
+        while True:
+            protocol = self.protocol
+            if protocol is not None and not protocol.closed:
+                return protocol
+            if self.connecting is None:  # one connect for all concurrent callers
+                self.connecting = asyncio.ensure_future(self._connect(self.host, self.port))
+            connecting = self.connecting
+            try:
+                protocol = await asyncio.shield(connecting)
+            finally:
+                if self.connecting is connecting and connecting.done():
+                    self.connecting = None
+            if protocol.address == (self.host, self.port):
+                self.protocol = protocol
+                return protocol
+            protocol.retire()  # a MOVED came while this connect was under way: connect where it points
 
     async def _send(self, protocol: _Protocol, args: tuple[Any, ...]) -> Any:
         assert protocol.transport is not None

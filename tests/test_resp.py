@@ -118,3 +118,29 @@ def test_redis_cluster_moved_and_ask(tmp_path):
         assert cluster.run(other, "CLUSTER", "COUNTKEYSINSLOT", str(slot)) == "1"  # the new key went to the importer
     finally:
         cluster.stop()
+
+
+def test_a_move_during_a_connect_ends_on_the_new_node():
+    """A MOVED that arrives while the client is still connecting to the old node: the connection
+    finishes, is dropped, and commands go to the node the MOVED named."""
+    old, new = RedisServer().start(), RedisServer().start()
+    try:
+        async def main() -> tuple[int, int]:
+            client = MiniRedis(old.url)
+            ready = asyncio.ensure_future(client._ready())  # a connect to the old node, under way
+            await asyncio.sleep(0)
+            client._move("127.0.0.1", new.port)
+            await ready
+            await client.call("SET", "{llm-gateway}:moved", "1")
+            port = client.protocol.address[1] if client.protocol else 0
+            await client.aclose()
+            return port, client.port
+
+        assert asyncio.run(main()) == (new.port, new.port)
+        import redis
+
+        assert redis.Redis(port=new.port).get("{llm-gateway}:moved") == b"1"
+        assert redis.Redis(port=old.port).get("{llm-gateway}:moved") is None
+    finally:
+        old.stop()
+        new.stop()
