@@ -105,6 +105,9 @@ class Target:
     stream_idle_timeout_s: float = 120.0
     failure_threshold: int = 5
     cooldown_s: float = 30.0
+    failure_rate: float | None = None  # also open at this failed share of attempts over failure_window_s
+    failure_window_s: float = 60.0
+    failure_min_requests: int = 10  # ... once the window holds at least this many attempts
 
 
 @dataclass(slots=True)
@@ -474,7 +477,12 @@ def _parse_target(cfg: _Loader, t: _Section, providers: dict[str, ProviderConfig
         stream_idle_timeout_s=t.number("stream_idle_timeout_s", timeout, minimum=0.001),
         failure_threshold=int(t.number("failure_threshold", 5, minimum=1)),
         cooldown_s=t.number("cooldown_s", 30.0),
+        failure_rate=t.number("failure_rate", None, minimum=0.001),
+        failure_window_s=t.number("failure_window_s", 60.0, minimum=0.001),
+        failure_min_requests=int(t.number("failure_min_requests", 10, minimum=1)),
     )
+    if target.failure_rate is not None and target.failure_rate > 1:
+        raise ConfigError(cfg.file, t.key("failure_rate"), "must be a share of attempts, at most 1")
     if retry_on is not None:
         target.retry_on = tuple(retry_on)
     t.done()

@@ -16,7 +16,8 @@ EWMA_ALPHA = 0.3
 class TargetState:
     """Live state of one target of one alias in this process."""
 
-    __slots__ = ("target", "label", "inflight", "ewma_ttfb", "failures", "open_until", "probing")
+    __slots__ = ("target", "label", "inflight", "ewma_ttfb", "failures", "open_until", "probing", "window_start",
+                 "window_ok", "window_failed", "prev_ok", "prev_failed")
 
     def __init__(self, target: Target) -> None:
         self.target = target
@@ -26,6 +27,10 @@ class TargetState:
         self.failures = 0  # consecutive
         self.open_until = 0.0  # circuit open until this monotonic time; 0 = closed
         self.probing = False  # half-open: one probe request in flight decides
+        # failure_rate only: attempts in the current and the previous failure_window_s (a sliding estimate)
+        self.window_start = time.monotonic()
+        self.window_ok = self.window_failed = 0
+        self.prev_ok = self.prev_failed = 0
 
     @property
     def circuit_open(self) -> bool:
@@ -42,6 +47,9 @@ class TargetState:
             self.probing = True
 
     def succeeded(self, ttfb: float | None) -> None:
+        if self.target.failure_rate is not None:
+            self._roll(time.monotonic())
+            self.window_ok += 1
         self.failures = 0
         self.open_until = 0.0
         self.probing = False
@@ -51,9 +59,38 @@ class TargetState:
     def failed(self) -> None:
         """An upstream fault (not the client's own 4xx): counts towards opening the circuit."""
         self.failures += 1
-        if self.probing or self.failures >= self.target.failure_threshold:
-            self.open_until = time.monotonic() + self.target.cooldown_s
+        now = time.monotonic()
+        too_many = self.failures >= self.target.failure_threshold
+        if self.target.failure_rate is not None:
+            self._roll(now)
+            self.window_failed += 1
+            too_many = too_many or self._rate_exceeded(now)
+        if self.probing or too_many:
+            self.open_until = now + self.target.cooldown_s
+            self.window_ok = self.window_failed = self.prev_ok = self.prev_failed = 0  # the probe starts afresh
         self.probing = False
+
+    def _roll(self, now: float) -> None:
+        window = self.target.failure_window_s
+        passed = now - self.window_start
+        if passed < window:
+            return
+        if passed < 2 * window:
+            self.prev_ok, self.prev_failed = self.window_ok, self.window_failed
+        else:  # a whole quiet window: nothing recent to weigh
+            self.prev_ok = self.prev_failed = 0
+        self.window_start = now
+        self.window_ok = self.window_failed = 0
+
+    def _rate_exceeded(self, now: float) -> bool:
+        """The failed share over the last failure_window_s: the current window plus the previous one
+        weighted by how much of it still overlaps."""
+        target = self.target
+        assert target.failure_rate is not None
+        weight = max(0.0, 1.0 - (now - self.window_start) / target.failure_window_s)
+        failed = self.window_failed + self.prev_failed * weight
+        attempts = failed + self.window_ok + self.prev_ok * weight
+        return attempts >= target.failure_min_requests and failed >= target.failure_rate * attempts
 
     def abandoned(self) -> None:
         """The attempt ended without a verdict (cancelled): let another request probe."""

@@ -61,6 +61,10 @@ def test_minimal_config_loads(tmp_path):
     ("[storage]\ndatabase_url = \"mysql://x\"\n" + MINIMAL, "gw.toml:storage.database_url: must start with"),
     (MINIMAL.replace('[[keys]]\nname = "dev"\nkey = "sk-1"\n', ""), "gw.toml:keys: require_auth is true"),
     ("[server\n", "gw.toml:-: invalid TOML"),
+    (MINIMAL.replace('model = "echo-1" }', 'model = "echo-1", failure_rate = 1.5 }'),
+     "gw.toml:models[0].targets[0].failure_rate: must be a share of attempts, at most 1"),
+    (MINIMAL.replace('model = "echo-1" }', 'model = "echo-1", failure_window_s = 0 }'),
+     "gw.toml:models[0].targets[0].failure_window_s: must be >= 0.001"),
 ])
 def test_errors_name_file_key_and_reason(tmp_path, text, expected):
     assert expected in error_of(tmp_path, text)

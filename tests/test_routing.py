@@ -256,6 +256,34 @@ def test_circuit_opens_skips_probes_and_closes(route, fake_openai):
     assert attempts() == (flaky, 1) and counts[flaky] == 5
 
 
+def test_circuit_opens_on_an_error_rate_that_never_makes_a_streak(route, fake_openai):
+    """A target failing every other attempt never reaches failure_threshold consecutive failures; with
+    failure_rate it opens once the window holds failure_min_requests attempts at that share."""
+    half = f"alternate-{tag()}"
+    gw = route(alias("a", [f'provider = "fake", model = "{half}", max_retries = 0, failure_threshold = 3, '
+                           'failure_rate = 0.5, failure_window_s = 30, failure_min_requests = 4, cooldown_s = 30',
+                           'provider = "other", model = "ok"']))
+    client = gw.client()
+    counts = fake_openai.app.state.fake.counts
+    served = [served_by(client.chat.completions.with_raw_response.create(model="a", messages=MSGS))[1:]
+              for _ in range(8)]
+    # attempts 1-4 alternate fail/ok (2 of 4 failed: not yet judged on a success); the 5th fails: 3 of 5
+    assert served[:5] == [("ok", 2), (half, 1), ("ok", 2), (half, 1), ("ok", 2)]
+    assert served[5:] == [("ok", 1)] * 3 and counts[half] == 5  # open: skipped
+    text = httpx.get(gw.url + "/metrics").text
+    assert f'gateway_circuit_open{{provider="fake",target="fake/{half}"}} 1.0' in text
+
+
+def test_without_failure_rate_alternating_failures_keep_the_circuit_closed(route, fake_openai):
+    half = f"alternate-{tag()}"
+    gw = route(alias("a", [f'provider = "fake", model = "{half}", max_retries = 0, failure_threshold = 3',
+                           'provider = "other", model = "ok"']))
+    client = gw.client()
+    served = [served_by(client.chat.completions.with_raw_response.create(model="a", messages=MSGS))[1:]
+              for _ in range(8)]
+    assert served == [("ok", 2), (half, 1)] * 4  # every other attempt still goes to the failing target
+
+
 # hedging -------------------------------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ leak-key            error message that echoes the provider key it was sent
 delay-<ms>          answers after <ms> milliseconds (stream: before the response head)
 hang-<ms>           answers after <ms> milliseconds unless the client leaves first; records which
 flaky-<n>-<tag>     500 for the first <n> requests with this exact model name, then normal answers
+alternate-<tag>     500 for every other request with this exact model name (the 1st, 3rd, ...)
 ctx-limit           400 context_length_exceeded, as OpenAI reports a prompt over the context window
 fail-429x           429 without Retry-After
 stall-<ms>          stream: response head at once, first chunk after <ms> ms; records client_gone
@@ -97,6 +98,8 @@ def make_app() -> Starlette:
             failures = int(model.split("-")[1])
             if state.counts[model] <= failures:
                 return _error(500, "flaky failure", "server_error")
+        if model.startswith("alternate-") and state.counts[model] % 2:
+            return _error(500, "every other request fails", "server_error")
         if model == "ctx-limit":
             return _error(400, "This model's maximum context length is 1000 tokens. However, your messages "
                           "resulted in 5000 tokens.", "invalid_request_error", "context_length_exceeded")
