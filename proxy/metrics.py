@@ -110,6 +110,7 @@ class Metrics:
         self.ratelimited_total: dict[str, int] = dict.fromkeys(RATELIMIT_SCOPES, 0)
         self.limits_store_errors = 0
         self.auth_failures: dict[str, int] = dict.fromkeys(AUTH_FAILURE_CODES, 0)
+        self.unpriced: dict[tuple[str, str], int] = {}  # (model, provider): requests with tokens but no price
         self.cache_total: dict[str, int] = {}
         self.aliases: frozenset[str] = frozenset()
         self.globs: tuple[str, ...] = ()
@@ -164,6 +165,8 @@ class Metrics:
             s.reasoning += r.reasoning_tokens
         if r.cost_usd:
             s.cost += r.cost_usd
+        elif r.cost_usd is None and (r.prompt_tokens or r.completion_tokens):
+            self.unpriced[(model, provider)] = self.unpriced.get((model, provider), 0) + 1
         h = self.overhead.get(r.endpoint)
         if h is None:
             h = self.overhead[r.endpoint] = Hist(OVERHEAD_BUCKETS)
@@ -219,6 +222,7 @@ class Metrics:
             "ratelimited": self.ratelimited_total,
             "limits_store_errors": self.limits_store_errors,
             "auth_failures": self.auth_failures,
+            "unpriced": [[m, p, n] for (m, p), n in self.unpriced.items()],
             "cache": self.cache_total,
             "inflight": live.inflight,
             "queue_rows": live.queue_rows,
@@ -327,6 +331,7 @@ class _GatewayCollector(Collector):
         upstream_errors: dict[tuple, float] = {}
         ratelimited: dict[tuple, float] = {}
         auth_failures: dict[tuple, float] = {(code,): 0.0 for code in AUTH_FAILURE_CODES}
+        unpriced: dict[tuple, float] = {}
         cache: dict[tuple, float] = {}
         circuits: dict[tuple, float] = {}
         counters = {"spilled_rows": 0.0, "write_errors": 0.0, "limits_store_errors": 0.0}
@@ -357,6 +362,8 @@ class _GatewayCollector(Collector):
                 ratelimited[(scope,)] = ratelimited.get((scope,), 0) + n
             for code, n in snap.get("auth_failures", {}).items():
                 auth_failures[(code,)] = auth_failures.get((code,), 0) + n
+            for model, provider, n in snap.get("unpriced", ()):
+                unpriced[(model, provider)] = unpriced.get((model, provider), 0) + n
             for result, n in snap["cache"].items():
                 cache[(result,)] = cache.get((result,), 0) + n
             for name in counters:
@@ -388,6 +395,8 @@ class _GatewayCollector(Collector):
         yield _counter("gateway_cost_usd", "Cost of requests in US dollars, from target prices.",
                        ("model", "provider", "key"), cost)
         yield _counter("gateway_ratelimited", "Requests refused by a rate limit or budget.", ("scope",), ratelimited)
+        yield _counter("gateway_unpriced_requests", "Requests whose tokens have no price configured (their usage "
+                       "rows carry cost_usd null).", ("model", "provider"), unpriced)
         yield _counter("gateway_auth_failures", "Requests refused for a missing, wrong or expired gateway key "
                        "(401; they leave no usage row).", ("code",), auth_failures)
         yield _counter("gateway_limits_store_errors", "Rate-limit checks that could not reach Redis "

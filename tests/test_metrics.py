@@ -106,6 +106,7 @@ def test_metrics_match_the_traffic_sent(make_gateway, fake_openai, tmp_path):
     emb = client.embeddings.create(model="gpt-test", input="one two three")
     tokens["prompt"] += emb.usage.prompt_tokens
     cost += usage_cost(emb.usage.prompt_tokens, 0)
+    client.chat.completions.create(model="a-ok", messages=MSGS)  # its target has no price
     wrong_key = "sk-wrong-" + os.urandom(4).hex()
     for _ in range(2):
         with pytest.raises(openai.AuthenticationError):
@@ -125,15 +126,19 @@ def test_metrics_match_the_traffic_sent(make_gateway, fake_openai, tmp_path):
     assert value(s, "gateway_requests_total", model="capped", status="429") == 1
     assert value(s, "gateway_requests_total", model="unknown", status="404") == 1
     assert secret_model not in text  # client text is never a label value
-    assert value(s, "gateway_requests_total") == 13
+    assert value(s, "gateway_requests_total", model="a-ok", status="200") == 1
+    assert value(s, "gateway_requests_total") == 14
+    assert value(s, "gateway_unpriced_requests_total", model="a-ok", provider="fake") == 1
+    assert value(s, "gateway_unpriced_requests_total", model="a-cut-stream") == 1  # estimated tokens, no price
+    assert value(s, "gateway_unpriced_requests_total") == 2  # priced models and token-less failures: none
 
     assert value(s, "gateway_request_duration_seconds_count", endpoint="chat", model="gpt-test") == 5
     assert value(s, "gateway_request_duration_seconds_bucket", model="gpt-test", endpoint="chat", le="+Inf") == 5
     assert value(s, "gateway_time_to_first_token_seconds_count", model="gpt-test", provider="fake") == 2
-    assert value(s, "gateway_overhead_seconds_count", endpoint="chat") == 12
+    assert value(s, "gateway_overhead_seconds_count", endpoint="chat") == 13
     assert value(s, "gateway_overhead_seconds_count", endpoint="embeddings") == 1
-    # attempts: 5 + 1 embeddings + 2 (fail-500) + 1 (fail-400) + 1 (cut-stream) + 2 capped
-    assert value(s, "gateway_upstream_duration_seconds_count", provider="fake") == 12
+    # attempts: 5 + 1 embeddings + 2 (fail-500) + 1 (fail-400) + 1 (cut-stream) + 2 capped + 1 a-ok
+    assert value(s, "gateway_upstream_duration_seconds_count", provider="fake") == 13
     assert value(s, "gateway_upstream_errors_total", provider="fake", reason="status_5xx") == 2
     assert value(s, "gateway_upstream_errors_total", provider="fake", reason="bad_response") == 1  # cut mid-stream
     assert value(s, "gateway_upstream_errors_total") == 3
