@@ -116,6 +116,10 @@ class Dispatch:
         self.prompt_estimate = prompt_estimate
         self.attempts = 0
         self.last: TargetState | None = None  # the target of the latest attempt
+        self.sent: dict[int, Call] = {}  # id(TargetState) -> the call last sent to it
+        # Hedge losers whose request had gone upstream (maybe billed): (call, seconds it ran, outcome if it
+        # finished first). The endpoint writes a usage row for each.
+        self.hedge_losers: list[tuple[Call, float, Outcome | None]] = []
         self.waited_s = 0.0  # wall time spent in run(): upstream waits and retry backoff, not our own work
 
     # planning ---------------------------------------------------------------------------------------
@@ -172,9 +176,11 @@ class Dispatch:
         second too. The first to answer wins and the other is cancelled."""
         assert self.alias.hedge_after_ms is not None
         tasks = [asyncio.ensure_future(self._try_target(plan[0]))]
+        begun = [time.perf_counter()]
         done, _ = await asyncio.wait(tasks, timeout=self.alias.hedge_after_ms / 1000)
         if not done:
             tasks.append(asyncio.ensure_future(self._try_target(plan[1])))
+            begun.append(time.perf_counter())
         last: UpstreamError | None = None
         winner: asyncio.Future[Outcome] | None = None
         try:
@@ -193,9 +199,14 @@ class Dispatch:
                     if kind == "client" or kind not in self.alias.fallback_on:
                         raise exc
         finally:
-            for task in tasks:
-                if task is not winner:
-                    await _cancel(task)
+            for i, task in enumerate(tasks):
+                if task is winner:
+                    continue
+                failed = task.done() and not task.cancelled() and task.exception() is not None
+                outcome = await _cancel(task)
+                call = self.sent.get(id(plan[i]))
+                if winner is not None and call is not None and not failed:  # lost the race, not failed
+                    self.hedge_losers.append((call, time.perf_counter() - begun[i], outcome))
         rest = plan[len(tasks):]
         if not rest:
             assert last is not None
@@ -239,6 +250,7 @@ class Dispatch:
 
     def _started(self, state: TargetState, call: Call, req: UpstreamRequest) -> UpstreamRequest:
         """Observers see each attempt before it is sent (tracing injects traceparent here)."""
+        self.sent[id(state)] = call
         self.obs.attempt_started(state, call, req)
         return req
 
@@ -308,13 +320,16 @@ async def _close(response: UpstreamStream | None) -> None:
             await response.aclose()
 
 
-async def _cancel(task: asyncio.Future[Outcome]) -> None:
+async def _cancel(task: asyncio.Future[Outcome]) -> Outcome | None:
+    """Stop a hedge loser; its outcome if it had finished meanwhile (an opened stream is closed)."""
     task.cancel()
     with contextlib.suppress(BaseException):
         await task
+    if not (task.done() and not task.cancelled() and task.exception() is None):
+        return None
     # A loser that finished a stream opening in the meantime must not leak its connection or in-flight count.
-    if task.done() and not task.cancelled() and task.exception() is None:
-        outcome = task.result()
-        if outcome.stream is not None:
-            await outcome.stream.aclose()
-            outcome.state.end()
+    outcome = task.result()
+    if outcome.stream is not None:
+        await outcome.stream.aclose()
+        outcome.state.end()
+    return outcome

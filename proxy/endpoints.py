@@ -111,7 +111,7 @@ async def _proxy(request: Request, endpoint: str) -> Response | SSEResponse:
     if record.cost_usd is not None:
         headers["x-gateway-cost-usd"] = f"{record.cost_usd:.10f}"
     record.status = 200
-    done = _finish(rt, record, started, dispatch.waited_s, ticket, headers)
+    done = _finish(rt, record, started, dispatch, ticket, headers)
     return AccountedResponse(done, reply.body, 200, headers, media_type=JSON)
 
 
@@ -156,24 +156,50 @@ class AccountedResponse(Response):
             self.after()
 
 
-def _finish(rt: Runtime, record: UsageRecord, started: float, waited_s: float, ticket: Ticket | None,
+def _finish(rt: Runtime, record: UsageRecord, started: float, dispatch: Dispatch | None, ticket: Ticket | None,
             headers: dict[str, str]) -> Callable[[], None]:
     """The one place a whole-body request ends: timings now (the overhead is a response header), the
     bookkeeping once the response is sent, so the client does not wait for it."""
     elapsed = time.perf_counter() - started
     record.latency_ms = elapsed * 1000
-    overhead = max(0.0, elapsed - waited_s)
+    overhead = max(0.0, elapsed - (dispatch.waited_s if dispatch else 0.0))
     headers["x-gateway-overhead-ms"] = f"{overhead * 1000:.3f}"
-    return functools.partial(_account, rt, record, ticket, overhead)
+    return functools.partial(_account, rt, record, ticket, overhead, dispatch)
 
 
-def _account(rt: Runtime, record: UsageRecord, ticket: Ticket | None, overhead: float) -> None:
+def _account(rt: Runtime, record: UsageRecord, ticket: Ticket | None, overhead: float,
+             dispatch: Dispatch | None) -> None:
     """The usage row goes to the ledger, the real usage settles the limits the request reserved,
-    and its numbers go to observers."""
-    rt.limits.settle(ticket, record)
+    and its numbers go to observers. Hedge losers that reached their upstream get rows of their own."""
+    losers = _hedge_rows(record, dispatch) if dispatch is not None and dispatch.hedge_losers else ()
+    rt.limits.settle(ticket, record, losers)
     rt.active -= 1
     rt.sink.submit(record)
+    for row in losers:
+        rt.sink.submit(row)
     rt.obs.request_finished(record, overhead)
+
+
+def _hedge_rows(record: UsageRecord, dispatch: Dispatch) -> list[UsageRecord]:
+    """The request that lost a hedge race was sent upstream, so it may have been billed: its row has
+    the request's id plus ``-hedge``, status 499 (cancelled by the gateway), error_type ``hedge_lost``,
+    and its usage if it had finished, else its estimated prompt tokens."""
+    rows = []
+    for n, (call, seconds, outcome) in enumerate(dispatch.hedge_losers):
+        row = UsageRecord(request_id=f"{record.request_id}-hedge" + (f"{n + 1}" if n else ""),
+                          created_at=record.created_at, key_name=record.key_name, model=record.model,
+                          endpoint=record.endpoint, stream=record.stream, provider=call.target.provider,
+                          upstream_model=call.target.model, status=499, latency_ms=seconds * 1000, attempts=1,
+                          error_type="hedge_lost")
+        usage, completion = None, 0
+        if outcome is not None and outcome.reply is not None:
+            usage = outcome.reply.usage
+        elif outcome is not None and outcome.stream is not None:
+            usage = outcome.stream.translator.usage
+            completion = outcome.stream.translator.estimated_completion_tokens()
+        _settle(row, call.target, usage, dispatch.body, completion)
+        rows.append(row)
+    return rows
 
 
 def _describe(record: UsageRecord, headers: dict[str, str], dispatch: Dispatch, outcome: Outcome | None) -> None:
@@ -199,7 +225,7 @@ def _fail(rt: Runtime, record: UsageRecord, started: float, e: GatewayError | Up
         _describe(record, headers, dispatch, None)
     record.status = e.status
     record.error_type = e.reason if isinstance(e, UpstreamError) else (e.code or e.type)
-    done = _finish(rt, record, started, dispatch.waited_s if dispatch else 0.0, ticket, headers)
+    done = _finish(rt, record, started, dispatch, ticket, headers)
     if isinstance(e, GatewayError):
         headers.update(e.headers)
     elif e.retry_after:
@@ -350,7 +376,8 @@ class StreamRelay:
             _settle(record, outcome.call.target, tr.usage, self.dispatch.body, tr.estimated_completion_tokens())
         elapsed = time.perf_counter() - self.started
         record.latency_ms = elapsed * 1000
-        _account(self.rt, record, self.ticket, max(0.0, elapsed - self.dispatch.waited_s - self.waited))
+        _account(self.rt, record, self.ticket, max(0.0, elapsed - self.dispatch.waited_s - self.waited),
+                 self.dispatch)
 
 
 # models ---------------------------------------------------------------------------------------------

@@ -407,12 +407,17 @@ class Limits:
         plan = self.plan(key, alias, body, prompt_tokens, endpoint, request_id)
         return None if plan is None else await self.admit(plan)
 
-    def settle(self, ticket: Ticket | None, record: UsageRecord) -> None:
-        """Replace reservations with what the request really used; runs in the background."""
+    def settle(self, ticket: Ticket | None, record: UsageRecord, extra: list[UsageRecord] | tuple = ()) -> None:
+        """Replace reservations with what the request really used (``extra``: rows of hedge losers it
+        also spent); runs in the background."""
         if ticket is None or ticket.settled:
             return
         ticket.settled = True
         used_tokens = record.prompt_tokens + record.completion_tokens
+        cost = record.cost_usd or 0.0
+        for row in extra:
+            used_tokens += row.prompt_tokens + row.completion_tokens
+            cost += row.cost_usd or 0.0
         rid = ticket.request_id
         adjustments: list[tuple[Check, float, str]] = []
         for check in ticket.checks:
@@ -421,7 +426,7 @@ class Limits:
             elif check.unit == "tokens":
                 adjustments.append((check, used_tokens - ticket.reserved_tokens, rid))
             elif check.unit == "usd":
-                adjustments.append((check, (record.cost_usd or 0.0) - ticket.reserved_cost, rid))
+                adjustments.append((check, cost - ticket.reserved_cost, rid))
         if not adjustments:
             return
         self.pending += adjustments

@@ -295,6 +295,39 @@ def test_hedging_picks_the_faster_target(route):
     assert served_by(raw)[:2] == ("other", "ok") and time.monotonic() - started < 1.0
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_hedge_loser_that_reached_its_upstream_gets_its_own_usage_row(make_gateway, fake_openai, tmp_path, stream):
+    import sqlite3
+
+    db = tmp_path / "gw.db"
+    slow = "stall-1500" if stream else "delay-1500"
+    models = alias("a", [f'provider = "fake", model = "{slow}", input_per_mtok = 1000.0, '
+                         'output_per_mtok = 1000.0',
+                         'provider = "other", model = "ok"'], hedge_after_ms=100)
+    gw = make_gateway(config(fake_openai.url, models + f'\n[storage]\ndatabase_url = "sqlite:///{db}"\n'))
+    rid = f"hedge-{tag()}"
+    client = gw.client()
+    if stream:
+        with client.chat.completions.with_streaming_response.create(model="a", messages=MSGS, stream=True,
+                                                                      extra_headers={"x-request-id": rid}) as raw:
+            assert "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+    else:
+        client.chat.completions.create(model="a", messages=MSGS, extra_headers={"x-request-id": rid})
+    rows: list = []
+    deadline = time.monotonic() + 10
+    while len(rows) < 2 and time.monotonic() < deadline:  # rows are written in batches
+        time.sleep(0.1)
+        with sqlite3.connect(db) as conn:
+            rows = conn.execute("SELECT request_id, provider, upstream_model, status, error_type, usage_estimated, "
+                                "prompt_tokens, completion_tokens, cost_usd FROM usage_log WHERE request_id LIKE ? "
+                                "ORDER BY request_id", (rid + "%",)).fetchall()
+    winner, loser = rows
+    assert winner[1:5] == ("other", "ok", 200, None)
+    assert loser[0] == winner[0] + "-hedge"
+    assert loser[1:6] == ("fake", slow, 499, "hedge_lost", 1)  # cancelled in flight: its prompt, estimated
+    assert loser[6] > 0 and loser[7] == 0 and loser[8] == pytest.approx(loser[6] * 1000 / 1e6)
+
+
 def test_hedged_stream_cancels_the_loser(route, fake_openai):
     outcomes = fake_openai.app.state.fake.stream_outcomes
     before = len(outcomes)
