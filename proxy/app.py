@@ -9,6 +9,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -34,10 +35,20 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
+    """Ready once the config is loaded, and says how the usage database and the limits store are doing.
+    Only a limits store that is down under ``on_store_error = "deny"`` makes it 503: then every limited
+    request would be refused. A database outage does not: rows queue and spill until it is back, and
+    taking every replica out of the load balancer would turn it into a full outage."""
     runtime = getattr(request.app.state, "runtime", None)
     if runtime is None:
         return GatewayError(503, "not ready", "service_unavailable_error", "not_ready").response()
-    return Response(b'{"status":"ready"}', media_type="application/json")
+    database = "up" if request.app.state.ledger.stats()["database_up"] else "down"
+    store = await request.app.state.limits.store_state()
+    if store == "down" and runtime.config.limits.on_store_error == "deny":
+        return GatewayError(503, "The limits store (Redis) is unreachable and [limits] on_store_error is deny.",
+                            "service_unavailable_error", "limits_unavailable").response()
+    body = {"status": "ready", "usage_database": database, "limits_store": store}
+    return Response(orjson.dumps(body), media_type="application/json")
 
 
 async def http_error(request: Request, exc: Exception) -> Response:

@@ -313,6 +313,12 @@ class RedisBackend:
         except (OSError, TimeoutError, RedisError) as exc:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
 
+    async def ping(self) -> bool:
+        try:
+            return await self.client.call("PING") == b"PONG"
+        except (OSError, TimeoutError, RedisError):
+            return False
+
     async def aclose(self) -> None:
         await self.client.aclose()
 
@@ -401,6 +407,12 @@ class Limits:
                 self.room.clear()
             self.room[plan.room_key] = (time.monotonic() + ROOM_FRESH_S, [r.remaining for r in results])
         return Ticket(plan.request_id, plan.checks, results, plan.tokens, plan.cost)
+
+    async def store_state(self) -> str:
+        """For /readyz: "in-process", or whether the Redis store answers a PING right now."""
+        if not self.backend.remote:
+            return "in-process"
+        return "up" if await self.backend.ping() else "down"
 
     async def acquire(self, key: KeyConfig | None, alias: ModelAlias, body: dict[str, Any], prompt_tokens: int,
                       endpoint: str, request_id: str) -> Ticket | None:

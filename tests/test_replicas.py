@@ -58,16 +58,23 @@ def test_redis_outage_follows_on_store_error_and_recovers(make_gateway, fake_ope
                                             limits=f'on_store_error = "{mode}"')
         gw = make_gateway(text)
         assert [post(gw.url, secret, model).status_code for _ in range(3)] == [200, 200, 429]
+        ready = httpx.get(gw.url + "/readyz")
+        assert ready.status_code == 200 and ready.json()["limits_store"] == "up"
         redis.stop()
         during = [post(gw.url, secret, model) for _ in range(2)]
         metrics = httpx.get(gw.url + "/metrics").text
         assert "gateway_limits_store_errors_total 2.0" in metrics
+        ready = httpx.get(gw.url + "/readyz")
         if mode == "allow":
             assert [r.status_code for r in during] == [200, 200]
+            assert ready.status_code == 200 and ready.json()["limits_store"] == "down"  # still serving
         else:
             assert [r.status_code for r in during] == [503, 503]
             assert during[0].json()["error"]["code"] == "limits_unavailable"
+            assert ready.status_code == 503 and ready.json()["error"]["code"] == "limits_unavailable"
         redis.start()  # a fresh, empty Redis on the same port: limits apply again by themselves
+        ready = httpx.get(gw.url + "/readyz")
+        assert ready.status_code == 200 and ready.json()["limits_store"] == "up"
         deadline = time.monotonic() + 5
         codes: list[int] = []
         while time.monotonic() < deadline:
