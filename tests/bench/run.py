@@ -276,6 +276,7 @@ def run(args: argparse.Namespace) -> Results:
         pin(upstream.pids, load_cpu)
         run_bare(res, env, upstream, server_cpu, logdir)
         run_governed(res, env, upstream, server_cpu, logdir)
+        run_paired(res, env, upstream, server_cpu, logdir)
         if args.skip_litellm:
             res.rows["litellm"] = Row("litellm", status="skipped (--skip-litellm)")
         else:
@@ -336,6 +337,39 @@ def run_governed(res: Results, env: dict[str, str], upstream: Server, cpu: int |
     gw.stop()  # graceful stop: whatever the ledger still holds is flushed now
     if db_ok:
         check_ledger(res, served)
+
+
+def run_paired(res: Results, env: dict[str, str], upstream: Server, cpu: int | None, logdir: Path) -> None:
+    """The throughput cost of governance, measured fairly on a machine whose speed drifts: a bare and a
+    governed gateway run side by side (both on the server core; the idle one costs nothing) and take
+    c=16 rounds in turns, so each pair sees the same machine. The target uses the median pair."""
+    bare, gov = res.rows.get("bare"), res.rows.get("governed")
+    if not (bare and gov and bare.status == "ok" and gov.status == "ok"):
+        res.paired_status = "skipped: a gateway row failed"
+        return
+    env = {**env, "BENCH_DATABASE_URL": DATABASE_URL}
+    servers: list[Server] = []
+    try:
+        bare_cfg, _ = bare_config(logdir, env)
+        gov_cfg, _ = governed_config(logdir, env)
+        servers = [start_gateway("paired-bare", bare_cfg, cpu, env, logdir),
+                   start_gateway("paired-governed", gov_cfg, cpu, env, logdir)]
+        for server in servers:
+            wrk(server.url + CHAT, 16, res.plan.warmup_s, GATEWAY_KEY, [NONSTREAM])
+        settle()
+        log(f"bare and governed side by side: {res.plan.rounds + 2} pairs of {res.plan.c16_s} s rounds")
+        for _ in range(res.plan.rounds + 2):
+            b = wrk(servers[0].url + CHAT, 16, res.plan.c16_s, GATEWAY_KEY, [NONSTREAM])
+            settle()
+            g = wrk(servers[1].url + CHAT, 16, res.plan.c16_s, GATEWAY_KEY, [NONSTREAM])
+            settle()
+            res.paired.append((b.rps, g.rps))
+        res.paired_status = "ok"
+    except (RuntimeError, OSError) as e:
+        res.paired_status = f"failed: {e}"
+    finally:
+        for server in servers:
+            server.stop()
 
 
 def check_ledger(res: Results, served: int) -> None:
