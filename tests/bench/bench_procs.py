@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -11,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -79,6 +81,41 @@ def pin(pids: list[int], cpu: int | None) -> None:
         for tid in os.listdir(f"/proc/{pid}/task"):
             try:
                 os.sched_setaffinity(int(tid), {cpu})
+            except OSError:
+                pass
+
+
+SERVICES = ("redis-server", "postgres")  # what a governed gateway talks to, when they run on this machine
+
+
+@contextlib.contextmanager
+def services_on(cpu: int | None) -> Iterator[str]:
+    """Move every thread of the local Redis and Postgres to ``cpu`` (the load core) for the duration, then
+    back. In a deployment they run on other hosts; here they must not take CPU from the gateway's core, or
+    the governed rows would measure Redis and Postgres as much as the gateway. Yields what was done."""
+    if cpu is None:
+        yield "not moved (no pinning)"
+        return
+    saved: dict[int, set[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if Path(f"/proc/{entry}/comm").read_text().strip() not in SERVICES:
+                continue
+            for tid in os.listdir(f"/proc/{entry}/task"):
+                mask = os.sched_getaffinity(int(tid))
+                os.sched_setaffinity(int(tid), {cpu})
+                saved[int(tid)] = mask
+        except OSError:
+            continue
+    try:
+        yield (f"local Redis and Postgres ({len(saved)} threads) moved to core {cpu} for the gateway rows"
+               if saved else "local Redis and Postgres not found or not movable: they float")
+    finally:
+        for tid, mask in saved.items():
+            try:
+                os.sched_setaffinity(tid, mask)
             except OSError:
                 pass
 

@@ -83,6 +83,7 @@ class Results:
     # bare and governed side by side, c=16 rounds taken in turns: (bare rps, governed rps) per pair
     paired: list[tuple[float, float]] = field(default_factory=list)
     paired_status: str = "not run"
+    services: str = "not moved"  # where the local Redis and Postgres ran during the gateway rows
 
 
 def fmt(x: float | None, digits: int = 2) -> str:
@@ -118,7 +119,7 @@ def machine(res: Results) -> list[str]:
         f"- date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- commit: {commit}",
         f"- machine: {os.cpu_count()} cores, {model}, Linux {platform.release()}",
-        f"- pinning: {pinning}",
+        f"- pinning: {pinning}; {res.services}",
         f"- Python {platform.python_version()}; {pkgs}",
         f"- load: {wrk_version.strip()}, closed loop, 1 thread; TTFT by a raw-socket client at concurrency 1",
     ]

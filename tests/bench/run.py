@@ -40,7 +40,7 @@ from bench_load import (
     upstream_requests,
     wrk,
 )
-from bench_procs import Noise, Server, cpus, free_port, http_get, log, pin, status_kb
+from bench_procs import Noise, Server, cpus, free_port, http_get, log, pin, services_on, status_kb
 from bench_report import Memory, Plan, Results, Row, git_head, report
 
 HERE = Path(__file__).resolve().parent
@@ -274,9 +274,10 @@ def run(args: argparse.Namespace) -> Results:
         pin(upstream.pids, server_cpu)  # direct: the fake upstream is the server under test
         res.rows["direct"] = measure("direct", upstream, upstream, GATEWAY_KEY, plan)
         pin(upstream.pids, load_cpu)
-        run_bare(res, env, upstream, server_cpu, logdir)
-        run_governed(res, env, upstream, server_cpu, logdir)
-        run_paired(res, env, upstream, server_cpu, logdir)
+        with services_on(load_cpu) as res.services:
+            run_bare(res, env, upstream, server_cpu, logdir)
+            run_governed(res, env, upstream, server_cpu, logdir)
+            run_paired(res, env, upstream, server_cpu, logdir)
         if args.skip_litellm:
             res.rows["litellm"] = Row("litellm", status="skipped (--skip-litellm)")
         else:
