@@ -7,7 +7,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import orjson
@@ -59,6 +59,7 @@ async def _proxy(request: Request, endpoint: str) -> Response | SSEResponse:
         rt.obs.auth_failed(e.code or "invalid_api_key")  # no usage row: counted here only
         return e.response(headers)
 
+    watch = request.scope[ON_DISCONNECT] = ClientWatch()  # the serving protocol calls it on a hang-up
     record = UsageRecord(request_id=rid, created_at=time.time(), key_name=key.name if key else None,
                          model="", endpoint=endpoint, stream=False)
     rt.obs.request_started(endpoint)
@@ -96,7 +97,7 @@ async def _proxy(request: Request, endpoint: str) -> Response | SSEResponse:
                 headers.update(ticket.headers())
         if stream:
             return await _stream(rt, dispatch, record, started, headers, ticket, run)
-        outcome = await _unless_client_leaves(request, run if run is not None else dispatch.run())
+        outcome = await _unless_client_leaves(watch, record, dispatch, run)
     except (GatewayError, UpstreamError) as e:
         return _fail(rt, record, started, e, headers, dispatch, ticket)
     except Exception:  # a bug must still answer in OpenAI shape and leave its usage row
@@ -115,30 +116,45 @@ async def _proxy(request: Request, endpoint: str) -> Response | SSEResponse:
     return AccountedResponse(done, reply.body, 200, headers, media_type=JSON)
 
 
-async def _unless_client_leaves(request: Request, waiting: Awaitable[Outcome]) -> Outcome:
-    """Wait for the upstream's answer, unless the client hangs up first: then stop the upstream call
-    (it would be billed for nothing) and fail with 499, so the row says what happened."""
+class ClientWatch:
+    """The ``ON_DISCONNECT`` hook of one whole-body request: notes a hang-up at any point, and while a
+    task waits on the upstream (``waiting``), cancels that wait."""
+
+    __slots__ = ("gone", "waiting")
+
+    def __init__(self) -> None:
+        self.gone = False
+        self.waiting: asyncio.Task | None = None
+
+    def __call__(self) -> None:
+        self.gone = True
+        if self.waiting is not None:
+            self.waiting.cancel()
+
+
+async def _unless_client_leaves(watch: ClientWatch, record: UsageRecord, dispatch: Dispatch,
+                                run: asyncio.Future[Outcome] | None) -> Outcome:
+    """Wait for the upstream's answer, unless the client hangs up first (or already did, while the body
+    was read or the limits checked): then stop the upstream call (it would be billed for nothing) and
+    fail with 499, so the row says what happened."""
+    gone = GatewayError(499, "The client closed the connection before the answer was ready.", "client_error",
+                        "client_disconnect")
+    if watch.gone:
+        if run is not None:  # started ahead of the limits verdict: stop it, keep its usage if it answered
+            await _abandon(run, record, dispatch.body)
+        raise gone
     task = asyncio.current_task()
     assert task is not None
-    gone = False
-
-    def client_left() -> None:
-        nonlocal gone
-        gone = True
-        task.cancel()
-
-    scope = request.scope
-    scope[ON_DISCONNECT] = client_left
+    watch.waiting = task
     try:
-        return await waiting
+        return await (run if run is not None else dispatch.run())
     except asyncio.CancelledError:
-        if not gone:
+        if not watch.gone:
             raise  # cancelled from outside (server shutdown)
         task.uncancel()
-        raise GatewayError(499, "The client closed the connection before the answer was ready.",
-                           "client_error", "client_disconnect") from None
+        raise gone from None
     finally:
-        scope.pop(ON_DISCONNECT, None)
+        watch.waiting = None
 
 
 class AccountedResponse(Response):

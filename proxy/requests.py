@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from proxy.errors import GatewayError, bad_request
 
@@ -39,11 +39,15 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
         raise too_large(limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large(limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large(limit)
+            chunks.append(chunk)
+    except ClientDisconnect:  # the client hung up mid-upload: its row says 499, not a gateway bug
+        raise GatewayError(499, "The client closed the connection while sending the request body.",
+                           "client_error", "client_disconnect") from None
     raw = b"".join(chunks)
     if not raw:
         raise bad_request("Request body is empty; expected a JSON object.", code="invalid_json")

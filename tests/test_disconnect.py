@@ -63,3 +63,29 @@ def test_client_leaving_a_whole_body_request_stops_the_upstream_call_and_records
     ok = httpx.post(gw.url + "/v1/chat/completions", headers={"authorization": f"Bearer {GATEWAY_KEY}"},
                     json={"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}, timeout=5)
     assert ok.status_code == 200  # the pooled upstream connections are still good
+
+
+def test_client_leaving_mid_upload_leaves_a_499_row_not_an_internal_error(make_gateway, fake_openai, tmp_path, caplog):
+    import socket
+    import sqlite3
+    import uuid
+
+    from tests.conftest import base_config
+
+    db = tmp_path / "gw.db"
+    gw = make_gateway(base_config(fake_openai.url, db))
+    rid = f"upload-{uuid.uuid4().hex[:8]}"
+    with socket.create_connection(("127.0.0.1", gw.server.port), timeout=5) as sock:
+        sock.sendall((f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {GATEWAY_KEY}\r\n"
+                      f"x-request-id: {rid}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+                      '{"model": "gpt-test", "mess').encode())
+        time.sleep(0.2)  # the gateway is now waiting for the rest of the body
+    rows: list = []
+    deadline = time.monotonic() + 10
+    while not rows and time.monotonic() < deadline:  # rows are written in batches
+        time.sleep(0.1)
+        with sqlite3.connect(db) as conn:
+            rows = conn.execute("SELECT status, error_type FROM usage_log WHERE request_id LIKE ?",
+                                (rid + "%",)).fetchall()
+    assert rows == [(499, "client_disconnect")]
+    assert "unhandled error" not in caplog.text
