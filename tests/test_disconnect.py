@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
@@ -89,3 +90,76 @@ def test_client_leaving_mid_upload_leaves_a_499_row_not_an_internal_error(make_g
                                 (rid + "%",)).fetchall()
     assert rows == [(499, "client_disconnect")]
     assert "unhandled error" not in caplog.text
+
+
+class SlowRedis:
+    """Just enough of Redis for the limits script, answering it only after ``delay_s``: NOSCRIPT to
+    EVALSHA, then a granted verdict (a bulk string of remaining/reset pairs) to EVAL."""
+
+    def __init__(self, delay_s: float, pairs: int) -> None:
+        import threading
+
+        self.delay_s = delay_s
+        self.reply = " ".join(["999", "0.06"] * pairs).encode()
+        self.port = 0
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import asyncio
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while True:
+                    count = int((await reader.readline())[1:])
+                    args = []
+                    for _ in range(count):
+                        size = int((await reader.readline())[1:])
+                        args.append((await reader.readexactly(size + 2))[:-2])
+                    if args[0].upper() == b"EVALSHA":
+                        writer.write(b"-NOSCRIPT No matching script.\r\n")
+                    elif args[0].upper() == b"EVAL":
+                        await asyncio.sleep(self.delay_s)
+                        writer.write(b"$%d\r\n%s\r\n" % (len(self.reply), self.reply))
+                    else:
+                        writer.write(b"+PONG\r\n")
+                    await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+                writer.close()
+
+        async def main() -> None:
+            server = await asyncio.start_server(handle, "127.0.0.1", 0)
+            self.port = server.sockets[0].getsockname()[1]
+            self.ready.set()
+            await asyncio.Event().wait()
+
+        asyncio.run(main())
+
+    def start(self) -> SlowRedis:
+        self.thread.start()
+        self.ready.wait(5)
+        return self
+
+
+def test_client_leaving_during_the_limits_check_never_reaches_the_upstream(make_gateway, fake_openai):
+    import socket
+
+    from tests.test_limits import limits_config
+
+    redis = SlowRedis(delay_s=0.4, pairs=1).start()
+    text, secret, _ = limits_config(fake_openai.url, f"redis://127.0.0.1:{redis.port}/0", key_extra="rpm = 1000")
+    name = secret.removeprefix("sk-")
+    gw = make_gateway(text)
+    counts = fake_openai.app.state.fake.counts
+    before = counts.get("delay-400", 0)
+    body = json.dumps({"model": f"slow-{name}", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    with socket.create_connection(("127.0.0.1", gw.server.port), timeout=5) as sock:
+        sock.sendall((f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {secret}\r\n"
+                      f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body)
+        time.sleep(0.1)  # the limits check is under way (it takes 0.4 s)
+    time.sleep(0.8)
+    assert counts.get("delay-400", 0) == before  # the upstream was never called
+    answered = httpx.post(gw.url + "/v1/chat/completions", headers={"authorization": f"Bearer {secret}"},
+                          json={"model": f"slow-{name}", "messages": [{"role": "user", "content": "hi"}]},
+                          timeout=5)
+    assert answered.status_code == 200 and counts.get("delay-400", 0) == before + 1  # a client that stays
