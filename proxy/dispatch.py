@@ -116,7 +116,7 @@ class Dispatch:
         self.prompt_estimate = prompt_estimate
         self.attempts = 0
         self.last: TargetState | None = None  # the target of the latest attempt
-        self.sent: dict[int, Call] = {}  # id(TargetState) -> the call last sent to it
+        self.sent: set[int] = set()  # id() of each TargetState an attempt was sent to
         # Hedge losers whose request had gone upstream (maybe billed): (call, seconds it ran, outcome if it
         # finished first). The endpoint writes a usage row for each.
         self.hedge_losers: list[tuple[Call, float, Outcome | None]] = []
@@ -203,10 +203,9 @@ class Dispatch:
                 if task is winner:
                     continue
                 failed = task.done() and not task.cancelled() and task.exception() is not None
-                outcome = await _cancel(task)
-                call = self.sent.get(id(plan[i]))
-                if winner is not None and call is not None and not failed:  # lost the race, not failed
-                    self.hedge_losers.append((call, time.perf_counter() - begun[i], outcome))
+                outcome = await stop(task)
+                if winner is not None and id(plan[i]) in self.sent and not failed:  # lost the race, not failed
+                    self.hedge_losers.append((self._call(plan[i])[1], time.perf_counter() - begun[i], outcome))
         rest = plan[len(tasks):]
         if not rest:
             assert last is not None
@@ -250,7 +249,7 @@ class Dispatch:
 
     def _started(self, state: TargetState, call: Call, req: UpstreamRequest) -> UpstreamRequest:
         """Observers see each attempt before it is sent (tracing injects traceparent here)."""
-        self.sent[id(state)] = call
+        self.sent.add(id(state))
         self.obs.attempt_started(state, call, req)
         return req
 
@@ -320,12 +319,13 @@ async def _close(response: UpstreamStream | None) -> None:
             await response.aclose()
 
 
-async def _cancel(task: asyncio.Future[Outcome]) -> Outcome | None:
-    """Stop a hedge loser; its outcome if it had finished meanwhile (an opened stream is closed)."""
+async def stop(task: asyncio.Future[Outcome]) -> Outcome | None:
+    """Stop a run no one will use (a hedge loser, a call started ahead of a refusing limits check);
+    its outcome if it had finished meanwhile, with an opened stream closed. A cancel of the caller
+    itself still propagates (asyncio.wait does not swallow it)."""
     task.cancel()
-    with contextlib.suppress(BaseException):
-        await task
-    if not (task.done() and not task.cancelled() and task.exception() is None):
+    await asyncio.wait((task,))
+    if task.cancelled() or task.exception() is not None:
         return None
     # A loser that finished a stream opening in the meantime must not leak its connection or in-flight count.
     outcome = task.result()

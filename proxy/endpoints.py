@@ -18,7 +18,7 @@ from starlette.types import Receive, Scope, Send
 from adapters.base import UpstreamError, Usage
 from proxy.config import Target
 from proxy.cost import cost_usd
-from proxy.dispatch import Dispatch, Outcome
+from proxy.dispatch import Dispatch, Outcome, stop
 from proxy.errors import GatewayError, error_event
 from proxy.limits import Ticket
 from proxy.records import UsageRecord
@@ -207,13 +207,7 @@ def _hedge_rows(record: UsageRecord, dispatch: Dispatch) -> list[UsageRecord]:
                           endpoint=record.endpoint, stream=record.stream, provider=call.target.provider,
                           upstream_model=call.target.model, status=499, latency_ms=seconds * 1000, attempts=1,
                           error_type="hedge_lost")
-        usage, completion = None, 0
-        if outcome is not None and outcome.reply is not None:
-            usage = outcome.reply.usage
-        elif outcome is not None and outcome.stream is not None:
-            usage = outcome.stream.translator.usage
-            completion = outcome.stream.translator.estimated_completion_tokens()
-        _settle(row, call.target, usage, dispatch.body, completion)
+        _settle_outcome(row, call.target, outcome, dispatch.body)
         rows.append(row)
     return rows
 
@@ -252,19 +246,21 @@ def _fail(rt: Runtime, record: UsageRecord, started: float, e: GatewayError | Up
 async def _abandon(run: asyncio.Future[Outcome], record: UsageRecord, body: dict) -> None:
     """Stop an upstream call started ahead of the limits verdict that then refused the request. If
     the call had already got an answer, its usage goes into the refused request's row: it was spent."""
-    if not run.done():
-        run.cancel()
-    await asyncio.wait((run,))
-    if run.cancelled() or run.exception() is not None:
-        return
-    outcome = run.result()
-    if outcome.reply is not None:
-        _settle(record, outcome.call.target, outcome.reply.usage, body, 0)
-    elif outcome.stream is not None:
+    outcome = await stop(run)
+    if outcome is not None:
+        _settle_outcome(record, outcome.call.target, outcome, body)
+
+
+def _settle_outcome(record: UsageRecord, target: Target, outcome: Outcome | None, body: dict) -> None:
+    """_settle from whatever the outcome holds: a reply's usage, a stream's usage or estimate so far,
+    or (no outcome) the prompt estimate."""
+    if outcome is not None and outcome.reply is not None:
+        _settle(record, target, outcome.reply.usage, body, 0)
+    elif outcome is not None and outcome.stream is not None:
         tr = outcome.stream.translator
-        await outcome.stream.aclose()
-        outcome.state.end()
-        _settle(record, outcome.call.target, tr.usage, body, tr.estimated_completion_tokens())
+        _settle(record, target, tr.usage, body, tr.estimated_completion_tokens())
+    else:
+        _settle(record, target, None, body, 0)
 
 
 def _settle(record: UsageRecord, target: Target, usage: Usage | None, body: dict, estimated_completion: int) -> None:
@@ -388,8 +384,7 @@ class StreamRelay:
         record.status = self.status
         record.error_type = self.error_type
         if outcome is not None and outcome.stream is not None:
-            tr = outcome.stream.translator
-            _settle(record, outcome.call.target, tr.usage, self.dispatch.body, tr.estimated_completion_tokens())
+            _settle_outcome(record, outcome.call.target, outcome, self.dispatch.body)
         elapsed = time.perf_counter() - self.started
         record.latency_ms = elapsed * 1000
         _account(self.rt, record, self.ticket, max(0.0, elapsed - self.dispatch.waited_s - self.waited),

@@ -28,7 +28,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -419,7 +419,7 @@ class Limits:
         plan = self.plan(key, alias, body, prompt_tokens, endpoint, request_id)
         return None if plan is None else await self.admit(plan)
 
-    def settle(self, ticket: Ticket | None, record: UsageRecord, extra: list[UsageRecord] | tuple = ()) -> None:
+    def settle(self, ticket: Ticket | None, record: UsageRecord, extra: Sequence[UsageRecord] = ()) -> None:
         """Replace reservations with what the request really used (``extra``: rows of hedge losers it
         also spent); runs in the background."""
         if ticket is None or ticket.settled:
