@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from adapters.base import UpstreamError, Usage
+from adapters.base import StreamTranslator, UpstreamError, Usage
 from proxy.config import Target
 from proxy.cost import cost_usd
 from proxy.dispatch import Dispatch, Outcome, stop
@@ -32,7 +32,7 @@ from proxy.requests import (
     require_model,
 )
 from proxy.runtime import Runtime
-from proxy.server import ON_DISCONNECT
+from proxy.server import ON_DISCONNECT, DirectBody
 from proxy.sse import SSEResponse
 from proxy.upstream import TRANSPORT_ERRORS
 
@@ -294,7 +294,7 @@ async def _stream(rt: Runtime, dispatch: Dispatch, record: UsageRecord, started:
         _describe(record, headers, dispatch, outcome)
     headers["x-gateway-overhead-ms"] = f"{max(0.0, time.perf_counter() - started - dispatch.waited_s) * 1000:.3f}"
     relay = StreamRelay(rt, dispatch, task, record, started, ticket)
-    return SSEResponse(headers, relay.chunks(), relay.finish)
+    return SSEResponse(headers, relay.chunks, relay.finish)
 
 
 class StreamRelay:
@@ -313,13 +313,21 @@ class StreamRelay:
         self.outcome: Outcome | None = None
         self.waited = 0.0  # time spent waiting on upstream chunks
         self.finished = False
+        self.direct: DirectBody | None = None
+        self.translator: StreamTranslator | None = None
+        self.pushing_s = 0.0  # time spent in _push during one push
 
     def _failed(self, e: GatewayError | UpstreamError) -> bytes:
         self.status = e.status
         self.error_type = e.reason if isinstance(e, UpstreamError) else (e.code or e.type)
         return error_event(GatewayError(e.status, e.message, e.type, e.code))
 
-    async def chunks(self) -> AsyncGenerator[bytes, None]:
+    async def chunks(self, direct: DirectBody | None) -> AsyncGenerator[bytes, None]:
+        """The stream's bytes for the client. With ``direct`` and an upstream that can push, the steady
+        state skips this generator: each read from the upstream is translated and written to the
+        client in the upstream connection's data callback (``_push``), which saves a task switch,
+        a future and four coroutine steps per read. A client that cannot keep up, the stream's end,
+        and failures come back here, to the plain loop."""
         task, keepalive = self.task, self.dispatch.alias.keepalive_s
         while not task.done():
             await asyncio.wait((task,), timeout=keepalive)
@@ -340,9 +348,17 @@ class StreamRelay:
         tr = start.translator
         self.record.ttft_ms = (time.perf_counter() - self.started) * 1000
         clock = time.perf_counter
+        push = start.response.push if direct is not None else None
+        self.direct, self.translator = direct, tr
         try:
             yield start.first
             while not tr.done:
+                if push is not None and direct is not None and direct.ready():
+                    t0, self.pushing_s = clock(), 0.0
+                    await push(self._push)
+                    self.waited += clock() - t0 - self.pushing_s
+                    if tr.done:
+                        break
                 t0 = clock()
                 try:
                     data = await anext(start.chunks)
@@ -362,6 +378,16 @@ class StreamRelay:
             yield self._failed(e)
         except TRANSPORT_ERRORS as exc:
             yield self._failed(outcome.upstream.transport_error(exc))
+
+    def _push(self, data: bytes) -> bool:
+        """The push sink: translate one read and write it to the client; whether to go on pushing."""
+        t0 = time.perf_counter()
+        tr, direct = self.translator, self.direct
+        assert tr is not None and direct is not None
+        out = tr.feed(data)
+        more = direct.write(out) if out else True
+        self.pushing_s += time.perf_counter() - t0
+        return more and not tr.done
 
     async def finish(self, disconnected: bool) -> None:
         if self.finished:

@@ -16,7 +16,7 @@ import asyncio
 import ssl
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from urllib.parse import urlsplit
 
 import httptools
@@ -50,16 +50,35 @@ class Response:
         self._buffer: deque[bytes] = deque()
         self._buffered = 0
         self._waiter: asyncio.Future[None] | None = None
+        self._sink: Callable[[bytes], bool] | None = None  # while pushing: where body bytes go at once
+        self._sink_error: Exception | None = None
 
     # fed by the protocol
     def _feed(self, data: bytes) -> None:
         self._buffer.append(data)
+        if self._sink is not None:
+            return  # delivered once the whole read is parsed: one socket read, one sink call
         self._buffered += len(data)
         if self._buffered > HIGH_WATER:
             self.conn.pause()
         self._wake()
 
+    def _deliver(self) -> None:
+        """While pushing: give what the last read brought to the sink, in one piece."""
+        buffer = self._buffer
+        data = b"".join(buffer) if len(buffer) > 1 else buffer[0]
+        buffer.clear()
+        try:
+            if self._sink(data):  # type: ignore[misc]
+                return
+        except Exception as exc:  # never into the protocol's callback: the pushing task raises it
+            self._sink_error = exc
+        self._sink = None
+        self._wake()
+
     def _finish(self, error: BaseException | None = None) -> None:
+        if self._sink is not None and self._buffer and error is None:
+            self._deliver()
         self.complete = True
         self.error = error
         self._wake()
@@ -106,6 +125,23 @@ class Response:
                     raise self.error
                 return
             await self._wait()
+
+    async def push(self, sink: Callable[[bytes], bool]) -> None:
+        """Hand body bytes to ``sink`` straight from the connection's data callback: no task switch,
+        future or generator step per read. Returns once ``sink`` returned False (it has taken that
+        piece) or raised (raised here), or the body ended or failed; reading then goes on with
+        ``chunks``, which also sees the end or the failure."""
+        if self._buffer or self.complete:
+            return
+        self._sink = sink
+        try:
+            while self._sink is not None and not self.complete:
+                await self._wait()
+        finally:
+            self._sink = None
+        error, self._sink_error = self._sink_error, None
+        if error is not None:
+            raise error
 
     async def drain(self, limit_s: float) -> None:
         """Read and drop what is left (e.g. the chunked terminator after [DONE]), so the connection
@@ -155,6 +191,10 @@ class _Conn(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self.abort(UpstreamClosed(f"malformed HTTP response from upstream: {exc}"))
+            return
+        response = self.response
+        if response is not None and response._sink is not None and response._buffer:
+            response._deliver()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -245,6 +285,8 @@ class _Conn(asyncio.Protocol):
     def _check_idle(self) -> None:
         # One timer per idle period rather than one per read: re-armed for the time still allowed.
         assert self.read_timeout is not None
+        if self.paused:  # we stopped reading (the client is slow): the silence is not the upstream's
+            self.last_read = self.loop.time()
         left = self.last_read + self.read_timeout - self.loop.time()
         if left <= 0:
             self.timer = None

@@ -8,6 +8,10 @@ holds the head until the first body write joins it; a head whose body is not rea
 event-loop step (a stream still waiting on its upstream) goes out alone at the end of that step, so
 nothing waits on it.
 
+For streams, ``DirectBody`` writes body bytes without an ASGI ``send`` (a coroutine, a message dict
+and uvicorn's checks per chunk), so a relay can forward an upstream's bytes from the upstream
+connection's own data callback.
+
 It also tells a request that its client hung up before the response was complete: the app puts a
 callable under ``ON_DISCONNECT`` in the request's scope, and the protocol calls it from
 ``connection_lost``. That costs nothing per request, unlike a task watching ``receive()``.
@@ -16,8 +20,9 @@ callable under ``ON_DISCONNECT`` in the request's scope, and the protocol calls 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 ON_DISCONNECT = "gateway.on_disconnect"  # scope key: called once if the client leaves mid-request
 
@@ -57,6 +62,37 @@ class HeadWithBody:
 
     def is_closing(self) -> bool:
         return self.transport.is_closing()
+
+
+class DirectBody:
+    """Body bytes of a started chunked response, written as uvicorn's ``send`` would write them but from
+    any callback. Only ``ready`` while that is safe; ``send`` stays the way to wait for a slow client
+    and to end the response."""
+
+    __slots__ = ("cycle",)
+
+    def __init__(self, cycle: RequestResponseCycle) -> None:
+        self.cycle = cycle
+
+    def ready(self) -> bool:
+        c = self.cycle
+        return (c.response_started and c.chunked_encoding is True and not c.response_complete
+                and not c.disconnected and not c.flow.write_paused)
+
+    def write(self, data: bytes) -> bool:
+        """Write one piece now (dropped if the client is gone); whether the client takes more now."""
+        c = self.cycle
+        if c.disconnected:
+            return False
+        c.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        return not c.flow.write_paused
+
+
+def direct_body(send: Any) -> DirectBody | None:
+    """A ``DirectBody`` when ``send`` is uvicorn's own httptools ``send`` (the app serves the request
+    directly, no middleware wraps it), else None: then every chunk goes through ``send``."""
+    cycle = getattr(send, "__self__", None)
+    return DirectBody(cycle) if isinstance(cycle, RequestResponseCycle) else None
 
 
 class GatewayHttpProtocol(HttpToolsProtocol):

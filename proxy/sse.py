@@ -7,6 +7,8 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 
 from starlette.types import Receive, Scope, Send
 
+from proxy.server import DirectBody, direct_body
+
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -15,16 +17,19 @@ SSE_HEADERS = [
 
 
 class SSEResponse:
-    """Streams ``body``; ``on_close(disconnected)`` runs exactly once afterwards, however the stream
+    """Streams what ``body(direct)`` yields; ``direct`` is a ``DirectBody`` when the server allows
+    writing body bytes outside ``send`` (else None), for a body that can push some of its bytes
+    itself between yields. ``on_close(disconnected)`` runs exactly once afterwards, however the stream
     ended (completed, failed, client gone), and runs to its end even if the request is cancelled.
 
     Plain asyncio rather than an anyio task group: the group cost about 45 µs of CPU per stream, a
     tenth of a short stream's whole cost in the gateway."""
 
-    def __init__(self, headers: dict[str, str], body: AsyncGenerator[bytes, None],
+    def __init__(self, headers: dict[str, str], body: Callable[[DirectBody | None], AsyncGenerator[bytes, None]],
                  on_close: Callable[[bool], Awaitable[None]]) -> None:
         self.headers = SSE_HEADERS + [(k.encode(), v.encode()) for k, v in headers.items()]
-        self.body = body
+        self.make_body = body
+        self.body: AsyncGenerator[bytes, None] | None = None
         self.on_close = on_close
         self.disconnected = False
         self.completed = False
@@ -33,11 +38,12 @@ class SSEResponse:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
         assert task is not None
+        self.body = body = self.make_body(direct_body(send))
         watcher = asyncio.ensure_future(self._watch(receive, task))
         self.streaming = True
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.headers})
-            async for chunk in self.body:
+            async for chunk in body:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             self.completed = True  # a hang-up after this point lost the client nothing
             self.streaming = False
@@ -55,7 +61,8 @@ class SSEResponse:
             await asyncio.shield(asyncio.ensure_future(self._close()))
 
     async def _close(self) -> None:
-        await self.body.aclose()
+        if self.body is not None:
+            await self.body.aclose()
         await self.on_close(self.disconnected and not self.completed)
 
     async def _watch(self, receive: Receive, task: asyncio.Task) -> None:

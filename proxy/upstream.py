@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -43,6 +43,8 @@ def make_adapter(provider: ProviderConfig, file: str = "gateway.toml") -> Adapte
 
 class UpstreamStream(Protocol):
     chunks: AsyncIterator[bytes]
+    # Response.push where the bytes come from a socket: the relay's per-read fast path; else None
+    push: Callable[[Callable[[bytes], bool]], Awaitable[None]] | None
 
     async def aclose(self, finished: bool = False) -> None: ...
 
@@ -51,6 +53,7 @@ class HttpStream:
     def __init__(self, response: Response) -> None:
         self.response = response
         self.chunks: AsyncIterator[bytes] = response.chunks
+        self.push: Callable[[Callable[[bytes], bool]], Awaitable[None]] | None = response.push
 
     async def aclose(self, finished: bool = False) -> None:
         # A stream whose terminal event arrived usually has only the chunked terminator left: read it
@@ -138,6 +141,7 @@ class Upstream:
 class EchoStream:
     def __init__(self, chunks: AsyncIterator[bytes]) -> None:
         self.chunks = chunks
+        self.push = None
 
     async def aclose(self, finished: bool = False) -> None:
         pass

@@ -1,0 +1,91 @@
+"""A client that reads a stream slowly: the relay switches between pushing bytes from the upstream's
+data callback and waiting on the client, and must lose, reorder and hoard nothing."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+import time
+import uuid
+from pathlib import Path
+
+from tests.conftest import GATEWAY_KEY, base_config
+
+CHUNKS = 30_000  # about 36 MB of events: more than the kernel's socket buffers hold on this path
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+def _dechunk(raw: bytes) -> bytes:
+    out, pos = [], 0
+    while True:
+        end = raw.index(b"\r\n", pos)
+        size = int(raw[pos:end], 16)
+        if size == 0:
+            return b"".join(out)
+        out.append(raw[end + 2:end + 2 + size])
+        pos = end + 2 + size + 2
+
+
+def test_a_slow_reader_gets_every_event_in_order_and_holds_the_upstream_back(make_gateway, fake_openai, tmp_path):
+    db = tmp_path / "gw.db"
+    alias = f'[[models]]\nname = "big"\ntargets = [{{ provider = "fake", model = "big-stream-{CHUNKS}" }}]\n'
+    gw = make_gateway(base_config(fake_openai.url, db, alias))
+    outcomes = fake_openai.app.state.fake.stream_outcomes
+    before = len(outcomes)
+    rid = f"slow-reader-{uuid.uuid4().hex[:8]}"
+    body = json.dumps({"model": "big", "messages": [{"role": "user", "content": "go"}], "stream": True,
+                       "stream_options": {"include_usage": True}}).encode()
+    host, port = gw.url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window, set before connecting
+    sock.settimeout(30)
+    sock.connect((host, int(port)))
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n"
+                 b"authorization: Bearer " + GATEWAY_KEY.encode() + b"\r\nx-request-id: " + rid.encode() +
+                 b"\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    rss_before = _rss_mb()
+    time.sleep(2.0)  # not reading: longer than the provider's stream idle timeout (1.5 s), too
+    rss_paused = _rss_mb()
+    # The gateway, the fake upstream and this client share this process: had the relay kept pushing
+    # into a client that does not read, the 36 MB would sit in the gateway's write buffer by now.
+    assert outcomes[before:] == [], "the upstream was not held back by the slow client"
+    assert rss_paused - rss_before < 12, f"RSS grew {rss_paused - rss_before:.1f} MB while the client paused"
+
+    raw = bytearray()
+    reads = 0
+    while not raw.endswith(b"0\r\n\r\n"):
+        piece = sock.recv(65536)
+        assert piece, "the gateway closed the stream early"
+        raw += piece
+        reads += 1
+        if reads % 200 == 0:
+            time.sleep(0.01)  # stall now and then: the relay goes back and forth between its two paths
+    sock.close()
+    head, _, rest = bytes(raw).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    events = [line[6:] for line in _dechunk(rest).split(b"\n\n") if line.startswith(b"data: ")]
+    assert events[-1] == b"[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    contents = [c["choices"][0]["delta"].get("content") for c in chunks if c["choices"]]
+    texts = [t for t in contents if t]
+    assert len(texts) == CHUNKS
+    assert all(t.startswith(f"{i}:") for i, t in enumerate(texts)), "an event was lost or reordered"
+    assert {c["model"] for c in chunks} == {"big"}
+    assert chunks[-1]["usage"]["completion_tokens"] > 0
+    assert outcomes[before:] == ["completed"]
+
+    rows: list = []
+    deadline = time.monotonic() + 10
+    while not rows and time.monotonic() < deadline:  # rows are written in batches
+        time.sleep(0.1)
+        with sqlite3.connect(db) as conn:
+            rows = conn.execute("SELECT status, error_type, completion_tokens FROM usage_log WHERE request_id LIKE ?",
+                                (rid + ".%",)).fetchall()
+    assert rows == [(200, None, chunks[-1]["usage"]["completion_tokens"])]
