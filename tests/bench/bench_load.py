@@ -21,6 +21,11 @@ NONSTREAM = json.dumps({"model": "fast", "messages": MESSAGES, "max_tokens": 16}
 STREAM5 = json.dumps({"model": "fast-5", "messages": MESSAGES, "stream": True,
                       "stream_options": {"include_usage": True}}, separators=(",", ":"))
 STREAM200 = STREAM5.replace('"fast-5"', '"fast-200"')
+# Streams whose events arrive 2 ms apart, one per read as from a real model: their difference over
+# 45 events is the gateway's CPU per chunk when it cannot batch reads.
+PACED5 = STREAM5.replace('"fast-5"', '"fast-5-paced"')
+PACED50 = STREAM5.replace('"fast-5"', '"fast-50-paced"')
+PACED_EXTRA_CHUNKS = 45
 EMBED = json.dumps({"model": "fast-embed", "input": "hello"}, separators=(",", ":"))
 
 

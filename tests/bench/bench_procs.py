@@ -90,9 +90,10 @@ SERVICES = ("redis-server", "postgres")  # what a governed gateway talks to, whe
 
 @contextlib.contextmanager
 def services_on(cpu: int | None) -> Iterator[str]:
-    """Move every thread of the local Redis and Postgres to ``cpu`` (the load core) for the duration, then
-    back. In a deployment they run on other hosts; here they must not take CPU from the gateway's core, or
-    the governed rows would measure Redis and Postgres as much as the gateway. Yields what was done."""
+    """Move every thread of the local Redis and Postgres to ``cpu`` for the duration, then back to where
+    they were. In a deployment they run on other hosts; here, under load, they must not take CPU from the
+    gateway's core (so they go to the load core), or the governed rows would measure Redis and Postgres as
+    much as the gateway. Yields what was done."""
     if cpu is None:
         yield "not moved (no pinning)"
         return

@@ -10,7 +10,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench_load import Load
+from bench_load import PACED_EXTRA_CHUNKS, Load
 from bench_procs import ROOT, cpus
 
 
@@ -47,6 +47,8 @@ class Row:
     c16: Load | None = None
     s5: Load | None = None
     s200: Load | None = None
+    p5: Load | None = None  # paced: events 2 ms apart, one per read
+    p50: Load | None = None
     ttft_ms: float | None = None  # median, 5-chunk stream
     ttft200_ms: float | None = None  # median, 200-chunk stream: the first event may wait behind the burst
     peak_rss_mb: float | None = None
@@ -140,7 +142,7 @@ def table(res: Results) -> list[str]:
     direct = res.rows.get("direct")
     head = ("| | rps c=16 | ÷ direct | p50 c=1 ms | p99 c=1 ms | p50 c=16 ms | p99 c=16 ms | added p50 c=1 ms "
             "| CPU µs/req | upstream µs/req | CPU ÷ upstream | peak RSS MB | TTFT p50 ms (5 / 200 chunks) "
-            "| added TTFT ms (5 / 200) | stream CPU µs (5 / 200 chunks) | 200 ÷ 5 |")
+            "| added TTFT ms (5 / 200) | stream CPU µs (5 / 200 chunks) | 200 ÷ 5 | CPU µs per paced chunk |")
     columns = head.count("|") - 1
     out = [head, "|" + "---|" * columns]
     for key in ("direct", "bare", "governed", "litellm"):
@@ -160,9 +162,17 @@ def table(res: Results) -> list[str]:
             f"| {row.c16.upstream_us:,.0f} | {ratio} | {fmt(row.peak_rss_mb, 1)} "
             f"| {_ms(row.ttft_ms)} / {_ms(row.ttft200_ms)} "
             f"| {_ms(_added(row, base, 'ttft'))} / {_ms(_added(row, base, 'ttft200'))} "
-            f"| {row.s5.server_us:,.0f} / {row.s200.server_us:,.0f} | {fmt(row.s200.server_us / row.s5.server_us)} |"
+            f"| {row.s5.server_us:,.0f} / {row.s200.server_us:,.0f} | {fmt(row.s200.server_us / row.s5.server_us)} "
+            f"| {fmt(paced_chunk_us(row), 1)} |"
         )
     return out
+
+
+def paced_chunk_us(row: Row) -> float | None:
+    """CPU per chunk when every chunk is a read of its own: (paced 50-chunk − paced 5-chunk) / 45."""
+    if row.p5 is None or row.p50 is None or not row.p5.requests or not row.p50.requests:
+        return None
+    return (row.p50.server_us - row.p5.server_us) / PACED_EXTRA_CHUNKS
 
 
 def _added(row: Row, direct: Row | None, what: str) -> float | None:
@@ -176,13 +186,18 @@ def _added(row: Row, direct: Row | None, what: str) -> float | None:
 
 
 def details(res: Results) -> list[str]:
-    out = ["| | requests c=1 / c=16 / 5-chunk / 200-chunk | errors | upstream CPU µs per stream (5 / 200) "
-           "| HEAD at its start |", "|---|---|---|---|---|"]
+    out = ["| | requests c=1 / c=16 / 5-chunk / 200-chunk / paced 5 / paced 50 | errors "
+           "| upstream CPU µs per stream (5 / 200) | CPU µs per paced stream (5 / 50) | HEAD at its start |",
+           "|---|---|---|---|---|---|"]
     for row in res.rows.values():
         if row.status == "ok" and row.c1 and row.c16 and row.s5 and row.s200:
+            paced = ("— / —", "— / —")
+            if row.p5 and row.p50:
+                paced = (f"{row.p5.requests:,} / {row.p50.requests:,}",
+                         f"{row.p5.server_us:,.0f} / {row.p50.server_us:,.0f}")
             out.append(f"| {row.name} | {row.c1.requests:,} / {row.c16.requests:,} / {row.s5.requests:,} / "
-                       f"{row.s200.requests:,} | {row.errors} | {row.s5.upstream_us:,.0f} / "
-                       f"{row.s200.upstream_us:,.0f} | {row.commit} |")
+                       f"{row.s200.requests:,} / {paced[0]} | {row.errors} | {row.s5.upstream_us:,.0f} / "
+                       f"{row.s200.upstream_us:,.0f} | {paced[1]} | {row.commit} |")
     return out
 
 
@@ -281,7 +296,9 @@ def report(res: Results) -> str:
               "divided by the requests served; upstream µs/req: the fake upstream's own CPU in the same phase. "
               "Added latency and TTFT: minus the direct row's, same run. TTFT: median time to the first "
               "`data:` byte at c=1. Streams: 5 or 200 content chunks sent back to back (zero delay) "
-              "with include_usage, CPU per stream at c=16.", ""]
+              "with include_usage, CPU per stream at c=16. CPU µs per paced chunk: streams of 5 and 50 chunks "
+              "sent 2 ms apart (each chunk reaches the server in a read of its own, as tokens from a real model "
+              f"do) at c=32; (CPU per 50-chunk stream − CPU per 5-chunk stream) / {PACED_EXTRA_CHUNKS}.", ""]
     lines += ["## Targets", ""]
     for label, ok, detail in verdicts(res):
         mark = "PASS" if ok else ("n/a" if ok is None else "FAIL")

@@ -6,7 +6,9 @@ POST /v1/chat/completions  non-stream: a tiny chat.completion
                            "stream": true: N content chunks, a finish chunk, a usage chunk when
                            stream_options.include_usage is true, then [DONE]; N is the number the
                            model name ends with ("fast-200" -> 200), else 5. One write per event,
-                           as a real provider flushes each token.
+                           as a real provider flushes each token. A name ending in "-paced"
+                           ("fast-50-paced") spaces the events PACE_S apart, so each one reaches
+                           the reader on its own, as tokens from a real model do.
 POST /v1/embeddings        one 8-dimension embedding
 GET  /stats                {"requests": <POSTs answered so far>}, for the driver's bookkeeping
 
@@ -16,6 +18,7 @@ Run: python tests/bench/fast_upstream.py --port 9000
 from __future__ import annotations
 
 import argparse
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -30,6 +33,7 @@ CREATED = 1_700_000_000
 JSON_HEADERS = [(b"content-type", b"application/json")]
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 DEFAULT_CHUNKS = 5
+PACE_S = 0.002  # between the events of a "-paced" stream
 
 
 def chat_body(model: str) -> bytes:
@@ -66,7 +70,7 @@ def stream_events(model: str, n: int) -> tuple[list[bytes], bytes]:
 
 
 def chunks_for(model: str) -> int:
-    tail = model.rsplit("-", 1)[-1]
+    tail = model.removesuffix("-paced").rsplit("-", 1)[-1]
     return int(tail) if tail.isdigit() and 0 < int(tail) <= 10_000 else DEFAULT_CHUNKS
 
 
@@ -136,8 +140,11 @@ class FastUpstream:
             prepared = self._streams[model] = stream_events(model, chunks_for(model))
         events, usage = prepared
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+        pace = PACE_S if model.endswith("-paced") else 0.0
         for event in events:
             await send({"type": "http.response.body", "body": event, "more_body": True})
+            if pace:
+                await asyncio.sleep(pace)
         if include_usage:
             await send({"type": "http.response.body", "body": usage, "more_body": True})
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})

@@ -29,6 +29,8 @@ from bench_load import (
     EMBED,
     EMBEDDINGS,
     NONSTREAM,
+    PACED5,
+    PACED50,
     STREAM5,
     STREAM200,
     Load,
@@ -49,6 +51,7 @@ GATEWAY = HERE.parent.parent / ".venv" / "bin" / "gateway"
 LITELLM_VERSION = "1.102.4"  # newer releases need a certifi that the package index here does not have yet
 LITELLM_VENV = HERE / ".litellm-venv"
 GATEWAY_KEY = "sk-bench-governed"
+PACED_CONNS = 32  # paced streams spend most of their time waiting: more of them keep the server busy
 DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/gateway_bench")
 # Optional parts of the governed config, kept only if `gateway check` accepts them (the schema is growing).
 # "key" parts go into the [[keys]] table that ends governed.toml; "table" parts are whole new tables.
@@ -90,7 +93,12 @@ def median_round(server: Server, upstream: Server, plan: Plan, run: Callable[[],
     return sorted(loads, key=lambda load: load.rps)[len(loads) // 2]
 
 
-def measure(name: str, server: Server, upstream: Server, auth: str | None, plan: Plan) -> Row:
+def measure(name: str, server: Server, upstream: Server, auth: str | None, plan: Plan,
+            services_near: int | None = None) -> Row:
+    """One row. ``services_near``: the core the local Redis and Postgres move to for the phases with one
+    request in flight (c=1, TTFT). There the server's core idles while it waits, as a Redis host of its
+    own would; on the load core the limits script would queue behind the fake upstream's answer, which
+    no deployment does. Under load they go back to the load core, off the server's."""
     row = Row(name, commit=git_head())
     url = server.url + CHAT
     limits = (plan.min_requests, plan.phase_cap_s)
@@ -99,20 +107,27 @@ def measure(name: str, server: Server, upstream: Server, auth: str | None, plan:
     wrk(url, 16, plan.warmup_s, auth, [NONSTREAM])
     wrk(url, 16, 1, auth, [STREAM5])
     settle()
-    log(f"{name}: concurrency 1, {plan.c1_s} s")
-    row.c1 = measured(server, upstream, lambda: phase(url, 1, plan.c1_s, auth, [NONSTREAM], *limits))
-    settle()
-    log(f"{name}: time to first token, up to {plan.ttft_n} streams of 5 and of 200 chunks")
-    with off_the_upstreams_core(server, upstream):
-        row.ttft_ms = statistics.median(ttft(server.port, auth, STREAM5, plan.ttft_n, plan.ttft_cap_s)) * 1000
-        row.ttft200_ms = statistics.median(ttft(server.port, auth, STREAM200, plan.ttft_n, plan.ttft_cap_s)) * 1000
+    with services_on(services_near) if services_near is not None else contextlib.nullcontext():
+        log(f"{name}: concurrency 1, {plan.c1_s} s")
+        row.c1 = measured(server, upstream, lambda: phase(url, 1, plan.c1_s, auth, [NONSTREAM], *limits))
+        settle()
+        log(f"{name}: time to first token, up to {plan.ttft_n} streams of 5 and of 200 chunks")
+        with off_the_upstreams_core(server, upstream):
+            row.ttft_ms = statistics.median(ttft(server.port, auth, STREAM5, plan.ttft_n, plan.ttft_cap_s)) * 1000
+            row.ttft200_ms = statistics.median(ttft(server.port, auth, STREAM200, plan.ttft_n,
+                                                    plan.ttft_cap_s)) * 1000
     log(f"{name}: concurrency 16, {plan.rounds} x {plan.c16_s} s")
     row.c16 = median_round(server, upstream, plan, lambda: phase(url, 16, plan.c16_s, auth, [NONSTREAM], *limits))
     log(f"{name}: streams of 5 and 200 chunks, {plan.rounds} x {plan.stream_s} s each")
     row.s5 = median_round(server, upstream, plan, lambda: phase(url, 16, plan.stream_s, auth, [STREAM5], *limits))
     row.s200 = median_round(server, upstream, plan, lambda: phase(url, 16, plan.stream_s, auth, [STREAM200], *limits))
+    log(f"{name}: paced streams of 5 and 50 chunks, {plan.rounds} x {plan.stream_s} s each at c={PACED_CONNS}")
+    row.p5 = median_round(server, upstream, plan,
+                          lambda: phase(url, PACED_CONNS, plan.stream_s, auth, [PACED5], *limits))
+    row.p50 = median_round(server, upstream, plan,
+                           lambda: phase(url, PACED_CONNS, plan.stream_s, auth, [PACED50], *limits))
     row.peak_rss_mb = status_kb(server.pids, "VmHWM") / 1024
-    row.errors = sum(x.errors for x in (row.c1, row.c16, row.s5, row.s200))
+    row.errors = sum(x.errors for x in (row.c1, row.c16, row.s5, row.s200, row.p5, row.p50))
     if row.errors:
         row.notes.append(f"{row.errors} failed or non-2xx responses under load")
     log(f"{name}: {row.c16.rps:.0f} rps, {row.c16.server_us:.0f} us CPU/request")
@@ -274,7 +289,9 @@ def run(args: argparse.Namespace) -> Results:
         pin(upstream.pids, server_cpu)  # direct: the fake upstream is the server under test
         res.rows["direct"] = measure("direct", upstream, upstream, GATEWAY_KEY, plan)
         pin(upstream.pids, load_cpu)
-        with services_on(load_cpu) as res.services:
+        with services_on(load_cpu) as moved:
+            res.services = moved + (f", and to core {server_cpu} for the governed row's c=1 and TTFT phases"
+                                    " (one request in flight: see measure())" if "moved to" in moved else "")
             run_bare(res, env, upstream, server_cpu, logdir)
             run_governed(res, env, upstream, server_cpu, logdir)
             run_paired(res, env, upstream, server_cpu, logdir)
@@ -329,7 +346,7 @@ def run_governed(res: Results, env: dict[str, str], upstream: Server, cpu: int |
         status, _ = http_get(gw.url + "/metrics")
         res.governed_notes.append("metrics: on (GET /metrics 200)" if status == 200
                                   else f"metrics: not served (GET /metrics {status})")
-        res.rows["governed"] = measure("gateway governed", gw, upstream, GATEWAY_KEY, res.plan)
+        res.rows["governed"] = measure("gateway governed", gw, upstream, GATEWAY_KEY, res.plan, services_near=cpu)
     except (RuntimeError, OSError) as e:
         res.rows["governed"] = Row("gateway governed", status=f"failed: {e}")
     served = upstream_requests(upstream) - served_before
