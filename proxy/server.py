@@ -89,10 +89,14 @@ class DirectBody:
 
 
 def direct_body(send: Any) -> DirectBody | None:
-    """A ``DirectBody`` when ``send`` is uvicorn's own httptools ``send`` (the app serves the request
-    directly, no middleware wraps it), else None: then every chunk goes through ``send``."""
+    """A ``DirectBody`` when ``send`` is the ``send`` of a request served by ``GatewayHttpProtocol``
+    with no middleware in between, else None: then every chunk goes through ``send``. (A request of
+    ours is one whose cycle writes through a ``HeadWithBody``; only that protocol calls the scope's
+    ``ON_DISCONNECT`` hook.)"""
     cycle = getattr(send, "__self__", None)
-    return DirectBody(cycle) if isinstance(cycle, RequestResponseCycle) else None
+    if isinstance(cycle, RequestResponseCycle) and isinstance(cycle.transport, HeadWithBody):
+        return DirectBody(cycle)
+    return None
 
 
 class GatewayHttpProtocol(HttpToolsProtocol):

@@ -7,7 +7,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 
 from starlette.types import Receive, Scope, Send
 
-from proxy.server import DirectBody, direct_body
+from proxy.server import ON_DISCONNECT, DirectBody, direct_body
 
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -22,8 +22,9 @@ class SSEResponse:
     itself between yields. ``on_close(disconnected)`` runs exactly once afterwards, however the stream
     ended (completed, failed, client gone), and runs to its end even if the request is cancelled.
 
-    Plain asyncio rather than an anyio task group: the group cost about 45 µs of CPU per stream, a
-    tenth of a short stream's whole cost in the gateway."""
+    A hang-up is noticed at once, even while waiting on the upstream: served by GatewayHttpProtocol,
+    through its ``ON_DISCONNECT`` hook; otherwise by a task that waits on ``receive()``. (An anyio
+    task group for that cost about 45 µs of CPU per stream; the task about 15 µs; the hook nothing.)"""
 
     def __init__(self, headers: dict[str, str], body: Callable[[DirectBody | None], AsyncGenerator[bytes, None]],
                  on_close: Callable[[bool], Awaitable[None]]) -> None:
@@ -34,14 +35,23 @@ class SSEResponse:
         self.disconnected = False
         self.completed = False
         self.streaming = False  # while True, a client hang-up cancels the relaying task
+        self.task: asyncio.Task | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        task = asyncio.current_task()
+        self.task = task = asyncio.current_task()
         assert task is not None
-        self.body = body = self.make_body(direct_body(send))
-        watcher = asyncio.ensure_future(self._watch(receive, task))
+        direct = direct_body(send)
+        self.body = body = self.make_body(direct)
+        watcher = None
+        if direct is not None:  # our own server protocol: it reports a hang-up, no task need watch
+            scope[ON_DISCONNECT] = self._client_left
+            self.disconnected = direct.cycle.disconnected
+        else:
+            watcher = asyncio.ensure_future(self._watch(receive, task))
         self.streaming = True
         try:
+            if self.disconnected:
+                return  # gone before the first byte: nothing to send, only to close and account
             await send({"type": "http.response.start", "status": 200, "headers": self.headers})
             async for chunk in body:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -56,7 +66,8 @@ class SSEResponse:
             task.uncancel()  # our own cancel, from _watch: the client is gone
         finally:
             self.streaming = False
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
             # Shielded: a cancelled request still closes the upstream and writes its usage row.
             await asyncio.shield(asyncio.ensure_future(self._close()))
 
@@ -64,6 +75,11 @@ class SSEResponse:
         if self.body is not None:
             await self.body.aclose()
         await self.on_close(self.disconnected and not self.completed)
+
+    def _client_left(self) -> None:
+        self.disconnected = True
+        if self.streaming:
+            self.task.cancel()  # stop waiting on the upstream now, not at the next chunk
 
     async def _watch(self, receive: Receive, task: asyncio.Task) -> None:
         while True:

@@ -163,3 +163,39 @@ def test_client_leaving_during_the_limits_check_never_reaches_the_upstream(make_
                           json={"model": f"slow-{name}", "messages": [{"role": "user", "content": "hi"}]},
                           timeout=5)
     assert answered.status_code == 200 and counts.get("delay-400", 0) == before + 1  # a client that stays
+
+
+def test_client_leaving_while_the_stream_waits_for_its_first_token_stops_the_upstream(make_gateway, fake_openai,
+                                                                                       tmp_path):
+    """The stream's head and keep-alive comments are out, the upstream has not sent a token: the
+    hang-up must reach the upstream now (the server protocol's hook), not when a token would come."""
+    import sqlite3
+    import uuid
+
+    from tests.conftest import base_config
+
+    db = tmp_path / "gw.db"
+    alias = ('[[models]]\nname = "stalled"\nkeepalive_s = 0.1\n'
+             'targets = [{ provider = "fake", model = "stall-3000", first_byte_timeout_s = 10 }]\n')
+    gw = make_gateway(base_config(fake_openai.url, db, alias))
+    outcomes = fake_openai.app.state.fake.stream_outcomes
+    before = len(outcomes)
+    rid = f"stalled-{uuid.uuid4().hex[:8]}"
+    with httpx.stream("POST", gw.url + "/v1/chat/completions",
+                      headers={"authorization": f"Bearer {GATEWAY_KEY}", "x-request-id": rid},
+                      json={"model": "stalled", "messages": [{"role": "user", "content": "go"}], "stream": True},
+                      timeout=10) as r:
+        assert r.status_code == 200
+        assert next(line for line in r.iter_lines() if line) == ": keep-alive"
+    started = time.monotonic()
+    while len(outcomes) == before and time.monotonic() - started < 5:
+        time.sleep(0.02)
+    assert outcomes[before:] == ["client_gone"]
+    assert time.monotonic() - started < 1.0  # the stall would have lasted 3 s
+    rows: list = []
+    while not rows and time.monotonic() - started < 10:  # rows are written in batches
+        time.sleep(0.1)
+        with sqlite3.connect(db) as conn:
+            rows = conn.execute("SELECT status, error_type FROM usage_log WHERE request_id LIKE ?",
+                                (rid + ".%",)).fetchall()
+    assert rows == [(499, "client_disconnect")]
