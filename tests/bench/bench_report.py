@@ -21,6 +21,8 @@ class Plan:
     c1_s: int
     c16_s: int  # per round
     stream_s: int  # per round
+    paced_s: int  # per round of paced streams: each lasts 10-100+ ms, and the ones cut off at the end are
+    # charged but not counted, so these rounds are longer
     rounds: int  # c=16 and stream phases run this many times; the median round counts
     ttft_n: int
     ttft_cap_s: float
@@ -33,10 +35,12 @@ class Plan:
     @classmethod
     def make(cls, quick: bool) -> Plan:
         if quick:  # a smoke run of the whole harness, about 1.5 minutes: numbers are rough
-            return cls(quick=True, warmup_s=1, c1_s=2, c16_s=3, stream_s=2, rounds=1, ttft_n=30, ttft_cap_s=10,
-                       min_requests=20, phase_cap_s=10, memory_first=2_000, memory_total=10_000, memory_cap_s=60)
-        return cls(quick=False, warmup_s=2, c1_s=6, c16_s=3, stream_s=2, rounds=3, ttft_n=300, ttft_cap_s=20,
-                   min_requests=200, phase_cap_s=30, memory_first=10_000, memory_total=100_000, memory_cap_s=300)
+            return cls(quick=True, warmup_s=1, c1_s=2, c16_s=3, stream_s=2, paced_s=2, rounds=1, ttft_n=30,
+                       ttft_cap_s=10, min_requests=20, phase_cap_s=10, memory_first=2_000,
+                       memory_total=10_000, memory_cap_s=60)
+        return cls(quick=False, warmup_s=2, c1_s=6, c16_s=3, stream_s=2, paced_s=4, rounds=3, ttft_n=300,
+                   ttft_cap_s=20, min_requests=200, phase_cap_s=30, memory_first=10_000,
+                   memory_total=100_000, memory_cap_s=300)
 
 
 @dataclass
@@ -284,7 +288,8 @@ def report(res: Results) -> str:
         lines.append(f"- LiteLLM: litellm[proxy]=={res.litellm_version} in its own venv, 1 worker, no database")
     lines.append(f"- mode: {'QUICK (smoke run: short phases, numbers are rough)' if plan.quick else 'full'}; "
                  f"phases: warm-up {plan.warmup_s} s, c=1 {plan.c1_s} s, c=16 {plan.rounds} x {plan.c16_s} s, "
-                 f"streams {plan.rounds} x {plan.stream_s} s each at c=16 (of repeated rounds, the median one by "
+                 f"streams {plan.rounds} x {plan.stream_s} s each at c=16, paced streams {plan.rounds} x "
+                 f"{plan.paced_s} s each at c=32 (of repeated rounds, the median one by "
                  f"rate counts; a round that served fewer than {plan.min_requests} "
                  f"requests is extended, up to {plan.phase_cap_s} s); TTFT: up to {plan.ttft_n} streams of each "
                  f"length at c=1")

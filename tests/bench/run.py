@@ -93,12 +93,7 @@ def median_round(server: Server, upstream: Server, plan: Plan, run: Callable[[],
     return sorted(loads, key=lambda load: load.rps)[len(loads) // 2]
 
 
-def measure(name: str, server: Server, upstream: Server, auth: str | None, plan: Plan,
-            services_near: int | None = None) -> Row:
-    """One row. ``services_near``: the core the local Redis and Postgres move to for the phases with one
-    request in flight (c=1, TTFT). There the server's core idles while it waits, as a Redis host of its
-    own would; on the load core the limits script would queue behind the fake upstream's answer, which
-    no deployment does. Under load they go back to the load core, off the server's."""
+def measure(name: str, server: Server, upstream: Server, auth: str | None, plan: Plan) -> Row:
     row = Row(name, commit=git_head())
     url = server.url + CHAT
     limits = (plan.min_requests, plan.phase_cap_s)
@@ -107,25 +102,23 @@ def measure(name: str, server: Server, upstream: Server, auth: str | None, plan:
     wrk(url, 16, plan.warmup_s, auth, [NONSTREAM])
     wrk(url, 16, 1, auth, [STREAM5])
     settle()
-    with services_on(services_near) if services_near is not None else contextlib.nullcontext():
-        log(f"{name}: concurrency 1, {plan.c1_s} s")
-        row.c1 = measured(server, upstream, lambda: phase(url, 1, plan.c1_s, auth, [NONSTREAM], *limits))
-        settle()
-        log(f"{name}: time to first token, up to {plan.ttft_n} streams of 5 and of 200 chunks")
-        with off_the_upstreams_core(server, upstream):
-            row.ttft_ms = statistics.median(ttft(server.port, auth, STREAM5, plan.ttft_n, plan.ttft_cap_s)) * 1000
-            row.ttft200_ms = statistics.median(ttft(server.port, auth, STREAM200, plan.ttft_n,
-                                                    plan.ttft_cap_s)) * 1000
+    log(f"{name}: concurrency 1, {plan.c1_s} s")
+    row.c1 = measured(server, upstream, lambda: phase(url, 1, plan.c1_s, auth, [NONSTREAM], *limits))
+    settle()
+    log(f"{name}: time to first token, up to {plan.ttft_n} streams of 5 and of 200 chunks")
+    with off_the_upstreams_core(server, upstream):
+        row.ttft_ms = statistics.median(ttft(server.port, auth, STREAM5, plan.ttft_n, plan.ttft_cap_s)) * 1000
+        row.ttft200_ms = statistics.median(ttft(server.port, auth, STREAM200, plan.ttft_n, plan.ttft_cap_s)) * 1000
     log(f"{name}: concurrency 16, {plan.rounds} x {plan.c16_s} s")
     row.c16 = median_round(server, upstream, plan, lambda: phase(url, 16, plan.c16_s, auth, [NONSTREAM], *limits))
     log(f"{name}: streams of 5 and 200 chunks, {plan.rounds} x {plan.stream_s} s each")
     row.s5 = median_round(server, upstream, plan, lambda: phase(url, 16, plan.stream_s, auth, [STREAM5], *limits))
     row.s200 = median_round(server, upstream, plan, lambda: phase(url, 16, plan.stream_s, auth, [STREAM200], *limits))
-    log(f"{name}: paced streams of 5 and 50 chunks, {plan.rounds} x {plan.stream_s} s each at c={PACED_CONNS}")
+    log(f"{name}: paced streams of 5 and 50 chunks, {plan.rounds} x {plan.paced_s} s each at c={PACED_CONNS}")
     row.p5 = median_round(server, upstream, plan,
-                          lambda: phase(url, PACED_CONNS, plan.stream_s, auth, [PACED5], *limits))
+                          lambda: phase(url, PACED_CONNS, plan.paced_s, auth, [PACED5], *limits))
     row.p50 = median_round(server, upstream, plan,
-                           lambda: phase(url, PACED_CONNS, plan.stream_s, auth, [PACED50], *limits))
+                           lambda: phase(url, PACED_CONNS, plan.paced_s, auth, [PACED50], *limits))
     row.peak_rss_mb = status_kb(server.pids, "VmHWM") / 1024
     row.errors = sum(x.errors for x in (row.c1, row.c16, row.s5, row.s200, row.p5, row.p50))
     if row.errors:
@@ -289,9 +282,7 @@ def run(args: argparse.Namespace) -> Results:
         pin(upstream.pids, server_cpu)  # direct: the fake upstream is the server under test
         res.rows["direct"] = measure("direct", upstream, upstream, GATEWAY_KEY, plan)
         pin(upstream.pids, load_cpu)
-        with services_on(load_cpu) as moved:
-            res.services = moved + (f", and to core {server_cpu} for the governed row's c=1 and TTFT phases"
-                                    " (one request in flight: see measure())" if "moved to" in moved else "")
+        with services_on(load_cpu) as res.services:
             run_bare(res, env, upstream, server_cpu, logdir)
             run_governed(res, env, upstream, server_cpu, logdir)
             run_paired(res, env, upstream, server_cpu, logdir)
@@ -346,7 +337,7 @@ def run_governed(res: Results, env: dict[str, str], upstream: Server, cpu: int |
         status, _ = http_get(gw.url + "/metrics")
         res.governed_notes.append("metrics: on (GET /metrics 200)" if status == 200
                                   else f"metrics: not served (GET /metrics {status})")
-        res.rows["governed"] = measure("gateway governed", gw, upstream, GATEWAY_KEY, res.plan, services_near=cpu)
+        res.rows["governed"] = measure("gateway governed", gw, upstream, GATEWAY_KEY, res.plan)
     except (RuntimeError, OSError) as e:
         res.rows["governed"] = Row("gateway governed", status=f"failed: {e}")
     served = upstream_requests(upstream) - served_before
