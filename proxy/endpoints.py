@@ -92,6 +92,7 @@ async def _proxy(request: Request, endpoint: str) -> Response | SSEResponse:
             except BaseException:
                 if run is not None:
                     await _abandon(run, record, body)
+                    rt.limits.charge(plan, record)
                 raise
             if ticket is not None:
                 headers.update(ticket.headers())

@@ -448,6 +448,13 @@ class Limits:
             urgent = any(check.kind == "parallel" for check, _, _ in adjustments)
             self.flusher = asyncio.ensure_future(self._flush_soon(0 if urgent else SETTLE_BATCH_S))
 
+    def charge(self, plan: Plan, record: UsageRecord) -> None:
+        """A refused request that spent anyway (its upstream call had started before the verdict, and
+        answered): its tokens and cost count against the key's tpm and budget, as its row does in the
+        ledger. Nothing was reserved for it, so all of it is added; runs in the background."""
+        if record.prompt_tokens or record.completion_tokens or record.cost_usd:
+            self.settle(Ticket(plan.request_id, [c for c in plan.checks if c.kind != "parallel"], []), record)
+
     async def _flush_soon(self, delay: float) -> None:
         if delay:
             await asyncio.sleep(delay)

@@ -283,3 +283,34 @@ def test_a_refusal_after_the_upstream_call_started_stops_it(make_gateway, fake_o
         assert took < 0.35  # and it was stopped, not waited for (the fake answers after 400 ms)
     store.delete(bucket)
     assert post(gw.url, secret, f"slow-{name}").status_code == 200  # nothing left broken
+
+
+def test_a_refused_request_that_was_answered_anyway_is_charged_to_the_budget(make_gateway, fake_openai):
+    """With the limits check overlapped, the upstream can answer before a refusal arrives: that answer
+    was spent, so its cost counts against the key's budget (as its ledger row does)."""
+    import redis
+
+    url = shared_redis_url()
+    # each echo request costs (1 + 3) tokens x $1000/Mtok = $0.004
+    text, secret, model = limits_config(fake_openai.url, url, key_extra="rpm = 1000\nbudget_usd = 10")
+    name = secret.removeprefix("sk-")
+    gw = make_gateway(text)
+    store = redis.Redis.from_url(url)
+
+    def spend() -> float:
+        time.sleep(0.2)  # settlements go out in small batches
+        (key,) = store.keys(f"{{llm-gateway}}:spend:key:{name}:*")
+        return float(store.get(key))
+
+    assert post(gw.url, secret, model).status_code == 200  # a verdict with ample room: the next one overlaps
+    before = spend()
+    assert before == pytest.approx(0.004)
+    bucket = f"{{llm-gateway}}:rpm:key:{name}"
+    seconds, micros = store.time()
+    store.set(bucket, repr(seconds + micros / 1e6 + 600))  # another replica used the rpm up
+    store.client_pause(400, all=False)  # scripts wait 0.4 s: the in-process upstream answers first
+    refused = post(gw.url, secret, model)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert refused.headers["x-gateway-provider"] == "local"  # the call had started
+    assert spend() == pytest.approx(before + 0.004)
+    store.delete(bucket)
