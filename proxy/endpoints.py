@@ -101,6 +101,9 @@ async def _proxy(request: Request, endpoint: str) -> Response | SSEResponse:
         outcome = await _unless_client_leaves(watch, record, dispatch, run)
     except (GatewayError, UpstreamError) as e:
         return _fail(rt, record, started, e, headers, dispatch, ticket)
+    except asyncio.CancelledError:
+        _cancelled(rt, record, started, dispatch, ticket)
+        raise
     except Exception:  # a bug must still answer in OpenAI shape and leave its usage row
         log.exception("unhandled error in %s request %s", endpoint, rid)
         error = GatewayError(500, "The gateway hit an internal error.", "server_error", "internal_error")
@@ -242,6 +245,19 @@ def _fail(rt: Runtime, record: UsageRecord, started: float, e: GatewayError | Up
     elif e.retry_after:
         headers["retry-after"] = e.retry_after
     return AccountedResponse(done, orjson.dumps(e.body()), e.status, headers, media_type=JSON)
+
+
+def _cancelled(rt: Runtime, record: UsageRecord, started: float, dispatch: Dispatch | None,
+               ticket: Ticket | None) -> None:
+    """Cancelled from outside, which is the server's shutdown grace period running out: nobody will
+    see an answer, but an upstream call under way may be billed, so the request still leaves its row
+    (503 ``gateway_shutdown``, the prompt estimated) before the cancel goes on."""
+    record.status, record.error_type = 503, "gateway_shutdown"
+    if dispatch is not None:
+        _describe(record, {}, dispatch, None)
+        if dispatch.last is not None:
+            _settle(record, dispatch.last.target, None, dispatch.body, 0)
+    _finish(rt, record, started, dispatch, ticket, {})()
 
 
 async def _abandon(run: asyncio.Future[Outcome], record: UsageRecord, body: dict) -> None:

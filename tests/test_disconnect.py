@@ -199,3 +199,38 @@ def test_client_leaving_while_the_stream_waits_for_its_first_token_stops_the_ups
             rows = conn.execute("SELECT status, error_type FROM usage_log WHERE request_id LIKE ?",
                                 (rid + ".%",)).fetchall()
     assert rows == [(499, "client_disconnect")]
+
+
+def test_a_request_cut_off_by_shutdown_still_leaves_its_row(fake_openai, tmp_path):
+    """The server's shutdown grace period (2 s here) runs out while a request waits on its upstream:
+    the request is cancelled, and the upstream call it had made may be billed, so it keeps its row."""
+    import sqlite3
+    import threading
+    import uuid
+
+    from tests.conftest import base_config, start_gateway
+
+    db = tmp_path / "gw.db"
+    alias = '[[models]]\nname = "long"\ntargets = [{ provider = "fake", model = "hang-6000", timeout_s = 10 }]\n'
+    gw = start_gateway(base_config(fake_openai.url, db, alias))
+    rid = f"cut-{uuid.uuid4().hex[:8]}"
+    answers: list = []
+
+    def call() -> None:
+        try:
+            answers.append(httpx.post(gw.url + "/v1/chat/completions",
+                                      headers={"authorization": f"Bearer {GATEWAY_KEY}", "x-request-id": rid},
+                                      json={"model": "long", "messages": [{"role": "user", "content": "go"}]},
+                                      timeout=10))
+        except httpx.HTTPError as e:
+            answers.append(e)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    time.sleep(0.3)
+    gw.server.stop()  # waits for the grace period, the cancel and the ledger's last flush
+    caller.join(timeout=10)
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT status, error_type, provider, prompt_tokens > 0 FROM usage_log "
+                            "WHERE request_id LIKE ?", (rid + ".%",)).fetchall()
+    assert rows == [(503, "gateway_shutdown", "fake", 1)]
