@@ -156,6 +156,8 @@ async def _unless_client_leaves(watch: ClientWatch, record: UsageRecord, dispatc
         if not watch.gone:
             raise  # cancelled from outside (server shutdown)
         task.uncancel()
+        if dispatch.last is not None:  # the upstream had the request: its prompt may be billed
+            _settle(record, dispatch.last.target, None, dispatch.body, 0)
         raise gone from None
     finally:
         watch.waiting = None

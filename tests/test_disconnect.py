@@ -58,9 +58,9 @@ def test_client_leaving_a_whole_body_request_stops_the_upstream_call_and_records
     while not rows and time.monotonic() - started < 10:  # rows are written in batches
         time.sleep(0.1)
         with sqlite3.connect(db) as conn:
-            rows = conn.execute("SELECT status, error_type, provider FROM usage_log WHERE request_id LIKE ?",
-                                (rid + "%",)).fetchall()
-    assert rows == [(499, "client_disconnect", "fake")]
+            rows = conn.execute("SELECT status, error_type, provider, prompt_tokens > 0, usage_estimated "
+                                "FROM usage_log WHERE request_id LIKE ?", (rid + "%",)).fetchall()
+    assert rows == [(499, "client_disconnect", "fake", 1, 1)]  # the prompt had reached the upstream
     ok = httpx.post(gw.url + "/v1/chat/completions", headers={"authorization": f"Bearer {GATEWAY_KEY}"},
                     json={"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}, timeout=5)
     assert ok.status_code == 200  # the pooled upstream connections are still good
