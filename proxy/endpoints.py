@@ -156,8 +156,7 @@ async def _unless_client_leaves(watch: ClientWatch, record: UsageRecord, dispatc
         if not watch.gone:
             raise  # cancelled from outside (server shutdown)
         task.uncancel()
-        if dispatch.last is not None:  # the upstream had the request: its prompt may be billed
-            _settle(record, dispatch.last.target, None, dispatch.body, 0)
+        _bill_prompt(record, dispatch)
         raise gone from None
     finally:
         watch.waiting = None
@@ -257,9 +256,14 @@ def _cancelled(rt: Runtime, record: UsageRecord, started: float, dispatch: Dispa
     record.status, record.error_type = 503, "gateway_shutdown"
     if dispatch is not None:
         _describe(record, {}, dispatch, None)
-        if dispatch.last is not None:
-            _settle(record, dispatch.last.target, None, dispatch.body, 0)
+        _bill_prompt(record, dispatch)
     _finish(rt, record, started, dispatch, ticket, {})()
+
+
+def _bill_prompt(record: UsageRecord, dispatch: Dispatch) -> None:
+    """A call stopped before its answer: if the upstream had the request, its prompt may be billed."""
+    if dispatch.last is not None:
+        _settle(record, dispatch.last.target, None, dispatch.body, 0)
 
 
 async def _abandon(run: asyncio.Future[Outcome], record: UsageRecord, body: dict) -> None:
