@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,20 @@ name = "limited"
 key = "{LIMITED_KEY}"
 models = ["gpt-*", "echo"]
 """
+
+
+def ledger_rows(db: str | Path, sql: str, params: tuple, at_least: int = 1, timeout_s: float = 10) -> list[tuple]:
+    """Rows from a gateway's SQLite usage ledger, polled until ``at_least`` are there (or ``timeout_s``
+    passed): the ledger writes in batches, off the request path."""
+    import sqlite3
+
+    rows: list[tuple] = []
+    deadline = time.monotonic() + timeout_s
+    while len(rows) < at_least and time.monotonic() < deadline:
+        time.sleep(0.1)
+        with sqlite3.connect(db) as conn:
+            rows = conn.execute(sql, params).fetchall()
+    return rows
 
 
 def start_gateway(toml_text: str, env: dict[str, str] | None = None) -> Running:

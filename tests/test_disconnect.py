@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import GATEWAY_KEY
+from tests.conftest import GATEWAY_KEY, ledger_rows
 
 
 def test_client_disconnect_closes_upstream(gateway, fake_openai):
@@ -34,7 +34,6 @@ def test_client_disconnect_closes_upstream(gateway, fake_openai):
 
 def test_client_leaving_a_whole_body_request_stops_the_upstream_call_and_records_499(make_gateway, fake_openai,
                                                                                       tmp_path):
-    import sqlite3
     import uuid
 
     from tests.conftest import base_config
@@ -54,12 +53,8 @@ def test_client_leaving_a_whole_body_request_stops_the_upstream_call_and_records
         time.sleep(0.05)
     assert outcomes[before:] == ["client_gone"]  # the upstream saw the hang-up, long before its 3 s answer
     assert time.monotonic() - started < 0.8  # not by the provider's timeout_s (1.5 s, so 1.2 s after the client left)
-    rows: list = []
-    while not rows and time.monotonic() - started < 10:  # rows are written in batches
-        time.sleep(0.1)
-        with sqlite3.connect(db) as conn:
-            rows = conn.execute("SELECT status, error_type, provider, prompt_tokens > 0, usage_estimated "
-                                "FROM usage_log WHERE request_id LIKE ?", (rid + "%",)).fetchall()
+    rows = ledger_rows(db, "SELECT status, error_type, provider, prompt_tokens > 0, usage_estimated "
+                           "FROM usage_log WHERE request_id LIKE ?", (rid + "%",))
     assert rows == [(499, "client_disconnect", "fake", 1, 1)]  # the prompt had reached the upstream
     ok = httpx.post(gw.url + "/v1/chat/completions", headers={"authorization": f"Bearer {GATEWAY_KEY}"},
                     json={"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}, timeout=5)
@@ -68,7 +63,6 @@ def test_client_leaving_a_whole_body_request_stops_the_upstream_call_and_records
 
 def test_client_leaving_mid_upload_leaves_a_499_row_not_an_internal_error(make_gateway, fake_openai, tmp_path, caplog):
     import socket
-    import sqlite3
     import uuid
 
     from tests.conftest import base_config
@@ -81,13 +75,7 @@ def test_client_leaving_mid_upload_leaves_a_499_row_not_an_internal_error(make_g
                       f"x-request-id: {rid}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
                       '{"model": "gpt-test", "mess').encode())
         time.sleep(0.2)  # the gateway is now waiting for the rest of the body
-    rows: list = []
-    deadline = time.monotonic() + 10
-    while not rows and time.monotonic() < deadline:  # rows are written in batches
-        time.sleep(0.1)
-        with sqlite3.connect(db) as conn:
-            rows = conn.execute("SELECT status, error_type FROM usage_log WHERE request_id LIKE ?",
-                                (rid + "%",)).fetchall()
+    rows = ledger_rows(db, "SELECT status, error_type FROM usage_log WHERE request_id LIKE ?", (rid + "%",))
     assert rows == [(499, "client_disconnect")]
     assert "unhandled error" not in caplog.text
 
@@ -169,7 +157,6 @@ def test_client_leaving_while_the_stream_waits_for_its_first_token_stops_the_ups
                                                                                        tmp_path):
     """The stream's head and keep-alive comments are out, the upstream has not sent a token: the
     hang-up must reach the upstream now (the server protocol's hook), not when a token would come."""
-    import sqlite3
     import uuid
 
     from tests.conftest import base_config
@@ -192,12 +179,7 @@ def test_client_leaving_while_the_stream_waits_for_its_first_token_stops_the_ups
         time.sleep(0.02)
     assert outcomes[before:] == ["client_gone"]
     assert time.monotonic() - started < 1.0  # the stall would have lasted 3 s
-    rows: list = []
-    while not rows and time.monotonic() - started < 10:  # rows are written in batches
-        time.sleep(0.1)
-        with sqlite3.connect(db) as conn:
-            rows = conn.execute("SELECT status, error_type FROM usage_log WHERE request_id LIKE ?",
-                                (rid + ".%",)).fetchall()
+    rows = ledger_rows(db, "SELECT status, error_type FROM usage_log WHERE request_id LIKE ?", (rid + ".%",))
     assert rows == [(499, "client_disconnect")]
 
 

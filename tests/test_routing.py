@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import GATEWAY_KEY
+from tests.conftest import GATEWAY_KEY, ledger_rows
 
 MSGS = [{"role": "user", "content": "route me"}]
 
@@ -297,7 +297,6 @@ def test_hedging_picks_the_faster_target(route):
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_hedge_loser_that_reached_its_upstream_gets_its_own_usage_row(make_gateway, fake_openai, tmp_path, stream):
-    import sqlite3
 
     db = tmp_path / "gw.db"
     slow = "stall-1500" if stream else "delay-1500"
@@ -313,14 +312,9 @@ def test_a_hedge_loser_that_reached_its_upstream_gets_its_own_usage_row(make_gat
             assert "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
     else:
         client.chat.completions.create(model="a", messages=MSGS, extra_headers={"x-request-id": rid})
-    rows: list = []
-    deadline = time.monotonic() + 10
-    while len(rows) < 2 and time.monotonic() < deadline:  # rows are written in batches
-        time.sleep(0.1)
-        with sqlite3.connect(db) as conn:
-            rows = conn.execute("SELECT request_id, provider, upstream_model, status, error_type, usage_estimated, "
-                                "prompt_tokens, completion_tokens, cost_usd FROM usage_log WHERE request_id LIKE ? "
-                                "ORDER BY request_id", (rid + "%",)).fetchall()
+    rows = ledger_rows(db, "SELECT request_id, provider, upstream_model, status, error_type, usage_estimated, "
+                           "prompt_tokens, completion_tokens, cost_usd FROM usage_log WHERE request_id LIKE ? "
+                           "ORDER BY request_id", (rid + "%",), at_least=2)
     winner, loser = rows
     assert winner[1:5] == ("other", "ok", 200, None)
     assert loser[0] == winner[0] + "-hedge"

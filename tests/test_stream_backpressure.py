@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import socket
-import sqlite3
 import time
 import uuid
 from pathlib import Path
 
-from tests.conftest import GATEWAY_KEY, base_config
+from tests.conftest import GATEWAY_KEY, base_config, ledger_rows
 
 CHUNKS = 30_000  # about 36 MB of events: more than the kernel's socket buffers hold on this path
 
@@ -81,11 +80,6 @@ def test_a_slow_reader_gets_every_event_in_order_and_holds_the_upstream_back(mak
     assert chunks[-1]["usage"]["completion_tokens"] > 0
     assert outcomes[before:] == ["completed"]
 
-    rows: list = []
-    deadline = time.monotonic() + 10
-    while not rows and time.monotonic() < deadline:  # rows are written in batches
-        time.sleep(0.1)
-        with sqlite3.connect(db) as conn:
-            rows = conn.execute("SELECT status, error_type, completion_tokens FROM usage_log WHERE request_id LIKE ?",
-                                (rid + ".%",)).fetchall()
+    rows = ledger_rows(db, "SELECT status, error_type, completion_tokens FROM usage_log WHERE request_id LIKE ?",
+                       (rid + ".%",))
     assert rows == [(200, None, chunks[-1]["usage"]["completion_tokens"])]
