@@ -198,6 +198,7 @@ def _account(rt: Runtime, record: UsageRecord, ticket: Ticket | None, overhead: 
     rt.sink.submit(record)
     for row in losers:
         rt.sink.submit(row)
+        rt.obs.hedge_lost(row)
     rt.obs.request_finished(record, overhead)
 
 

@@ -158,6 +158,26 @@ class Metrics:
             if s.ttft is None:
                 s.ttft = Hist(TTFT_BUCKETS)
             s.ttft.observe(r.ttft_ms / 1000)
+        self._spent(s, r, model, provider)
+        h = self.overhead.get(r.endpoint)
+        if h is None:
+            h = self.overhead[r.endpoint] = Hist(OVERHEAD_BUCKETS)
+        h.observe(overhead_s)
+        # A stream that failed after its first byte never went back through attempt_finished.
+        if r.ttft_ms is not None and r.error_type in UPSTREAM_REASONS:
+            self.upstream_error(provider, r.error_type)  # type: ignore[arg-type]
+
+    def hedge_lost(self, r: UsageRecord) -> None:
+        """A hedge loser's row: not a request of its own, but its tokens and cost were spent."""
+        provider = r.provider or "none"
+        model = r.model if r.model in self.aliases else self.model_label(r.model, False)
+        key = (r.endpoint, model, provider, r.key_name or "none", r.status)
+        s = self.series.get(key)
+        if s is None:
+            s = self.series[key] = Series()
+        self._spent(s, r, model, provider)
+
+    def _spent(self, s: Series, r: UsageRecord, model: str, provider: str) -> None:
         if r.prompt_tokens or r.completion_tokens:
             s.prompt += r.prompt_tokens
             s.completion += r.completion_tokens
@@ -167,13 +187,6 @@ class Metrics:
             s.cost += r.cost_usd
         elif r.cost_usd is None and (r.prompt_tokens or r.completion_tokens):
             self.unpriced[(model, provider)] = self.unpriced.get((model, provider), 0) + 1
-        h = self.overhead.get(r.endpoint)
-        if h is None:
-            h = self.overhead[r.endpoint] = Hist(OVERHEAD_BUCKETS)
-        h.observe(overhead_s)
-        # A stream that failed after its first byte never went back through attempt_finished.
-        if r.ttft_ms is not None and r.error_type in UPSTREAM_REASONS:
-            self.upstream_error(provider, r.error_type)  # type: ignore[arg-type]
 
     def attempt_finished(self, provider: str, seconds: float, reason: str | None) -> None:
         h = self.upstream.get(provider)

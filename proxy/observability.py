@@ -93,6 +93,9 @@ class GatewayObserver(Observer):
             holder = _BODY.get() if self.log_bodies else None
             self.access_log.write(record, overhead_s, holder[0] if holder else None)
 
+    def hedge_lost(self, row: UsageRecord) -> None:
+        self.metrics.hedge_lost(row)
+
     def ratelimited(self, scope: str) -> None:
         self.metrics.ratelimited(scope)
 

@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 
+from tests import test_metrics
 from tests.conftest import GATEWAY_KEY, ledger_rows
 
 MSGS = [{"role": "user", "content": "route me"}]
@@ -320,6 +321,11 @@ def test_a_hedge_loser_that_reached_its_upstream_gets_its_own_usage_row(make_gat
     assert loser[0] == winner[0] + "-hedge"
     assert loser[1:6] == ("fake", slow, 499, "hedge_lost", 1)  # cancelled in flight: its prompt, estimated
     assert loser[6] > 0 and loser[7] == 0 and loser[8] == pytest.approx(loser[6] * 1000 / 1e6)
+    # The metrics count what the ledger counts: the loser's tokens and cost, under its own provider.
+    _, samples = test_metrics.scrape(gw.url)
+    assert test_metrics.value(samples, "gateway_tokens_total", provider="fake", type="prompt") == loser[6]
+    assert test_metrics.value(samples, "gateway_cost_usd_total", provider="fake") == pytest.approx(loser[8])
+    assert test_metrics.value(samples, "gateway_requests_total", provider="fake") == 0  # not a request of its own
 
 
 def test_hedged_stream_cancels_the_loser(route, fake_openai):
