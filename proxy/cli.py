@@ -92,7 +92,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         print(f"error: cannot migrate {redact(store.url)}: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     done = f"applied {', '.join(map(str, applied))}" if applied else "nothing to apply"
-    print(f"{redact(store.url)}: usage_log schema at version {LATEST} ({done})")
+    print(f"{redact(store.url)}: schema (usage_log, api_keys) at version {LATEST} ({done})")
     return 0
 
 

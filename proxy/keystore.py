@@ -20,22 +20,11 @@ import orjson
 from proxy.auth import hash_key
 from proxy.config import BUDGET_PERIODS, KeyConfig
 from proxy.errors import GatewayError, bad_request
-from proxy.storage import sqlite_path
+from proxy.storage import migrate_postgres, migrate_sqlite, sqlite_path
 
 SECRET_PREFIX = "sk-gw-"
 FIELDS = ("models", "rpm", "tpm", "max_parallel", "budget_usd", "budget_period", "expires_at", "metadata")
 _NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.@:")
-
-SCHEMA = """CREATE TABLE IF NOT EXISTS api_keys (
-    name TEXT PRIMARY KEY,
-    key_hash TEXT NOT NULL UNIQUE,
-    key_prefix TEXT NOT NULL,
-    settings TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    revoked_at TEXT
-)"""
-
 
 def new_secret() -> str:
     return SECRET_PREFIX + secrets.token_urlsafe(32)
@@ -136,9 +125,14 @@ class KeyStore:
             if self._pool is None:
                 import asyncpg
 
-                self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=2, timeout=5)
-                async with self._pool.acquire() as conn:
-                    await conn.execute(SCHEMA)
+                pool = await asyncpg.create_pool(self.url, min_size=1, max_size=2, timeout=5)
+                try:
+                    async with pool.acquire() as conn:
+                        await migrate_postgres(conn)  # the table is part of the versioned schema
+                except BaseException:
+                    await pool.close()
+                    raise
+                self._pool = pool
             pg_query = _to_pg(query)
             async with self._pool.acquire() as conn:
                 if fetch:
@@ -151,8 +145,14 @@ class KeyStore:
     def _sqlite_run(self, query: str, args: tuple[Any, ...], fetch: bool) -> list[Any]:
         if self._sqlite is None:
             conn = sqlite3.connect(sqlite_path(self.url), timeout=10, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(SCHEMA)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("BEGIN IMMEDIATE")  # the table is part of the versioned schema
+                migrate_sqlite(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.close()
+                raise
             self._sqlite = conn
         cur = self._sqlite.execute(query, args)
         return cur.fetchall() if fetch else []

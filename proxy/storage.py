@@ -48,6 +48,16 @@ class Migration:
     postgres: tuple[str, ...]
 
 
+_API_KEYS = """CREATE TABLE IF NOT EXISTS api_keys (
+    name TEXT PRIMARY KEY,
+    key_hash TEXT NOT NULL UNIQUE,
+    key_prefix TEXT NOT NULL,
+    settings TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    revoked_at TEXT
+)"""
+
 # Append only: a released migration is never edited, the next change is a new version.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -106,6 +116,9 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX usage_log_key_created_at ON usage_log (key_name, created_at)",
         ),
     ),
+    # Gateway keys managed at run time (proxy.keystore). IF NOT EXISTS: gateways before this
+    # migration created the table themselves.
+    Migration(2, "create api_keys", sqlite=(_API_KEYS,), postgres=(_API_KEYS,)),
 )
 LATEST = MIGRATIONS[-1].version
 
@@ -241,6 +254,25 @@ GROUP BY b.grp
 """
 
 
+def migrate_sqlite(conn: sqlite3.Connection) -> list[int]:
+    """Bring a SQLite database to the latest schema; the caller holds a write transaction."""
+    conn.execute("CREATE TABLE IF NOT EXISTS gateway_migrations "
+                 "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)")
+    current = conn.execute("SELECT COALESCE(MAX(version), 0) FROM gateway_migrations").fetchone()[0]
+    if current > LATEST:
+        raise StorageError(f"the usage database is at schema version {current}, newer than this gateway "
+                           f"({LATEST}); upgrade the gateway")
+    applied = []
+    for m in MIGRATIONS:
+        if m.version > current:
+            for statement in m.sqlite:
+                conn.execute(statement)
+            conn.execute("INSERT INTO gateway_migrations VALUES (?, ?, ?)",
+                         (m.version, m.name, iso(datetime.now(UTC))))
+            applied.append(m.version)
+    return applied
+
+
 class SQLiteStore(Store):
     def __init__(self, url: str) -> None:
         self.url = url
@@ -295,24 +327,7 @@ class SQLiteStore(Store):
         await self._run(self._connect)
 
     async def migrate(self) -> list[int]:
-        return await self._run(self._guarded, self._migrate)
-
-    def _migrate(self, conn: sqlite3.Connection) -> list[int]:
-        conn.execute("CREATE TABLE IF NOT EXISTS gateway_migrations "
-                     "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)")
-        current = conn.execute("SELECT COALESCE(MAX(version), 0) FROM gateway_migrations").fetchone()[0]
-        if current > LATEST:
-            raise StorageError(f"the usage database is at schema version {current}, newer than this gateway "
-                               f"({LATEST}); upgrade the gateway")
-        applied = []
-        for m in MIGRATIONS:
-            if m.version > current:
-                for statement in m.sqlite:
-                    conn.execute(statement)
-                conn.execute("INSERT INTO gateway_migrations VALUES (?, ?, ?)",
-                             (m.version, m.name, iso(datetime.now(UTC))))
-                applied.append(m.version)
-        return applied
+        return await self._run(self._guarded, migrate_sqlite)
 
     async def write(self, rows: list[UsageRecord]) -> int:
         return await self._run(self._guarded, lambda conn: self._write(conn, rows))
@@ -421,22 +436,8 @@ class PostgresStore(Store):
         return self._pool.acquire(timeout=CONNECT_TIMEOUT_S * 2)
 
     async def migrate(self) -> list[int]:
-        async with await self._conn() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
-            await conn.execute("CREATE TABLE IF NOT EXISTS gateway_migrations "
-                               "(version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL)")
-            current = await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM gateway_migrations")
-            if current > LATEST:
-                raise StorageError(f"the usage database is at schema version {current}, newer than this gateway "
-                                   f"({LATEST}); upgrade the gateway")
-            applied = []
-            for m in MIGRATIONS:
-                if m.version > current:
-                    for statement in m.postgres:
-                        await conn.execute(statement)
-                    await conn.execute("INSERT INTO gateway_migrations VALUES ($1, $2, now())", m.version, m.name)
-                    applied.append(m.version)
-            return applied
+        async with await self._conn() as conn:
+            return await migrate_postgres(conn)
 
     async def write(self, rows: list[UsageRecord]) -> int:
         columns = list(zip(*map(_pg_row, rows), strict=True))  # rows -> one array per column, in C
@@ -474,6 +475,27 @@ class PostgresStore(Store):
         # asyncpg's own encoder errors (a value of the wrong type) carry sqlstate 22000 as well.
         sqlstate = getattr(exc, "sqlstate", None)
         return isinstance(sqlstate, str) and sqlstate.startswith(_PG_ROW_CLASSES)
+
+
+async def migrate_postgres(conn: Any) -> list[int]:
+    """Bring a Postgres database to the latest schema, in one transaction under an advisory lock, so
+    replicas starting together apply each migration once."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+        await conn.execute("CREATE TABLE IF NOT EXISTS gateway_migrations "
+                           "(version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL)")
+        current = await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM gateway_migrations")
+        if current > LATEST:
+            raise StorageError(f"the usage database is at schema version {current}, newer than this gateway "
+                               f"({LATEST}); upgrade the gateway")
+        applied = []
+        for m in MIGRATIONS:
+            if m.version > current:
+                for statement in m.postgres:
+                    await conn.execute(statement)
+                await conn.execute("INSERT INTO gateway_migrations VALUES ($1, $2, now())", m.version, m.name)
+                applied.append(m.version)
+        return applied
 
 
 _PG_FIELDS = operator.attrgetter(*COLUMNS)

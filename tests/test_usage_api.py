@@ -177,7 +177,7 @@ def test_migrate_command_creates_the_schema_once(tmp_path, capsys):
     url = f"sqlite:///{tmp_path / 'm.db'}"
     config = _config(tmp_path, url)
     assert cli.main(["migrate", "--config", config]) == 0
-    assert "usage_log schema at version 1 (applied 1)" in capsys.readouterr().out
+    assert "schema (usage_log, api_keys) at version 2 (applied 1, 2)" in capsys.readouterr().out
     assert cli.main(["migrate", "--config", config]) == 0
     assert "(nothing to apply)" in capsys.readouterr().out
     assert pg.fetch_rows(url) == []
@@ -209,3 +209,69 @@ def test_usage_command_prints_the_report_as_a_table(database_url, tmp_path, caps
 
     assert cli.main(["usage", "--config", config, "--since", "soon"]) == 2
     assert "since" in capsys.readouterr().err
+
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
+def test_api_keys_are_in_the_versioned_schema_and_an_old_database_upgrades(database_url, tmp_path, capsys):
+    """Gateways before schema version 2 created api_keys on their own: migrating such a database keeps
+    its keys, and the keystore reads them."""
+    from proxy.keystore import KeyStore
+    from proxy.storage import MIGRATIONS
+
+    sqlite = database_url.startswith("sqlite")
+    v1 = MIGRATIONS[0].sqlite if sqlite else MIGRATIONS[0].postgres
+    old = [  # what a gateway at schema version 1 left behind
+        *v1,
+        "CREATE TABLE gateway_migrations (version integer PRIMARY KEY, name text NOT NULL, applied_at text NOT NULL)"
+        if sqlite else
+        "CREATE TABLE gateway_migrations (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz "
+        "NOT NULL)",
+        "INSERT INTO gateway_migrations VALUES (1, 'create usage_log', '2026-01-01T00:00:00Z')",
+        "CREATE TABLE api_keys (name TEXT PRIMARY KEY, key_hash TEXT NOT NULL UNIQUE, key_prefix TEXT NOT NULL, "
+        "settings TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL, revoked_at TEXT)",
+        "INSERT INTO api_keys VALUES ('old', 'h', 'sk-gw-x', '{}', 't', 't', NULL)",
+    ]
+    if sqlite:
+        import sqlite3
+
+        with sqlite3.connect(database_url.removeprefix("sqlite:///")) as conn:
+            for statement in old:
+                conn.execute(statement)
+    else:
+        asyncio.run(pg._execute(database_url, *old))
+
+    config = _config(tmp_path, database_url)
+    assert cli.main(["migrate", "--config", config]) == 0
+    assert "at version 2 (applied 2)" in capsys.readouterr().out
+
+    async def names() -> list[str]:
+        keys = KeyStore(database_url)
+        try:
+            return [k.name for k in await keys.all()]
+        finally:
+            await keys.close()
+
+    assert asyncio.run(names()) == ["old"]
+
+
+def test_a_fresh_database_gets_api_keys_from_the_migrations_whoever_opens_it_first(tmp_path):
+    """The keystore may be the first to open a database (`gateway keys create` before any serve)."""
+    import sqlite3
+
+    from proxy.keystore import KeyStore
+    from proxy.storage import LATEST
+
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+
+    async def first() -> None:
+        keys = KeyStore(url)
+        try:
+            assert await keys.all() == []
+        finally:
+            await keys.close()
+
+    asyncio.run(first())
+    with sqlite3.connect(tmp_path / "k.db") as conn:
+        versions = [v for (v,) in conn.execute("SELECT version FROM gateway_migrations ORDER BY version")]
+    assert versions == list(range(1, LATEST + 1))
