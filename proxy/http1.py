@@ -200,11 +200,14 @@ class _Conn(asyncio.Protocol):
         self.closed = True
         self._cancel_timer()
         self.pool.forget(self)
-        if self.response is not None and not self.response.complete:
-            try:  # a body without length ends with the connection
-                self.parser.feed_eof()
-            except httptools.HttpParserError:
-                pass
+        response = self.response
+        if (response is not None and not response.complete and self.head is not None and self.head.done()
+                and "content-length" not in response.headers
+                and "chunked" not in response.headers.get("transfer-encoding", "").lower()):
+            # A body with neither a length nor chunking ends with the connection (RFC 9112 6.3).
+            # (httptools has no feed_eof to say so: the close itself completes the response.)
+            self.response = None
+            response._finish()
         self._fail(UpstreamClosed("upstream closed the connection"))
 
     # httptools callbacks

@@ -133,3 +133,55 @@ def test_internal_error_is_openai_shaped_and_still_accounted(make_gateway, fake_
         time.sleep(0.01)
     assert [(row.status, row.error_type) for row in rows] == [(500, "internal_error")]
     assert gw.app.state.runtime.active == 0
+
+
+def _one_shot_upstream(answer: bytes) -> tuple[int, object]:
+    """A socket server that answers each request with ``answer`` as raw bytes, then closes the connection."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length")))
+                while len(body) < length:
+                    body += conn.recv(65536)
+                conn.sendall(answer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server.getsockname()[1], server
+
+
+def test_an_answer_that_ends_with_the_connection_is_read_whole(make_gateway, fake_openai):
+    """No content-length, no chunking: the body ends when the upstream closes (RFC 9112 6.3). The
+    gateway must take the close as the end of the answer, not hang or fail."""
+    body = (b'{"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m", "choices": '
+            b'[{"index": 0, "message": {"role": "assistant", "content": "until close"}, "finish_reason": "stop"}], '
+            b'"usage": {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4}}')
+    port, server = _one_shot_upstream(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                                      b"\r\n" + body)
+    extra = (f'[providers.closer]\nkind = "openai"\nbase_url = "http://127.0.0.1:{port}/v1"\ntimeout_s = 5\n'
+             '[[models]]\nname = "closer"\ntargets = [{ provider = "closer", model = "m" }]\n')
+    gw = make_gateway(base_config(fake_openai.url, extra=extra))
+    try:
+        started = time.monotonic()
+        r = httpx.post(gw.url + "/v1/chat/completions", headers={"authorization": f"Bearer {GATEWAY_KEY}"},
+                       json={"model": "closer", "messages": [{"role": "user", "content": "hi"}]}, timeout=10)
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["content"] == "until close"
+        assert time.monotonic() - started < 2  # at the close, not at a timeout
+    finally:
+        server.close()  # type: ignore[attr-defined]

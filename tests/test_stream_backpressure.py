@@ -83,3 +83,27 @@ def test_a_slow_reader_gets_every_event_in_order_and_holds_the_upstream_back(mak
     rows = ledger_rows(db, "SELECT status, error_type, completion_tokens FROM usage_log WHERE request_id LIKE ?",
                        (rid + ".%",))
     assert rows == [(200, None, chunks[-1]["usage"]["completion_tokens"])]
+
+
+def test_an_upstream_that_drops_mid_stream_ends_the_relay_with_an_error_and_a_502_row(make_gateway, fake_openai,
+                                                                                      tmp_path):
+    """The chunks came one read at a time (pushed from the data callback); then the upstream's
+    connection drops: the client gets what was sent, then an OpenAI error event, and the row says so."""
+    import httpx
+
+    db = tmp_path / "gw.db"
+    alias = '[[models]]\nname = "dropper"\ntargets = [{ provider = "fake", model = "drop-stream" }]\n'
+    gw = make_gateway(base_config(fake_openai.url, db, alias))
+    rid = f"dropped-{uuid.uuid4().hex[:8]}"
+    with httpx.stream("POST", gw.url + "/v1/chat/completions",
+                      headers={"authorization": f"Bearer {GATEWAY_KEY}", "x-request-id": rid},
+                      json={"model": "dropper", "messages": [{"role": "user", "content": "go"}], "stream": True},
+                      timeout=10) as r:
+        assert r.status_code == 200
+        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    contents = [json.loads(e)["choices"][0]["delta"].get("content") for e in events[:-1]]
+    assert [c for c in contents if c] == ["w0 ", "w1 ", "w2 "]
+    assert json.loads(events[-1])["error"]["code"] == "upstream_connection_error"
+    rows = ledger_rows(db, "SELECT status, error_type, completion_tokens FROM usage_log WHERE request_id LIKE ?",
+                       (rid + ".%",))
+    assert rows == [(502, "connection", len(events) - 1)]  # one token per chunk it relayed, estimated

@@ -20,6 +20,7 @@ alternate-<tag>     500 for every other request with this exact model name (the 
 ctx-limit           400 context_length_exceeded, as OpenAI reports a prompt over the context window
 fail-429x           429 without Retry-After
 stall-<ms>          stream: response head at once, first chunk after <ms> ms; records client_gone
+drop-stream         stream: three chunks 50 ms apart, then the connection drops mid-body (no terminator)
 big-stream-<n>      stream: <n> chunks of 1,000 characters ("<i>:" then dots) back to back; records
                     "completed" once the last is handed to the server (for back-pressure tests)
 
@@ -206,6 +207,11 @@ async def _stream(state: State, kind: str, model: str, ident: str, created: int,
         except BaseException:
             state.stream_outcomes.append("client_gone")
             raise
+    elif kind == "drop-stream":
+        for i in range(3):
+            yield _chunk(ident, created, model, {"content": f"w{i} "})
+            await asyncio.sleep(0.05)
+        raise ConnectionAbortedError("the fake drops the connection")  # the server closes it, body unfinished
     elif kind.startswith("big-stream-"):
         for i in range(int(kind[11:])):
             yield _chunk(ident, created, model, {"content": f"{i}:".ljust(1000, ".")})
