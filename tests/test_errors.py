@@ -185,3 +185,20 @@ def test_an_answer_that_ends_with_the_connection_is_read_whole(make_gateway, fak
         assert time.monotonic() - started < 2  # at the close, not at a timeout
     finally:
         server.close()  # type: ignore[attr-defined]
+
+
+def test_an_answer_cut_short_of_its_content_length_is_a_502_at_once(make_gateway, fake_openai):
+    port, server = _one_shot_upstream(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 500\r\n"
+                                      b"\r\n" + b'{"id": "chatcmpl-1", "choices": [')
+    extra = (f'[providers.cutter]\nkind = "openai"\nbase_url = "http://127.0.0.1:{port}/v1"\ntimeout_s = 5\n'
+             '[[models]]\nname = "cutter"\ntargets = [{ provider = "cutter", model = "m", max_retries = 0 }]\n')
+    gw = make_gateway(base_config(fake_openai.url, extra=extra))
+    try:
+        started = time.monotonic()
+        r = httpx.post(gw.url + "/v1/chat/completions", headers={"authorization": f"Bearer {GATEWAY_KEY}"},
+                       json={"model": "cutter", "messages": [{"role": "user", "content": "hi"}]}, timeout=10)
+        err = assert_openai_error(r, 502)
+        assert err["code"] == "upstream_connection_error"
+        assert time.monotonic() - started < 2  # at the close, not at the 5 s timeout
+    finally:
+        server.close()  # type: ignore[attr-defined]
