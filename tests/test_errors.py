@@ -202,3 +202,43 @@ def test_an_answer_cut_short_of_its_content_length_is_a_502_at_once(make_gateway
         assert time.monotonic() - started < 2  # at the close, not at the 5 s timeout
     finally:
         server.close()  # type: ignore[attr-defined]
+
+
+def test_an_answer_that_is_not_http_is_a_502_at_once(make_gateway, fake_openai):
+    port, server = _one_shot_upstream(b"SSH-2.0-OpenSSH_9.6\r\nthis is not an HTTP response\r\n\r\n")
+    extra = (f'[providers.garbage]\nkind = "openai"\nbase_url = "http://127.0.0.1:{port}/v1"\ntimeout_s = 5\n'
+             '[[models]]\nname = "garbage"\ntargets = [{ provider = "garbage", model = "m", max_retries = 0 }]\n')
+    gw = make_gateway(base_config(fake_openai.url, extra=extra))
+    try:
+        started = time.monotonic()
+        r = httpx.post(gw.url + "/v1/chat/completions", headers={"authorization": f"Bearer {GATEWAY_KEY}"},
+                       json={"model": "garbage", "messages": [{"role": "user", "content": "hi"}]}, timeout=10)
+        assert assert_openai_error(r, 502)["code"] == "upstream_connection_error"
+        assert time.monotonic() - started < 2
+    finally:
+        server.close()  # type: ignore[attr-defined]
+
+
+def test_a_stream_that_goes_quiet_mid_way_ends_at_its_idle_timeout(make_gateway, fake_openai, tmp_path):
+    """slow-stream sends a chunk every 50 ms; with stream_idle_timeout_s = 0.02 the first gap is too long
+    once the stream has started: the client gets an error event and the row says timeout."""
+    import uuid
+
+    from tests.conftest import ledger_rows
+
+    db = tmp_path / "gw.db"
+    extra = ('[[models]]\nname = "quiet"\ntargets = [{ provider = "fake", model = "slow-stream", max_retries = 0, '
+             'stream_idle_timeout_s = 0.02 }]\n')
+    gw = make_gateway(base_config(fake_openai.url, db, extra))
+    rid = f"quiet-{uuid.uuid4().hex[:8]}"
+    started = time.monotonic()
+    with httpx.stream("POST", gw.url + "/v1/chat/completions",
+                      headers={"authorization": f"Bearer {GATEWAY_KEY}", "x-request-id": rid},
+                      json={"model": "quiet", "messages": [{"role": "user", "content": "go"}], "stream": True},
+                      timeout=10) as r:
+        assert r.status_code == 200
+        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert time.monotonic() - started < 2  # the whole stream would take 20 s
+    assert '"upstream_timeout"' in events[-1]
+    rows = ledger_rows(db, "SELECT status, error_type FROM usage_log WHERE request_id LIKE ?", (rid + ".%",))
+    assert rows == [(504, "timeout")]
