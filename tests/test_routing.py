@@ -296,6 +296,17 @@ def test_hedging_picks_the_faster_target(route):
     assert served_by(raw)[:2] == ("other", "ok") and time.monotonic() - started < 1.0
 
 
+def test_a_hedged_target_that_fails_leaves_the_race_to_the_other(route, fake_openai):
+    """The first target fails (after the hedge started); the hedge carries on and answers. A target
+    that failed is not a hedge loser: it was not cancelled, and failures bill nothing."""
+    gw = route(alias("a", ['provider = "fake", model = "late-500-200", max_retries = 0',
+                           'provider = "other", model = "delay-400"'], hedge_after_ms=50))
+    started = time.monotonic()
+    raw = gw.client().chat.completions.with_raw_response.create(model="a", messages=MSGS)
+    assert served_by(raw) == ("other", "delay-400", 2)
+    assert 0.4 < time.monotonic() - started < 1.5  # waited for the hedge, not a retry of the first
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_hedge_loser_that_reached_its_upstream_gets_its_own_usage_row(make_gateway, fake_openai, tmp_path, stream):
 

@@ -20,6 +20,7 @@ alternate-<tag>     500 for every other request with this exact model name (the 
 ctx-limit           400 context_length_exceeded, as OpenAI reports a prompt over the context window
 fail-429x           429 without Retry-After
 stall-<ms>          stream: response head at once, first chunk after <ms> ms; records client_gone
+late-<st>-<ms>      fails with status <st> after <ms> milliseconds
 drop-stream         stream: three chunks 50 ms apart, then the connection drops mid-body (no terminator)
 big-stream-<n>      stream: <n> chunks of 1,000 characters ("<i>:" then dots) back to back; records
                     "completed" once the last is handed to the server (for back-pressure tests)
@@ -110,6 +111,10 @@ def make_app() -> Starlette:
             return _error(429, "Rate limit reached", "requests", "rate_limit_exceeded")
         if model.startswith("delay-"):
             await asyncio.sleep(int(model[6:]) / 1000)
+        if model.startswith("late-"):  # late-<status>-<ms>: fails with <status> after <ms>
+            _, status, ms = model.split("-")
+            await asyncio.sleep(int(ms) / 1000)
+            return _error(int(status), f"late failure {status}", "server_error")
         if model.startswith("hang-"):  # a slow whole-body answer that notices its client leaving
             deadline = time.monotonic() + int(model[5:]) / 1000
             while time.monotonic() < deadline:
