@@ -314,3 +314,34 @@ def test_a_refused_request_that_was_answered_anyway_is_charged_to_the_budget(mak
     assert refused.headers["x-gateway-provider"] == "local"  # the call had started
     assert spend() == pytest.approx(before + 0.004)
     store.delete(bucket)
+
+
+def test_a_redis_url_with_user_password_and_database_is_honoured(make_gateway, fake_openai):
+    """redis://user:password@host:port/db: the client authenticates (ACL user) and selects the database;
+    a wrong password is a store outage, not a crash."""
+    from urllib.parse import urlsplit
+
+    import redis
+
+    base = urlsplit(shared_redis_url())
+    admin = redis.Redis(host=base.hostname, port=base.port or 6379)
+    user = f"gw-{uuid.uuid4().hex[:8]}"
+    admin.acl_setuser(user, enabled=True, passwords=["+s3cret pass"], keys=["*"], commands=["+@all"])
+    try:
+        url = f"redis://{user}:s3cret%20pass@{base.hostname}:{base.port or 6379}/5"
+        text, secret, model = limits_config(fake_openai.url, url, key_extra="rpm = 1000")
+        name = secret.removeprefix("sk-")
+        gw = make_gateway(text)
+        assert post(gw.url, secret, model).status_code == 200
+        bucket = f"{{llm-gateway}}:rpm:key:{name}"
+        assert redis.Redis(host=base.hostname, port=base.port or 6379, db=5).exists(bucket)
+        assert not admin.exists(bucket)  # not in database 0
+
+        bad = url.replace("s3cret%20pass", "wrong")
+        text, secret, model = limits_config(fake_openai.url, bad, key_extra="rpm = 1000",
+                                            limits='on_store_error = "deny"')
+        gw = make_gateway(text)
+        r = post(gw.url, secret, model)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "limits_unavailable"
+    finally:
+        admin.acl_deluser(user)
