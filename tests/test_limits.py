@@ -345,3 +345,14 @@ def test_a_redis_url_with_user_password_and_database_is_honoured(make_gateway, f
         assert r.status_code == 503 and r.json()["error"]["code"] == "limits_unavailable"
     finally:
         admin.acl_deluser(user)
+
+
+def test_budget_periods_start_and_end_in_utc():
+    from datetime import UTC, datetime
+
+    from proxy.limits import period_of
+
+    now = datetime(2026, 12, 31, 18, 0, tzinfo=UTC)
+    assert period_of("day", now) == ("d2026-12-31", datetime(2026, 12, 31, tzinfo=UTC), 6 * 3600)
+    assert period_of("month", now) == ("m2026-12", datetime(2026, 12, 1, tzinfo=UTC), 6 * 3600)  # into January
+    assert period_of("total", now) == ("total", None, 0.0)

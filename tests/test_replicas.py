@@ -280,3 +280,24 @@ key = "sk-t"
     finally:
         server.stop()
     assert uuid  # keep the import used by limits_config's unique names
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("models", "echo"), ("models", ["echo", ""]), ("rpm", 0), ("tpm", 1.5), ("max_parallel", True),
+    ("budget_usd", -1), ("budget_usd", "10"), ("budget_period", "week"), ("expires_at", "next tuesday"),
+    ("metadata", ["team"]), ("colour", "blue"),
+])
+def test_admin_api_names_the_field_it_refuses(make_gateway, tmp_path, field, value):
+    gw = make_gateway(_admin_config(tmp_path / "k.db"))
+    r = _admin(gw.url, "POST", "/admin/keys", json={"name": "svc", field: value})
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == field and r.json()["error"]["type"] == "invalid_request_error"
+    assert "svc" not in {k["name"] for k in _admin(gw.url, "GET", "/admin/keys").json()["data"]}  # not created
+
+
+def test_admin_api_normalises_expires_at_to_utc(make_gateway, tmp_path):
+    gw = make_gateway(_admin_config(tmp_path / "k.db"))
+    r = _admin(gw.url, "POST", "/admin/keys", json={"name": "svc", "expires_at": "2030-01-01T02:00:00+02:00",
+                                                     "budget_usd": 5, "budget_period": "day"})
+    assert r.status_code == 201, r.text
+    assert r.json()["expires_at"] == "2030-01-01T00:00:00+00:00"
