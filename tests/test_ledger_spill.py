@@ -80,6 +80,24 @@ async def test_outage_keeps_rows_queued_then_spills_past_the_bound_and_replays_o
     assert len(await rows(url)) == 26
 
 
+async def test_with_the_database_and_the_spill_dir_both_failing_rows_wait_in_memory(tmp_path):
+    db_dir = tmp_path / "not-mounted-yet"
+    url = f"sqlite:///{db_dir / 'usage.db'}"
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    ledger = Ledger(open_store(url), blocker / "spill", queue_max_rows=4, **FAST)  # a dir under a file: unwritable
+    await ledger.start()
+    for i in range(10):
+        ledger.submit(record(i))
+    await until(lambda: ledger.spill_errors_total >= 2)  # it keeps trying
+    assert ledger.queue_depth == 10 and ledger.spilled_rows_total == 0  # past the bound, but nothing dropped
+
+    db_dir.mkdir()  # the database comes back
+    await until(lambda: ledger.written_rows_total == 10 and ledger.queue_depth == 0)
+    await ledger.close()
+    assert sorted(await rows(url)) == sorted(f"r-{i}" for i in range(10))
+
+
 async def test_stop_while_database_down_spills_and_the_next_start_replays_exactly_once(tmp_path):
     db_dir = tmp_path / "db"
     url = f"sqlite:///{db_dir / 'usage.db'}"
