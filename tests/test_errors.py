@@ -242,3 +242,31 @@ def test_a_stream_that_goes_quiet_mid_way_ends_at_its_idle_timeout(make_gateway,
     assert '"upstream_timeout"' in events[-1]
     rows = ledger_rows(db, "SELECT status, error_type FROM usage_log WHERE request_id LIKE ?", (rid + ".%",))
     assert rows == [(504, "timeout")]
+
+
+def _answer(status: int, body: bytes, content_type: bytes = b"application/json") -> bytes:
+    return (b"HTTP/1.1 %d X\r\ncontent-type: %s\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+            % (status, content_type, len(body)) + body)
+
+
+@pytest.mark.parametrize(("answer", "status", "code", "says"), [
+    # some servers answer 200 with an error body
+    (_answer(200, b'{"error": {"message": "model overloaded", "type": "server_error"}}'), 502, "upstream_error",
+     "model overloaded"),
+    (_answer(200, b'{"id": "chatcmpl-1", "object": "chat.completion"}'), 502, "bad_upstream_response",
+     "without choices"),
+    (_answer(400, b'{"error": "prompt too long"}'), 400, None, "prompt too long"),  # error as a bare string
+    (_answer(503, b"<html>Service Unavailable</html>", b"text/html"), 502, "upstream_error", "non-JSON body"),
+])
+def test_odd_upstream_answers_become_openai_errors(make_gateway, fake_openai, answer, status, code, says):
+    port, server = _one_shot_upstream(answer)
+    extra = (f'[providers.odd]\nkind = "openai"\nbase_url = "http://127.0.0.1:{port}/v1"\ntimeout_s = 5\n'
+             '[[models]]\nname = "odd"\ntargets = [{ provider = "odd", model = "m", max_retries = 0 }]\n')
+    gw = make_gateway(base_config(fake_openai.url, extra=extra))
+    try:
+        r = httpx.post(gw.url + "/v1/chat/completions", headers={"authorization": f"Bearer {GATEWAY_KEY}"},
+                       json={"model": "odd", "messages": [{"role": "user", "content": "hi"}]}, timeout=10)
+        err = assert_openai_error(r, status)
+        assert err["code"] == code and says in err["message"]
+    finally:
+        server.close()  # type: ignore[attr-defined]
