@@ -16,8 +16,8 @@ from tests.fakes.anthropic_server import REDACTED, make_app, sign
 from tests.servers import ServerThread
 
 ANTHROPIC_KEY = "sk-ant-provider-secret-456"
-SCENARIOS = ["claude-ok", "claude-cache", "claude-tools", "fail-400", "fail-401", "fail-403", "fail-404", "fail-429",
-             "fail-500", "fail-529", "leak-key", "not-json", "error-stream", "cut-stream", "split-stream",
+SCENARIOS = ["claude-ok", "claude-cache", "claude-tools", "claude-now", "fail-400", "fail-401", "fail-403", "fail-404",
+             "fail-429", "fail-500", "fail-529", "leak-key", "not-json", "error-stream", "cut-stream", "split-stream",
              "finish-end_turn", "finish-stop_sequence", "finish-max_tokens", "finish-refusal", "finish-pause_turn",
              "finish-model_context_window_exceeded"]
 MSGS = [{"role": "user", "content": "tell me about Paris"}]
@@ -259,6 +259,18 @@ def test_tool_calls_non_stream_and_stream_agree(client, fake):
 def test_tool_choice_mapping(client, fake, choice, expected):
     client.chat.completions.create(model="c-claude-ok", messages=MSGS, tools=[WEATHER_TOOL], tool_choice=choice)
     assert sent(fake)["tool_choice"] == expected
+
+
+def test_a_call_of_a_tool_without_parameters_has_arguments_that_parse(client, fake):
+    """The stream carries no argument fragment at all (one empty input_json_delta): the client must
+    still get valid JSON, "{}", as the whole-body answer has."""
+    bare = {"type": "function", "function": {"name": "now"}}
+    full = client.chat.completions.create(model="c-claude-now", messages=MSGS, tools=[bare])
+    assert [(c.function.name, c.function.arguments) for c in full.choices[0].message.tool_calls] == [("now", "{}")]
+    message, finish, _ = reassemble(client.chat.completions.create(model="c-claude-now", messages=MSGS,
+                                                                   tools=[bare], stream=True))
+    assert finish == "tool_calls"
+    assert [(c["function"]["name"], c["function"]["arguments"]) for c in message["tool_calls"]] == [("now", "{}")]
 
 
 def test_parallel_tool_calls_false_and_tool_without_parameters(client, fake):

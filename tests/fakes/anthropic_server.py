@@ -13,6 +13,8 @@ claude-ok (anything else)  "Hello <last user text>"; streamed word by word
 claude-cache               the same, with cache read and cache creation tokens in the usage
 claude-tools               "Let me check." and two get_weather calls (one if parallel use is off);
                            after tool results: "It is <results>"
+claude-now                 one call of a tool without parameters ("now", input {}); streamed, as the
+                           real API does, with a single empty input_json_delta
 finish-<stop_reason>       an answer with that stop_reason (end_turn, max_tokens, stop_sequence, ...)
 fail-400/401/403/404/500   that status with Anthropic's error body
 fail-429                   429 rate_limit_error with retry-after: 11
@@ -432,6 +434,9 @@ def answer(body: dict[str, Any], thinking: bool) -> tuple[list[dict[str, Any]], 
             content.append({"type": "tool_use", "id": f"toolu_01{city.lower()}", "name": "get_weather",
                             "input": {"city": city, "unit": "celsius", "note": 'says "hi"'}})
         stop = "tool_use"
+    elif model == "claude-now":
+        content.append({"type": "tool_use", "id": "toolu_01now", "name": "now", "input": {}})
+        stop = "tool_use"
     else:
         text = "Hello " + text_of(last["content"])
         if model.startswith("finish-"):
@@ -486,7 +491,7 @@ def stream_events(message: dict[str, Any]) -> list[bytes]:
                        for w in re.findall(r"\S+\s*", block["thinking"])]
             events.append(delta({"type": "signature_delta", "signature": block["signature"]}))
         elif kind == "tool_use":
-            args = json.dumps(block["input"])
+            args = json.dumps(block["input"]) if block["input"] else ""  # no input: only the empty delta
             events.append(delta({"type": "input_json_delta", "partial_json": ""}))
             events += [delta({"type": "input_json_delta", "partial_json": args[i:i + 5]})
                        for i in range(0, len(args), 5)]
@@ -498,7 +503,7 @@ def stream_events(message: dict[str, Any]) -> list[bytes]:
 
 
 async def stream_body(model: str, events: list[bytes]) -> AsyncIterator[bytes]:
-    first_text = next(i for i, e in enumerate(events) if b'"text_delta"' in e)
+    first_text = next((i for i, e in enumerate(events) if b'"text_delta"' in e), -2)  # -2: no text at all
     for i, event in enumerate(events):
         if model in ("cut-stream", "error-stream") and i == first_text + 1:
             await asyncio.sleep(0.05)  # what came before reaches the client first, as a separate read
