@@ -270,3 +270,25 @@ def test_odd_upstream_answers_become_openai_errors(make_gateway, fake_openai, an
         assert err["code"] == code and says in err["message"]
     finally:
         server.close()  # type: ignore[attr-defined]
+
+
+
+@pytest.mark.parametrize(("answer", "code", "says"), [
+    (_answer(200, b'{"error": {"code": 500, "message": "internal hiccup", "status": "INTERNAL"}}'), "upstream_error",
+     "internal hiccup"),
+    (_answer(200, b'{"modelVersion": "gemini-x"}'), "bad_upstream_response", "without candidates"),
+    (_answer(503, b"<html>Service Unavailable</html>", b"text/html"), "upstream_error", "non-JSON body"),
+])
+def test_odd_gemini_answers_become_openai_errors(make_gateway, fake_openai, answer, code, says):
+    port, server = _one_shot_upstream(answer)
+    extra = (f'[providers.gem]\nkind = "gemini"\nbase_url = "http://127.0.0.1:{port}"\napi_key = "g-key"\n'
+             'timeout_s = 5\n[[models]]\nname = "gem"\n'
+             'targets = [{ provider = "gem", model = "gemini-x", max_retries = 0 }]\n')
+    gw = make_gateway(base_config(fake_openai.url, extra=extra))
+    try:
+        r = httpx.post(gw.url + "/v1/chat/completions", headers={"authorization": f"Bearer {GATEWAY_KEY}"},
+                       json={"model": "gem", "messages": [{"role": "user", "content": "hi"}]}, timeout=10)
+        err = assert_openai_error(r, 502)
+        assert err["code"] == code and says in err["message"] and "g-key" not in r.text
+    finally:
+        server.close()  # type: ignore[attr-defined]
