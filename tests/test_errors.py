@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 
 import httpx
@@ -135,10 +137,8 @@ def test_internal_error_is_openai_shaped_and_still_accounted(make_gateway, fake_
     assert gw.app.state.runtime.active == 0
 
 
-def _one_shot_upstream(answer: bytes) -> tuple[int, object]:
+def _one_shot_upstream(answer: bytes) -> tuple[int, socket.socket]:
     """A socket server that answers each request with ``answer`` as raw bytes, then closes the connection."""
-    import socket
-    import threading
 
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -184,7 +184,7 @@ def test_an_answer_that_ends_with_the_connection_is_read_whole(make_gateway, fak
         assert r.json()["choices"][0]["message"]["content"] == "until close"
         assert time.monotonic() - started < 2  # at the close, not at a timeout
     finally:
-        server.close()  # type: ignore[attr-defined]
+        server.close()
 
 
 def test_an_answer_cut_short_of_its_content_length_is_a_502_at_once(make_gateway, fake_openai):
@@ -201,7 +201,7 @@ def test_an_answer_cut_short_of_its_content_length_is_a_502_at_once(make_gateway
         assert err["code"] == "upstream_connection_error"
         assert time.monotonic() - started < 2  # at the close, not at the 5 s timeout
     finally:
-        server.close()  # type: ignore[attr-defined]
+        server.close()
 
 
 def test_an_answer_that_is_not_http_is_a_502_at_once(make_gateway, fake_openai):
@@ -216,7 +216,7 @@ def test_an_answer_that_is_not_http_is_a_502_at_once(make_gateway, fake_openai):
         assert assert_openai_error(r, 502)["code"] == "upstream_connection_error"
         assert time.monotonic() - started < 2
     finally:
-        server.close()  # type: ignore[attr-defined]
+        server.close()
 
 
 def test_a_stream_that_goes_quiet_mid_way_ends_at_its_idle_timeout(make_gateway, fake_openai, tmp_path):
@@ -269,7 +269,7 @@ def test_odd_upstream_answers_become_openai_errors(make_gateway, fake_openai, an
         err = assert_openai_error(r, status)
         assert err["code"] == code and says in err["message"]
     finally:
-        server.close()  # type: ignore[attr-defined]
+        server.close()
 
 
 
@@ -291,4 +291,4 @@ def test_odd_gemini_answers_become_openai_errors(make_gateway, fake_openai, answ
         err = assert_openai_error(r, 502)
         assert err["code"] == code and says in err["message"] and "g-key" not in r.text
     finally:
-        server.close()  # type: ignore[attr-defined]
+        server.close()
