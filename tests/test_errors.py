@@ -165,58 +165,49 @@ def _one_shot_upstream(answer: bytes) -> tuple[int, socket.socket]:
     return server.getsockname()[1], server
 
 
+def _ask_raw_upstream(make_gateway, fake_openai, answer: bytes, kind: str = "openai") -> tuple[httpx.Response, float]:
+    """One chat request through a gateway whose only target is a raw-socket upstream answering ``answer``;
+    the response and the seconds it took (the gateway's start not included)."""
+    port, server = _one_shot_upstream(answer)
+    base_url = f"http://127.0.0.1:{port}" + ("/v1" if kind == "openai" else "")
+    extra = (f'[providers.raw]\nkind = "{kind}"\nbase_url = "{base_url}"\napi_key = "raw-key"\ntimeout_s = 5\n'
+             '[[models]]\nname = "raw"\ntargets = [{ provider = "raw", model = "m", max_retries = 0 }]\n')
+    gw = make_gateway(base_config(fake_openai.url, extra=extra))
+    try:
+        started = time.monotonic()
+        r = httpx.post(gw.url + "/v1/chat/completions", headers={"authorization": f"Bearer {GATEWAY_KEY}"},
+                       json={"model": "raw", "messages": [{"role": "user", "content": "hi"}]}, timeout=10)
+        return r, time.monotonic() - started
+    finally:
+        server.close()
+
+
 def test_an_answer_that_ends_with_the_connection_is_read_whole(make_gateway, fake_openai):
     """No content-length, no chunking: the body ends when the upstream closes (RFC 9112 6.3). The
     gateway must take the close as the end of the answer, not hang or fail."""
     body = (b'{"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m", "choices": '
             b'[{"index": 0, "message": {"role": "assistant", "content": "until close"}, "finish_reason": "stop"}], '
             b'"usage": {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4}}')
-    port, server = _one_shot_upstream(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n"
-                                      b"\r\n" + body)
-    extra = (f'[providers.closer]\nkind = "openai"\nbase_url = "http://127.0.0.1:{port}/v1"\ntimeout_s = 5\n'
-             '[[models]]\nname = "closer"\ntargets = [{ provider = "closer", model = "m" }]\n')
-    gw = make_gateway(base_config(fake_openai.url, extra=extra))
-    try:
-        started = time.monotonic()
-        r = httpx.post(gw.url + "/v1/chat/completions", headers={"authorization": f"Bearer {GATEWAY_KEY}"},
-                       json={"model": "closer", "messages": [{"role": "user", "content": "hi"}]}, timeout=10)
-        assert r.status_code == 200, r.text
-        assert r.json()["choices"][0]["message"]["content"] == "until close"
-        assert time.monotonic() - started < 2  # at the close, not at a timeout
-    finally:
-        server.close()
+    r, took = _ask_raw_upstream(make_gateway, fake_openai, b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                                b"connection: close\r\n\r\n" + body)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == "until close"
+    assert took < 2  # at the close, not at a timeout
 
 
 def test_an_answer_cut_short_of_its_content_length_is_a_502_at_once(make_gateway, fake_openai):
-    port, server = _one_shot_upstream(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 500\r\n"
-                                      b"\r\n" + b'{"id": "chatcmpl-1", "choices": [')
-    extra = (f'[providers.cutter]\nkind = "openai"\nbase_url = "http://127.0.0.1:{port}/v1"\ntimeout_s = 5\n'
-             '[[models]]\nname = "cutter"\ntargets = [{ provider = "cutter", model = "m", max_retries = 0 }]\n')
-    gw = make_gateway(base_config(fake_openai.url, extra=extra))
-    try:
-        started = time.monotonic()
-        r = httpx.post(gw.url + "/v1/chat/completions", headers={"authorization": f"Bearer {GATEWAY_KEY}"},
-                       json={"model": "cutter", "messages": [{"role": "user", "content": "hi"}]}, timeout=10)
-        err = assert_openai_error(r, 502)
-        assert err["code"] == "upstream_connection_error"
-        assert time.monotonic() - started < 2  # at the close, not at the 5 s timeout
-    finally:
-        server.close()
+    r, took = _ask_raw_upstream(make_gateway, fake_openai, b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                                b"content-length: 500\r\n\r\n" + b'{"id": "chatcmpl-1", "choices": [')
+    err = assert_openai_error(r, 502)
+    assert err["code"] == "upstream_connection_error"
+    assert took < 2  # at the close, not at the 5 s timeout
 
 
 def test_an_answer_that_is_not_http_is_a_502_at_once(make_gateway, fake_openai):
-    port, server = _one_shot_upstream(b"SSH-2.0-OpenSSH_9.6\r\nthis is not an HTTP response\r\n\r\n")
-    extra = (f'[providers.garbage]\nkind = "openai"\nbase_url = "http://127.0.0.1:{port}/v1"\ntimeout_s = 5\n'
-             '[[models]]\nname = "garbage"\ntargets = [{ provider = "garbage", model = "m", max_retries = 0 }]\n')
-    gw = make_gateway(base_config(fake_openai.url, extra=extra))
-    try:
-        started = time.monotonic()
-        r = httpx.post(gw.url + "/v1/chat/completions", headers={"authorization": f"Bearer {GATEWAY_KEY}"},
-                       json={"model": "garbage", "messages": [{"role": "user", "content": "hi"}]}, timeout=10)
-        assert assert_openai_error(r, 502)["code"] == "upstream_connection_error"
-        assert time.monotonic() - started < 2
-    finally:
-        server.close()
+    r, took = _ask_raw_upstream(make_gateway, fake_openai,
+                                b"SSH-2.0-OpenSSH_9.6\r\nthis is not an HTTP response\r\n\r\n")
+    assert assert_openai_error(r, 502)["code"] == "upstream_connection_error"
+    assert took < 2
 
 
 def test_a_stream_that_goes_quiet_mid_way_ends_at_its_idle_timeout(make_gateway, fake_openai, tmp_path):
@@ -259,18 +250,9 @@ def _answer(status: int, body: bytes, content_type: bytes = b"application/json")
     (_answer(503, b"<html>Service Unavailable</html>", b"text/html"), 502, "upstream_error", "non-JSON body"),
 ])
 def test_odd_upstream_answers_become_openai_errors(make_gateway, fake_openai, answer, status, code, says):
-    port, server = _one_shot_upstream(answer)
-    extra = (f'[providers.odd]\nkind = "openai"\nbase_url = "http://127.0.0.1:{port}/v1"\ntimeout_s = 5\n'
-             '[[models]]\nname = "odd"\ntargets = [{ provider = "odd", model = "m", max_retries = 0 }]\n')
-    gw = make_gateway(base_config(fake_openai.url, extra=extra))
-    try:
-        r = httpx.post(gw.url + "/v1/chat/completions", headers={"authorization": f"Bearer {GATEWAY_KEY}"},
-                       json={"model": "odd", "messages": [{"role": "user", "content": "hi"}]}, timeout=10)
-        err = assert_openai_error(r, status)
-        assert err["code"] == code and says in err["message"]
-    finally:
-        server.close()
-
+    r, _ = _ask_raw_upstream(make_gateway, fake_openai, answer)
+    err = assert_openai_error(r, status)
+    assert err["code"] == code and says in err["message"]
 
 
 @pytest.mark.parametrize(("answer", "code", "says"), [
@@ -280,15 +262,6 @@ def test_odd_upstream_answers_become_openai_errors(make_gateway, fake_openai, an
     (_answer(503, b"<html>Service Unavailable</html>", b"text/html"), "upstream_error", "non-JSON body"),
 ])
 def test_odd_gemini_answers_become_openai_errors(make_gateway, fake_openai, answer, code, says):
-    port, server = _one_shot_upstream(answer)
-    extra = (f'[providers.gem]\nkind = "gemini"\nbase_url = "http://127.0.0.1:{port}"\napi_key = "g-key"\n'
-             'timeout_s = 5\n[[models]]\nname = "gem"\n'
-             'targets = [{ provider = "gem", model = "gemini-x", max_retries = 0 }]\n')
-    gw = make_gateway(base_config(fake_openai.url, extra=extra))
-    try:
-        r = httpx.post(gw.url + "/v1/chat/completions", headers={"authorization": f"Bearer {GATEWAY_KEY}"},
-                       json={"model": "gem", "messages": [{"role": "user", "content": "hi"}]}, timeout=10)
-        err = assert_openai_error(r, 502)
-        assert err["code"] == code and says in err["message"] and "g-key" not in r.text
-    finally:
-        server.close()
+    r, _ = _ask_raw_upstream(make_gateway, fake_openai, answer, kind="gemini")
+    err = assert_openai_error(r, 502)
+    assert err["code"] == code and says in err["message"] and "raw-key" not in r.text
