@@ -107,6 +107,18 @@ def ledger_rows(db: str | Path, sql: str, params: tuple, at_least: int = 1, time
     return rows
 
 
+def stream_data(url: str, model: str, request_id: str) -> list[str]:
+    """POST a streamed chat request with the team key; the payloads of its ``data:`` lines."""
+    import httpx
+
+    with httpx.stream("POST", url + "/v1/chat/completions",
+                      headers={"authorization": f"Bearer {GATEWAY_KEY}", "x-request-id": request_id},
+                      json={"model": model, "messages": [{"role": "user", "content": "go"}], "stream": True},
+                      timeout=10) as r:
+        assert r.status_code == 200
+        return [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+
+
 def start_gateway(toml_text: str, env: dict[str, str] | None = None) -> Running:
     config = parse_config(__import__("tomllib").loads(toml_text), "test.toml", env or dict(os.environ))
     app = create_app(config)

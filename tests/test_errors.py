@@ -215,7 +215,7 @@ def test_a_stream_that_goes_quiet_mid_way_ends_at_its_idle_timeout(make_gateway,
     once the stream has started: the client gets an error event and the row says timeout."""
     import uuid
 
-    from tests.conftest import ledger_rows
+    from tests.conftest import ledger_rows, stream_data
 
     db = tmp_path / "gw.db"
     extra = ('[[models]]\nname = "quiet"\ntargets = [{ provider = "fake", model = "slow-stream", max_retries = 0, '
@@ -223,12 +223,7 @@ def test_a_stream_that_goes_quiet_mid_way_ends_at_its_idle_timeout(make_gateway,
     gw = make_gateway(base_config(fake_openai.url, db, extra))
     rid = f"quiet-{uuid.uuid4().hex[:8]}"
     started = time.monotonic()
-    with httpx.stream("POST", gw.url + "/v1/chat/completions",
-                      headers={"authorization": f"Bearer {GATEWAY_KEY}", "x-request-id": rid},
-                      json={"model": "quiet", "messages": [{"role": "user", "content": "go"}], "stream": True},
-                      timeout=10) as r:
-        assert r.status_code == 200
-        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    events = stream_data(gw.url, "quiet", rid)
     assert time.monotonic() - started < 2  # the whole stream would take 20 s
     assert '"upstream_timeout"' in events[-1]
     rows = ledger_rows(db, "SELECT status, error_type FROM usage_log WHERE request_id LIKE ?", (rid + ".%",))

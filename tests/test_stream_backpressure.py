@@ -9,7 +9,7 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.conftest import GATEWAY_KEY, base_config, ledger_rows
+from tests.conftest import GATEWAY_KEY, base_config, ledger_rows, stream_data
 
 CHUNKS = 30_000  # about 36 MB of events: more than the kernel's socket buffers hold on this path
 
@@ -89,18 +89,11 @@ def test_an_upstream_that_drops_mid_stream_ends_the_relay_with_an_error_and_a_50
                                                                                       tmp_path):
     """The chunks came one read at a time (pushed from the data callback); then the upstream's
     connection drops: the client gets what was sent, then an OpenAI error event, and the row says so."""
-    import httpx
-
     db = tmp_path / "gw.db"
     alias = '[[models]]\nname = "dropper"\ntargets = [{ provider = "fake", model = "drop-stream" }]\n'
     gw = make_gateway(base_config(fake_openai.url, db, alias))
     rid = f"dropped-{uuid.uuid4().hex[:8]}"
-    with httpx.stream("POST", gw.url + "/v1/chat/completions",
-                      headers={"authorization": f"Bearer {GATEWAY_KEY}", "x-request-id": rid},
-                      json={"model": "dropper", "messages": [{"role": "user", "content": "go"}], "stream": True},
-                      timeout=10) as r:
-        assert r.status_code == 200
-        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    events = stream_data(gw.url, "dropper", rid)
     contents = [json.loads(e)["choices"][0]["delta"].get("content") for e in events[:-1]]
     assert [c for c in contents if c] == ["w0 ", "w1 ", "w2 "]
     assert json.loads(events[-1])["error"]["code"] == "upstream_connection_error"
