@@ -254,14 +254,18 @@ GROUP BY b.grp
 """
 
 
+def _not_newer(current: int) -> None:
+    if current > LATEST:
+        raise StorageError(f"the usage database is at schema version {current}, newer than this gateway "
+                           f"({LATEST}); upgrade the gateway")
+
+
 def migrate_sqlite(conn: sqlite3.Connection) -> list[int]:
     """Bring a SQLite database to the latest schema; the caller holds a write transaction."""
     conn.execute("CREATE TABLE IF NOT EXISTS gateway_migrations "
                  "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)")
     current = conn.execute("SELECT COALESCE(MAX(version), 0) FROM gateway_migrations").fetchone()[0]
-    if current > LATEST:
-        raise StorageError(f"the usage database is at schema version {current}, newer than this gateway "
-                           f"({LATEST}); upgrade the gateway")
+    _not_newer(current)
     applied = []
     for m in MIGRATIONS:
         if m.version > current:
@@ -485,9 +489,7 @@ async def migrate_postgres(conn: Any) -> list[int]:
         await conn.execute("CREATE TABLE IF NOT EXISTS gateway_migrations "
                            "(version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL)")
         current = await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM gateway_migrations")
-        if current > LATEST:
-            raise StorageError(f"the usage database is at schema version {current}, newer than this gateway "
-                               f"({LATEST}); upgrade the gateway")
+        _not_newer(current)
         applied = []
         for m in MIGRATIONS:
             if m.version > current:

@@ -275,3 +275,22 @@ def test_a_fresh_database_gets_api_keys_from_the_migrations_whoever_opens_it_fir
     with sqlite3.connect(tmp_path / "k.db") as conn:
         versions = [v for (v,) in conn.execute("SELECT version FROM gateway_migrations ORDER BY version")]
     assert versions == list(range(1, LATEST + 1))
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
+def test_a_database_newer_than_the_gateway_is_refused_with_its_version(database_url, tmp_path, capsys):
+    from proxy.storage import LATEST
+
+    config = _config(tmp_path, database_url)
+    assert cli.main(["migrate", "--config", config]) == 0
+    newer = f"INSERT INTO gateway_migrations VALUES ({LATEST + 1}, 'from the future', '2030-01-01T00:00:00Z')"
+    if database_url.startswith("sqlite"):
+        import sqlite3
+
+        with sqlite3.connect(database_url.removeprefix("sqlite:///")) as conn:
+            conn.execute(newer)
+    else:
+        asyncio.run(pg._execute(database_url, newer))
+    capsys.readouterr()
+    assert cli.main(["migrate", "--config", config]) == 1
+    assert f"schema version {LATEST + 1}, newer than this gateway ({LATEST})" in capsys.readouterr().err
