@@ -318,9 +318,13 @@ class Ledger:
             while self._queue:
                 if not await self._write(self._take(), requeue=True):
                     break
+                if len(self._queue) < self.batch_rows:
+                    # Rows that came in during the write wait for the next tick: under steady traffic
+                    # one round trip per interval, not a stream of one-row inserts back to back.
+                    break
         if len(self._queue) > self.queue_max_rows:
             await self._spill_overflow()
-        if self._down_since is None and not self._queue:
+        if self._down_since is None and len(self._queue) < self.batch_rows:
             await self._replay()
             await self._prune_if_due()
         elif self._down_since is not None and now - self._last_down_log >= 30:

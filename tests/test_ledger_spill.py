@@ -205,6 +205,32 @@ async def test_retention_zero_keeps_everything(tmp_path):
     assert list(await rows(url)) == ["r-1"]
 
 
+async def test_a_steady_trickle_is_written_once_per_interval_not_row_by_row(database_url, tmp_path):
+    """Rows that arrive while a batch is being written wait for the next tick. Before, the flusher went
+    on writing whatever had come in meanwhile, so steady traffic became a stream of one- or two-row
+    inserts back to back: a database round trip per request instead of one per interval."""
+    ledger = Ledger(open_store(database_url), tmp_path / "spill", flush_interval=0.1)
+    writes: list[int] = []
+    write = ledger.store.write
+
+    async def counted(batch: list[UsageRecord]) -> int:
+        writes.append(len(batch))
+        return await write(batch)
+
+    ledger.store.write = counted  # type: ignore[method-assign]  # observed, still the real database
+    await ledger.start()
+    started = time.monotonic()
+    n = 0
+    while time.monotonic() - started < 1.0:  # about 500 rows/s, one at a time, for a second
+        ledger.submit(record(n))
+        n += 1
+        await asyncio.sleep(0.002)
+    await until(lambda: ledger.queue_depth == 0 and sum(writes) == n)
+    await ledger.close()
+    assert len(writes) <= 1.0 / 0.1 + 3, f"{len(writes)} inserts for {n} rows: {writes[:20]}"
+    assert sorted(await rows(database_url)) == sorted(f"r-{i}" for i in range(n))
+
+
 async def test_submit_does_no_io(tmp_path):
     """The hot path only appends to memory: 50k submits take milliseconds, not disk or network time."""
     ledger = Ledger(open_store(f"sqlite:///{tmp_path / 'missing' / 'x.db'}"), tmp_path / "spill",
