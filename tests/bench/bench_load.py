@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import struct
 import subprocess
 import time
 from collections.abc import Callable
@@ -26,6 +27,9 @@ STREAM200 = STREAM5.replace('"fast-5"', '"fast-200"')
 PACED5 = STREAM5.replace('"fast-5"', '"fast-5-paced"')
 PACED50 = STREAM5.replace('"fast-5"', '"fast-50-paced"')
 PACED_EXTRA_CHUNKS = 45
+FIRST_READ = 64  # bytes per read until the first `data:` byte is in
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux's value; Python 3.11 does not name it
+CMSG_SPACE = socket.CMSG_SPACE(16)  # one struct timespec
 EMBED = json.dumps({"model": "fast-embed", "input": "hello"}, separators=(",", ":"))
 
 
@@ -102,17 +106,25 @@ def settle() -> None:
 
 
 class RawClient:
-    """One keep-alive HTTP/1.1 connection on a raw socket: times the first SSE `data:` byte exactly."""
+    """One keep-alive HTTP/1.1 connection on a raw socket: times the first SSE `data:` byte exactly.
+
+    The first byte's time is the kernel's receive timestamp of the segment that carried it (SO_TIMESTAMPNS),
+    not the moment this client got to run and read it. On two cores this client shares one with a busy
+    process (the gateway relaying the rest of the stream, or the fake upstream writing it), and when it
+    runs depends on that process's time slice: measured here, that added 0.3-0.7 ms to a gateway's
+    first byte. A client on a machine of its own reads the byte when it arrives."""
 
     def __init__(self, port: int, auth: str | None) -> None:
         self.port = port
         self.auth = auth
         self.sock: socket.socket | None = None
+        self.arrived_ns = 0  # kernel receive time (CLOCK_REALTIME) of the last segment read
 
     def _connect(self) -> socket.socket:
         if self.sock is None:
             self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=15)
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         return self.sock
 
     def close(self) -> None:
@@ -128,22 +140,24 @@ class RawClient:
             head += f"Authorization: Bearer {self.auth}\r\n"
         head += f"Content-Length: {len(data)}\r\n\r\n"
         sock = self._connect()
-        started = time.perf_counter()
+        started, started_ns = time.perf_counter(), time.time_ns()
         sock.sendall(head.encode() + data)
         buf, first = b"", None
         while b"\r\n\r\n" not in buf:
-            buf += self._recv(sock)
+            buf += self._recv(sock, FIRST_READ)
         header, _, rest = buf.partition(b"\r\n\r\n")
         lines = header.decode("latin-1").split("\r\n")
         status = int(lines[0].split()[1])
         fields = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
         if fields.get("transfer-encoding", "").lower() == "chunked":
+            if b"data:" in rest:
+                first = (self.arrived_ns - started_ns) / 1e9
+            while first is None and not rest.endswith(b"\r\n0\r\n\r\n"):
+                rest += self._recv(sock, FIRST_READ)  # small reads: the stamp is of the segment holding `data:`
+                if b"data:" in rest:
+                    first = (self.arrived_ns - started_ns) / 1e9
             while not rest.endswith(b"\r\n0\r\n\r\n") and rest != b"0\r\n\r\n":
-                if first is None and b"data:" in rest:
-                    first = time.perf_counter() - started
                 rest += self._recv(sock)
-            if first is None and b"data:" in rest:
-                first = time.perf_counter() - started
             payload = dechunk(rest)
         else:
             length = int(fields.get("content-length", "0"))
@@ -155,11 +169,15 @@ class RawClient:
             self.close()
         return status, first if first is not None else total, payload
 
-    def _recv(self, sock: socket.socket) -> bytes:
-        chunk = sock.recv(262144)
+    def _recv(self, sock: socket.socket, size: int = 262144) -> bytes:
+        chunk, ancillary, _, _ = sock.recvmsg(size, CMSG_SPACE)
         if not chunk:
             self.close()
             raise ConnectionError("server closed the connection mid-response")
+        for level, kind, value in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                seconds, nanoseconds = struct.unpack("qq", value[:16])
+                self.arrived_ns = seconds * 1_000_000_000 + nanoseconds
         return chunk
 
 
