@@ -84,9 +84,10 @@ async def _proxy(request: Request, endpoint: str) -> Response | SSEResponse:
                             include_usage(body), rid, prompt_estimate)
         plan = rt.limits.plan(key, alias, body, prompt_estimate, endpoint, rid)
         run: asyncio.Future[Outcome] | None = None
+        ended: asyncio.Future[None] | None = None
         if plan is not None:
             if plan.overlap:  # ample room at the last verdict: the store's round trip hides behind the upstream's
-                run = asyncio.ensure_future(dispatch.run())
+                run, ended = _start(dispatch)
             try:
                 ticket = await rt.limits.admit(plan)
             except BaseException:
@@ -97,7 +98,7 @@ async def _proxy(request: Request, endpoint: str) -> Response | SSEResponse:
             if ticket is not None:
                 headers.update(ticket.headers())
         if stream:
-            return await _stream(rt, dispatch, record, started, headers, ticket, run)
+            return await _stream(rt, dispatch, record, started, headers, ticket, run, ended)
         outcome = await _unless_client_leaves(watch, record, dispatch, run)
     except (GatewayError, UpstreamError) as e:
         return _fail(rt, record, started, e, headers, dispatch, ticket)
@@ -300,14 +301,42 @@ def _settle(record: UsageRecord, target: Target, usage: Usage | None, body: dict
     record.cost_usd = cost_usd(target, usage)
 
 
+def _start(dispatch: Dispatch) -> tuple[asyncio.Task[Outcome], asyncio.Future[None]]:
+    """The dispatch in a task of its own, and a future that the task resolves itself as it ends: a
+    request waiting on that future resumes one loop step after the outcome is in, where waiting on
+    the task through ``asyncio.wait`` takes two (and its sets, callbacks and timer handle)."""
+    ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    return asyncio.ensure_future(_run_then_wake(dispatch, ended)), ended
+
+
+async def _run_then_wake(dispatch: Dispatch, ended: asyncio.Future[None]) -> Outcome:
+    try:
+        return await dispatch.run()
+    finally:  # the task's result is set in this same step, before anyone woken here runs
+        _resolve(ended)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 async def _stream(rt: Runtime, dispatch: Dispatch, record: UsageRecord, started: float,
                   headers: dict[str, str], ticket: Ticket | None,
-                  run: asyncio.Future[Outcome] | None) -> Response | SSEResponse:
+                  run: asyncio.Future[Outcome] | None, ended: asyncio.Future[None] | None) -> Response | SSEResponse:
     # Until the first bytes are ready, failures can still be retried elsewhere and answered with a
     # real HTTP status. If that takes longer than keepalive_s, the response starts with SSE comments
     # so proxies in between do not cut an idle connection; a final failure is then an error event.
-    task = run if run is not None else asyncio.ensure_future(dispatch.run())
-    done, _ = await asyncio.wait((task,), timeout=dispatch.alias.keepalive_s)
+    if run is None or ended is None:
+        run, ended = _start(dispatch)
+    task = run
+    if not ended.done():
+        timer = asyncio.get_running_loop().call_later(dispatch.alias.keepalive_s, _resolve, ended)
+        try:
+            await ended
+        finally:
+            timer.cancel()
+    done = task.done()
     if done and task.exception() is not None:
         exc = task.exception()
         if isinstance(exc, GatewayError | UpstreamError):
