@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 import orjson
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 
 from proxy.errors import GatewayError, bad_request
 
@@ -37,18 +37,25 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > limit:
         raise too_large(limit)
+    # Straight from ``receive``: Starlette's ``request.stream()`` is an async generator (registered
+    # with the loop, stepped once per message) on every request's path, for the same loop as this.
+    receive = request.receive
     chunks: list[bytes] = []
     size = 0
-    try:
-        async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # http.disconnect: the client hung up mid-upload;
+            raise GatewayError(499, "The client closed the connection while sending the request body.",
+                               "client_error", "client_disconnect")  # its row says 499, not a gateway bug
+        chunk = message.get("body", b"")
+        if chunk:
             size += len(chunk)
             if size > limit:
                 raise too_large(limit)
             chunks.append(chunk)
-    except ClientDisconnect:  # the client hung up mid-upload: its row says 499, not a gateway bug
-        raise GatewayError(499, "The client closed the connection while sending the request body.",
-                           "client_error", "client_disconnect") from None
-    raw = b"".join(chunks)
+        if not message.get("more_body", False):
+            break
+    raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     if not raw:
         raise bad_request("Request body is empty; expected a JSON object.", code="invalid_json")
     try:
