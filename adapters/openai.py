@@ -144,15 +144,18 @@ class OpenAIStream(StreamTranslator):
 
     def _rewrite_model(self, block: bytes) -> bytes:
         """Every chunk of a stream names the same upstream model: the regex learns that exact member
-        from the first chunk that names one, then a C-speed bytes.replace rewrites later reads.
-        (An empty name is not learned: Azure opens with a chunk whose "model" is "".)"""
+        from the first chunk that names one, then a C-speed bytes.replace rewrites the rest, in this
+        read and later ones. (An empty name is not learned: Azure opens with a chunk whose "model" is
+        "".) The regex stops at the learned member: a read that holds a whole burst of chunks would
+        take it about four times as long as the replace (220 against 50 µs for 200 chunks here)."""
         seen = self.seen_model
         if seen is not None:
             return block.replace(seen, self.model)
         for match in _MODEL.finditer(block):
             if not match.group(0).endswith(b'""'):
-                self.seen_model = match.group(0)
-                break
+                self.seen_model = seen = match.group(0)
+                end = match.end()
+                return _MODEL.sub(self.model, block[:end]) + block[end:].replace(seen, self.model)
         return _MODEL.sub(self.model, block)
 
     # Substrings that make a block worth inspecting event by event; subclasses may add their own.
