@@ -54,11 +54,12 @@ class Response:
         self._sink_error: Exception | None = None
 
     # fed by the protocol
-    def _feed(self, data: bytes) -> None:
-        self._buffer.append(data)
+    def _take(self, parts: list[bytes]) -> None:
+        """The body pieces one socket read held (one per chunk of a chunked body)."""
+        self._buffer.extend(parts)
         if self._sink is not None:
             return  # delivered once the whole read is parsed: one socket read, one sink call
-        self._buffered += len(data)
+        self._buffered += sum(map(len, parts))
         if self._buffered > HIGH_WATER:
             self.conn.pause()
         self._wake()
@@ -168,7 +169,6 @@ class _Conn(asyncio.Protocol):
         self.pool = pool
         self.loop = pool.loop
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
         self.response: Response | None = None
         self.head: asyncio.Future[Response] | None = None
         self.closed = False
@@ -179,6 +179,12 @@ class _Conn(asyncio.Protocol):
         self.last_read = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.paused = False
+        # httptools calls on_body once per chunk of a chunked body; as a bound list.append that is a
+        # C call, not a Python frame (a read holding a burst of 200 chunks: 23 against 70 us to parse).
+        # The pieces go to the response once per read, and before the response completes.
+        self.parts: list[bytes] = []
+        self.on_body = self.parts.append
+        self.parser = httptools.HttpResponseParser(self)  # after on_body: the parser looks it up once
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -190,9 +196,14 @@ class _Conn(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
+            self.parts.clear()
             self.abort(UpstreamClosed(f"malformed HTTP response from upstream: {exc}"))
             return
         response = self.response
+        if self.parts:
+            if response is not None:
+                response._take(self.parts)
+            self.parts.clear()
         if response is not None and response._sink is not None and response._buffer:
             response._deliver()
 
@@ -222,14 +233,13 @@ class _Conn(asyncio.Protocol):
         if self.head is not None and not self.head.done():
             self.head.set_result(response)
 
-    def on_body(self, body: bytes) -> None:
-        assert self.response is not None
-        self.response._feed(body)
-
     def on_message_complete(self) -> None:
         response = self.response
         assert response is not None
         keep = self.parser.should_keep_alive()
+        if self.parts:
+            response._take(self.parts)
+            self.parts.clear()
         self.response = None
         self.parser = httptools.HttpResponseParser(self)
         self._cancel_timer()
