@@ -79,12 +79,14 @@ def retry_delay(retry: int, e: UpstreamError, cap_s: float) -> float | None:
 
 @dataclass(slots=True)
 class StreamStart:
-    """A stream that has produced its first bytes for the client; the rest is relayed from ``chunks``."""
+    """A stream that has produced its first bytes for the client; the rest is relayed from ``rest``
+    (upstream bytes already read, not yet translated), then from ``chunks``."""
 
     response: UpstreamStream
     chunks: AsyncIterator[bytes]
     translator: StreamTranslator
     first: bytes
+    rest: bytes = b""
 
     async def aclose(self) -> None:
         await self.response.aclose(finished=self.translator.done and self.translator.error is None)
@@ -288,17 +290,22 @@ class Dispatch:
                 response = await upstream.open_stream(req, call.target.connect_timeout_s,
                                                       call.target.stream_idle_timeout_s)
                 chunks = response.chunks
-                first = b""
+                first = rest = b""
                 while not first:
-                    try:
-                        data = await anext(chunks)
-                    except StopAsyncIteration:
-                        first = translator.end()  # raises if the stream ended early
-                        break
-                    first = translator.feed(data)
+                    if not rest:
+                        try:
+                            rest = await anext(chunks)
+                        except StopAsyncIteration:
+                            first = translator.end()  # raises if the stream ended early
+                            break
+                    # One event at a time until one gives the client something: when a read holds a
+                    # burst of events, the first token goes out before the burst is translated.
+                    cut = _event_end(rest)
+                    first = translator.feed(rest[:cut])
+                    rest = rest[cut:]
                 if translator.error is not None:
                     raise translator.error
-                return StreamStart(response, chunks, translator, first)
+                return StreamStart(response, chunks, translator, first, rest)
         except TimeoutError:
             await _close(response)
             message = f"upstream {upstream.provider.name} sent no first byte in {call.target.first_byte_timeout_s}s"
@@ -311,6 +318,12 @@ class Dispatch:
             if isinstance(exc, Exception) and is_transport_error(exc):
                 raise upstream.transport_error(exc) from None
             raise
+
+
+def _event_end(data: bytes) -> int:
+    """Where the first server-sent event in ``data`` ends (after its blank line), or its length."""
+    ends = [i + n for i, n in ((data.find(b"\n\n"), 2), (data.find(b"\r\n\r\n"), 4)) if i >= 0]
+    return min(ends) if ends else len(data)
 
 
 async def _close(response: UpstreamStream | None) -> None:

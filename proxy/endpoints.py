@@ -405,6 +405,10 @@ class StreamRelay:
         self.direct, self.translator = direct, tr
         try:
             yield start.first
+            if start.rest and not tr.done:  # the rest of the read the first event came in
+                out = tr.feed(start.rest)
+                if out:
+                    yield out
             while not tr.done:
                 if push is not None and direct is not None and direct.ready():
                     t0, self.pushing_s = clock(), 0.0

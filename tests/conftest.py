@@ -19,7 +19,8 @@ GATEWAY_KEY = "sk-test-key"
 LIMITED_KEY = "sk-limited-key"
 
 FAKE_KINDS = ["ok", "fail-400", "fail-401", "fail-404", "fail-429", "fail-500", "fail-503", "not-json", "slow",
-              "tools", "cut-stream", "error-stream", "split-stream", "comment-stream", "slow-stream", "leak-key"]
+              "tools", "cut-stream", "error-stream", "split-stream", "comment-stream", "slow-stream", "leak-key",
+              "burst-stream"]
 
 
 class Running:

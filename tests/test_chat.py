@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import httpx
 import openai
@@ -120,3 +121,38 @@ def test_echo_provider_counts_tokens_honestly(client):
     assert resp.usage.completion_tokens == 6  # Echo : one two , three
     again = client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "one two, three"}])
     assert again.choices[0].message.content == resp.choices[0].message.content
+
+
+def test_a_burst_of_events_in_one_read_sends_the_first_before_translating_the_rest(gateway):
+    """An upstream read that holds many events (a fast upstream's burst): the first event is written
+    to the client on its own, so the first token does not wait for the whole burst to be translated
+    (for 200 events that wait was most of the gateway's time to first token). Each write of the
+    gateway is one HTTP chunk, so the chunk framing shows what went out together."""
+    body = json.dumps({"model": "a-burst-stream", "stream": True,
+                       "messages": [{"role": "user", "content": "one two three four five six seven eight"}]})
+    host, port = gateway.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n"
+                     f"authorization: Bearer {GATEWAY_KEY}\r\ncontent-length: {len(body)}\r\n\r\n{body}".encode())
+        raw = b""
+        while not raw.endswith(b"\r\n0\r\n\r\n"):
+            piece = sock.recv(65536)
+            assert piece, "the gateway closed the stream early"
+            raw += piece
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in head.lower()
+    writes = []
+    while True:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            break
+        writes.append(rest[:size])
+        rest = rest[size + 2:]
+    per_write = [w.count(b"data: ") for w in writes]
+    events = [e for w in writes for e in w.split(b"\n\n") if e.startswith(b"data: ")]
+    assert events[-1] == b"data: [DONE]"
+    contents = [json.loads(e[6:])["choices"][0]["delta"].get("content") for e in events[:-1]]
+    assert "".join(c for c in contents if c) == "Hello one two three four five six seven eight"
+    assert per_write[0] == 1, f"events per write: {per_write}"  # the role chunk, alone
+    assert max(per_write[1:]) >= 5, f"events per write: {per_write}"  # the burst still went out together

@@ -192,7 +192,7 @@ def _chunk(ident: str, created: int, model: str, delta: dict[str, Any], finish: 
 
 async def _stream(state: State, kind: str, model: str, ident: str, created: int, text: str,
                   usage: dict[str, Any], include_usage: bool) -> AsyncIterator[bytes]:
-    if not kind.startswith("stall-"):
+    if not kind.startswith("stall-") and kind != "burst-stream":
         yield _chunk(ident, created, model, {"role": "assistant", "content": ""})
     if kind == "tools":
         yield _chunk(ident, created, model, {"tool_calls": [{"index": 0, "id": "call_abc", "type": "function",
@@ -222,6 +222,10 @@ async def _stream(state: State, kind: str, model: str, ident: str, created: int,
             yield _chunk(ident, created, model, {"content": f"{i}:".ljust(1000, ".")})
         state.stream_outcomes.append("completed")
         yield _chunk(ident, created, model, {}, "stop")
+    elif kind == "burst-stream":  # all the events but the usage and [DONE] in one write: a fast upstream's burst
+        yield b"".join([_chunk(ident, created, model, {"role": "assistant", "content": ""})]
+                       + [_chunk(ident, created, model, {"content": word}) for word in words_of(text)]
+                       + [_chunk(ident, created, model, {}, "stop")])
     elif kind == "slow-stream":
         try:
             for i in range(400):
