@@ -327,9 +327,7 @@ async def _stream(rt: Runtime, dispatch: Dispatch, record: UsageRecord, started:
     # Until the first bytes are ready, failures can still be retried elsewhere and answered with a
     # real HTTP status. If that takes longer than keepalive_s, the response starts with SSE comments
     # so proxies in between do not cut an idle connection; a final failure is then an error event.
-    if run is None or ended is None:
-        run, ended = _start(dispatch)
-    task = run
+    task, ended = (run, ended) if run is not None and ended is not None else _start(dispatch)
     if not ended.done():
         timer = asyncio.get_running_loop().call_later(dispatch.alias.keepalive_s, _resolve, ended)
         try:
