@@ -89,6 +89,10 @@ class StreamStart:
     rest: bytes = b""
 
     async def aclose(self) -> None:
+        if self.rest:  # read from the upstream but never relayed (the client left first): its usage counts
+            rest, self.rest = self.rest, b""
+            with contextlib.suppress(UpstreamError):
+                self.translator.feed(rest)
         await self.response.aclose(finished=self.translator.done and self.translator.error is None)
 
 

@@ -404,7 +404,8 @@ class StreamRelay:
         try:
             yield start.first
             if start.rest and not tr.done:  # the rest of the read the first event came in
-                out = tr.feed(start.rest)
+                rest, start.rest = start.rest, b""
+                out = tr.feed(rest)
                 if out:
                     yield out
             while not tr.done:

@@ -156,3 +156,34 @@ def test_a_burst_of_events_in_one_read_sends_the_first_before_translating_the_re
     assert "".join(c for c in contents if c) == "Hello one two three four five six seven eight"
     assert per_write[0] == 1, f"events per write: {per_write}"  # the role chunk, alone
     assert max(per_write[1:]) >= 5, f"events per write: {per_write}"  # the burst still went out together
+
+
+async def test_usage_in_the_unrelayed_rest_of_a_first_read_still_counts():
+    """The client leaves right after the first event of a burst: the rest of that read never reaches
+    it, but the upstream sent (and bills) the usage in it, so closing the stream still reads it."""
+    from adapters.openai import OpenAIStream
+    from proxy.dispatch import StreamStart
+    from proxy.upstream import EchoStream
+
+    def event(payload: dict) -> bytes:
+        return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "up"}
+    burst = (event({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
+             + event({**chunk, "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]})
+             + event({**chunk, "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 2,
+                                                         "total_tokens": 9}})
+             + b"data: [DONE]\n\n")
+    translator = OpenAIStream("alias", include_usage=True)
+    cut = burst.index(b"\n\n") + 2
+    first = translator.feed(burst[:cut])
+
+    async def nothing():
+        return
+        yield b""
+
+    start = StreamStart(EchoStream(nothing()), nothing(), translator, first, burst[cut:])
+    await start.aclose()
+    assert translator.usage is not None
+    assert (translator.usage.prompt_tokens, translator.usage.completion_tokens) == (7, 2)
+    assert translator.done and start.rest == b""
