@@ -55,7 +55,7 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
             chunks.append(chunk)
         if not message.get("more_body", False):
             break
-    raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    raw = b"".join(chunks)
     if not raw:
         raise bad_request("Request body is empty; expected a JSON object.", code="invalid_json")
     try:
