@@ -78,16 +78,21 @@ class Ticket:
     settled: bool = False
 
     def headers(self) -> dict[str, str]:
+        """OpenAI's x-ratelimit-* headers from the tightest rpm and the tightest tpm check (the first on a
+        tie), found in one pass: this runs on every limited request's path."""
+        tightest: dict[str, tuple[Check, Result]] = {}
+        for check, result in zip(self.checks, self.results, strict=True):
+            if check.kind == "gcra":
+                seen = tightest.get(check.unit)
+                if seen is None or result.remaining < seen[1].remaining:
+                    tightest[check.unit] = (check, result)
         out: dict[str, str] = {}
         for unit in ("requests", "tokens"):
-            pairs = [(c, r) for c, r in zip(self.checks, self.results, strict=True)
-                     if c.kind == "gcra" and c.unit == unit]
-            if not pairs:
-                continue
-            check, result = min(pairs, key=lambda p: p[1].remaining)
-            out[f"x-ratelimit-limit-{unit}"] = str(int(check.limit))
-            out[f"x-ratelimit-remaining-{unit}"] = str(max(0, math.floor(result.remaining + 1e-9)))
-            out[f"x-ratelimit-reset-{unit}"] = duration(result.reset_s)
+            if unit in tightest:
+                check, result = tightest[unit]
+                out[f"x-ratelimit-limit-{unit}"] = str(int(check.limit))
+                out[f"x-ratelimit-remaining-{unit}"] = str(max(0, math.floor(result.remaining + 1e-9)))
+                out[f"x-ratelimit-reset-{unit}"] = duration(result.reset_s)
         return out
 
 
