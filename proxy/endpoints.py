@@ -89,6 +89,8 @@ async def _proxy(request: Request, endpoint: str) -> Response | SSEResponse:
             if plan.overlap:  # ample room at the last verdict: the store's round trip hides behind the upstream's
                 run, ended = _start(dispatch)
             try:
+                if run is not None:  # let the dispatch task run first: the upstream request leaves before
+                    await asyncio.sleep(0)  # the limits call is built (~25 us at c=1, on the first byte's path)
                 ticket = await rt.limits.admit(plan)
             except BaseException:
                 if run is not None:
