@@ -8,7 +8,6 @@ import functools
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable
-from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -32,7 +31,7 @@ from proxy.requests import (
     require_model,
 )
 from proxy.runtime import Runtime
-from proxy.server import ON_DISCONNECT, DirectBody
+from proxy.server import ON_DISCONNECT, DirectBody, write_whole
 from proxy.sse import SSEResponse
 from proxy.upstream import TRANSPORT_ERRORS
 
@@ -120,7 +119,7 @@ async def _proxy(request: Request, endpoint: str) -> Response | SSEResponse:
         headers["x-gateway-cost-usd"] = f"{record.cost_usd:.10f}"
     record.status = 200
     done = _finish(rt, record, started, dispatch, ticket, headers)
-    return AccountedResponse(done, reply.body, 200, headers, media_type=JSON)
+    return AccountedResponse(done, reply.body, 200, headers)
 
 
 class ClientWatch:
@@ -166,16 +165,26 @@ async def _unless_client_leaves(watch: ClientWatch, record: UsageRecord, dispatc
 
 
 class AccountedResponse(Response):
-    """Runs its bookkeeping (in the event loop) after sending, and even if sending fails (the client
-    is gone): a usage row is never lost to a broken connection."""
+    """A whole JSON answer that runs its bookkeeping (in the event loop) after sending, and even if
+    sending fails (the client is gone): a usage row is never lost to a broken connection.
 
-    def __init__(self, after: Callable[[], None], *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    Served by GatewayHttpProtocol, head and body are written by ``write_whole`` straight from the
+    header dict; Starlette's raw headers are only built for any other server."""
+
+    def __init__(self, after: Callable[[], None], body: bytes, status: int, headers: dict[str, str]) -> None:
+        # Not Response.__init__: its init_headers work is done by write_whole or, failing that, in __call__.
         self.after = after
+        self.body = body
+        self.status_code = status
+        self.media_type = JSON
+        self.background = None
+        self.fields = headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            if not write_whole(send, self.status_code, self.fields, JSON, self.body):
+                self.init_headers(self.fields)
+                await super().__call__(scope, receive, send)
         finally:
             self.after()
 
@@ -249,7 +258,7 @@ def _fail(rt: Runtime, record: UsageRecord, started: float, e: GatewayError | Up
         headers.update(e.headers)
     elif e.retry_after:
         headers["retry-after"] = e.retry_after
-    return AccountedResponse(done, orjson.dumps(e.body()), e.status, headers, media_type=JSON)
+    return AccountedResponse(done, orjson.dumps(e.body()), e.status, headers)
 
 
 def _cancelled(rt: Runtime, record: UsageRecord, started: float, dispatch: Dispatch | None,

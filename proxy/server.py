@@ -12,6 +12,12 @@ For streams, ``DirectBody`` writes body bytes without an ASGI ``send`` (a corout
 and uvicorn's checks per chunk), so a relay can forward an upstream's bytes from the upstream
 connection's own data callback.
 
+A whole-body answer of the proxy endpoints goes out through ``write_whole``: its head is built from the
+header dict in one pass and written with the body in one write, where the ASGI path turns each header
+into a bytes pair (Starlette) and then checks each with two regex searches (uvicorn). Measured by
+instruction count (callgrind, c=16): each response header cost about 9,000 instructions that way, and
+a governed answer carries 16.
+
 It also tells a request that its client hung up before the response was complete: the app puts a
 callable under ``ON_DISCONNECT`` in the request's scope, and the protocol calls it from
 ``connection_lost``. That costs nothing per request, unlike a task watching ``receive()``.
@@ -22,9 +28,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 ON_DISCONNECT = "gateway.on_disconnect"  # scope key: called once if the client leaves mid-request
+
+# The bytes uvicorn's HEADER_RE and HEADER_VALUE_RE let through: translate() deleting them leaves only
+# the bytes uvicorn would refuse.
+_NAME_OK = bytes(c for c in range(256) if c >= 0x20 and c != 0x7F and chr(c) not in '()<>@,;:[]={} \t\\"')
+_VALUE_OK = bytes(c for c in range(256) if (c >= 0x20 or c == 0x09) and c != 0x7F)
+_FRAMING = ("content-length", "transfer-encoding", "connection")  # headers that change how uvicorn frames
 
 
 class HeadWithBody:
@@ -48,6 +60,11 @@ class HeadWithBody:
         if head is not None:
             self.head = None
             data = head + data
+        self.transport.write(data)
+
+    def write_all(self, data: bytes) -> None:
+        """A whole response (head and body) at once: nothing to hold."""
+        self.started = True
         self.transport.write(data)
 
     def flush(self) -> None:
@@ -97,6 +114,49 @@ def direct_body(send: Any) -> DirectBody | None:
     if isinstance(cycle, RequestResponseCycle) and isinstance(cycle.transport, HeadWithBody):
         return DirectBody(cycle)
     return None
+
+
+def write_whole(send: Any, status: int, headers: dict[str, str], content_type: str, body: bytes) -> bool:
+    """Send a complete response (``headers`` plus content-length and content-type) and end the request
+    cycle, exactly as uvicorn's ``send`` would for Starlette's ``Response``, when ``send`` is a cycle of
+    ``GatewayHttpProtocol`` that can take it now; else False, and nothing was done (the caller then
+    goes through ``send``, which also raises uvicorn's errors for a header it refuses)."""
+    cycle = getattr(send, "__self__", None)
+    if not (isinstance(cycle, RequestResponseCycle) and isinstance(cycle.transport, HeadWithBody)):
+        return False
+    if (cycle.response_started or cycle.disconnected or cycle.flow.write_paused or cycle.access_log
+            or cycle.scope["method"] == "HEAD" or status < 200 or status in (204, 304)):
+        return False
+    defaults = cycle.default_headers
+    if any(name.lower() in (b"content-length", b"transfer-encoding", b"connection") for name, _ in defaults):
+        return False
+    fields = [f"{name.lower()}: {value}\r\n" for name, value in headers.items()]
+    try:
+        names = "".join(headers).encode("latin-1")
+        values = "".join(headers.values()).encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    if (names.translate(None, _NAME_OK) or values.translate(None, _VALUE_OK) or content_type.startswith("text/")
+            or any(name in headers for name in _FRAMING)):
+        return False
+    head = [STATUS_LINE[status]]
+    for name, value in defaults:
+        head += (name.lower(), b": ", value, b"\r\n")
+    head.append("".join(fields).encode("latin-1"))
+    head.append(b"content-length: %d\r\ncontent-type: %s\r\n" % (len(body), content_type.encode("latin-1")))
+    if not cycle.keep_alive:
+        head.append(b"connection: close\r\n")
+    head += (b"\r\n", body)
+    cycle.response_started = True
+    cycle.waiting_for_100_continue = False
+    cycle.chunked_encoding = False
+    cycle.transport.write_all(b"".join(head))
+    cycle.response_complete = True
+    cycle.message_event.set()
+    if not cycle.keep_alive:
+        cycle.transport.close()
+    cycle.on_response()
+    return True
 
 
 class GatewayHttpProtocol(HttpToolsProtocol):

@@ -4,9 +4,15 @@ event-loop step after it was written, and never after a close."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 
-from proxy.server import HeadWithBody
+import pytest
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+from proxy.endpoints import AccountedResponse
+from proxy.server import HeadWithBody, write_whole
 
 MSGS = [{"role": "user", "content": "hello"}]
 
@@ -66,6 +72,81 @@ def test_close_flushes_the_head_first() -> None:
 
     rec = asyncio.run(main())
     assert rec.writes == [b"HEAD"] and rec.closed
+
+
+class FakeTransport(Recorder):
+    def get_extra_info(self, name: str) -> None:
+        return None
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def _answer(direct: bool, keep_alive: bool, status: int, headers: dict[str, str]) -> tuple:
+    """What the client gets for one AccountedResponse, and the state the request cycle is left in:
+    through write_whole (``direct``), or through uvicorn's ``send`` as any other server would be used."""
+    async def main() -> tuple:
+        transport = FakeTransport()
+        log = logging.getLogger("test")
+        done: list[str] = []
+        cycle = RequestResponseCycle({"method": "POST"}, HeadWithBody(transport),  # type: ignore[arg-type]
+                                     FlowControl(transport), log, log, False,  # type: ignore[arg-type]
+                                     [(b"server", b"uvicorn"), (b"date", b"Wed, 02 Dec 2026 02:30:00 GMT")],
+                                     asyncio.Event(), False, keep_alive, lambda: done.append("next request"))
+
+        async def plain_send(message: dict) -> None:  # no __self__: not recognisably our protocol's
+            await cycle.send(message)  # type: ignore[arg-type]
+
+        response = AccountedResponse(lambda: done.append("accounted"), b'{"ok":true}', status, dict(headers))
+        try:
+            await response({"type": "http"}, None, cycle.send if direct else plain_send)  # type: ignore[arg-type]
+        except (RuntimeError, UnicodeEncodeError) as exc:
+            done.append(f"{type(exc).__name__}: {exc}")
+        await asyncio.sleep(0)
+        return (b"".join(transport.writes), transport.closed, cycle.response_complete, cycle.keep_alive,
+                cycle.message_event.is_set(), done)
+
+    return asyncio.run(main())
+
+
+ANSWERS = [
+    (True, 200, {"x-request-id": "req_1", "x-gateway-provider": "fake", "x-ratelimit-remaining-tokens": "99"}),
+    (False, 200, {"x-request-id": "req_2"}),  # an HTTP/1.0 client: connection: close, and the connection closes
+    (True, 429, {"retry-after": "1", "X-RateLimit-Limit-Requests": "5"}),  # names are lowercased
+    (True, 200, {"x-gateway-upstream-model": "caf\u00e9\tv2"}),  # Latin-1 and a tab are fine in a value
+    (True, 200, {"x-gateway-upstream-model": "\u6a21\u578b"}),  # not Latin-1: Starlette's own error
+    (True, 200, {"x-gateway-upstream-model": "a\r\nx-injected: 1"}),  # uvicorn's own error
+    (True, 200, {"x-bad name": "1"}),  # uvicorn's own error
+]
+
+
+@pytest.mark.parametrize("keep_alive,status,headers", ANSWERS)
+def test_a_whole_answer_written_directly_is_what_uvicorn_would_write(keep_alive, status, headers) -> None:
+    direct = _answer(True, keep_alive, status, headers)
+    assert direct == _answer(False, keep_alive, status, headers)
+    assert "accounted" in direct[-1]
+
+
+def test_write_whole_takes_the_answers_it_can_write_and_leaves_the_rest() -> None:
+    async def main() -> list[bool]:
+        out = []
+        for method, headers in [("POST", {"x-a": "1"}), ("HEAD", {"x-a": "1"}), ("POST", {"connection": "close"}),
+                                ("POST", {"x-a": "\x00"})]:
+            transport = FakeTransport()
+            log = logging.getLogger("test")
+            cycle = RequestResponseCycle({"method": method}, HeadWithBody(transport),  # type: ignore[arg-type]
+                                         FlowControl(transport), log, log, False, [], asyncio.Event(), False,  # type: ignore[arg-type]
+                                         True, lambda: None)
+            taken = write_whole(cycle.send, 200, headers, "application/json", b"{}")
+            out.append(taken)
+            assert (transport.writes == [b"HTTP/1.1 200 OK\r\nx-a: 1\r\ncontent-length: 2\r\n"
+                                         b"content-type: application/json\r\n\r\n{}"]) == taken
+        return out
+
+    assert asyncio.run(main()) == [True, False, False, False]
 
 
 def test_keep_alive_responses_through_the_protocol(gateway) -> None:
