@@ -37,6 +37,7 @@ ON_DISCONNECT = "gateway.on_disconnect"  # scope key: called once if the client 
 _NAME_OK = bytes(c for c in range(256) if c >= 0x20 and c != 0x7F and chr(c) not in '()<>@,;:[]={} \t\\"')
 _VALUE_OK = bytes(c for c in range(256) if (c >= 0x20 or c == 0x09) and c != 0x7F)
 _FRAMING = ("content-length", "transfer-encoding", "connection")  # headers that change how uvicorn frames
+_FRAMING_BYTES = tuple(name.encode() for name in _FRAMING)
 
 
 class HeadWithBody:
@@ -116,46 +117,81 @@ def direct_body(send: Any) -> DirectBody | None:
     return None
 
 
+def _startable(send: Any, status: int) -> RequestResponseCycle | None:
+    """The request cycle behind ``send`` if it is one of ``GatewayHttpProtocol``'s whose response can
+    start now with a head built here, else None."""
+    cycle = getattr(send, "__self__", None)
+    if not (isinstance(cycle, RequestResponseCycle) and isinstance(cycle.transport, HeadWithBody)):
+        return None
+    if (cycle.response_started or cycle.disconnected or cycle.flow.write_paused or cycle.access_log
+            or cycle.scope["method"] == "HEAD" or status < 200 or status in (204, 304)):
+        return None
+    if any(name.lower() in _FRAMING_BYTES for name, _ in cycle.default_headers):
+        return None
+    return cycle
+
+
+def _head(cycle: RequestResponseCycle, status: int, headers: dict[str, str], encoding: str,
+          framing: bytes) -> bytes | None:
+    """The head uvicorn would write for ``headers`` (encoded as the ASGI side would have: Starlette
+    uses Latin-1, our SSE response UTF-8), ``framing`` before the blank line; None if a header is one
+    this cannot vouch for."""
+    try:
+        names = "".join(headers).encode(encoding)
+        values = "".join(headers.values()).encode(encoding)
+    except UnicodeEncodeError:
+        return None
+    if names.translate(None, _NAME_OK) or values.translate(None, _VALUE_OK) or any(n in headers for n in _FRAMING):
+        return None
+    head = [STATUS_LINE[status]]
+    for name, value in cycle.default_headers:
+        head += (name.lower(), b": ", value, b"\r\n")
+    head.append("".join([f"{name.lower()}: {value}\r\n" for name, value in headers.items()]).encode(encoding))
+    head.append(framing)
+    if not cycle.keep_alive:
+        head.append(b"connection: close\r\n")
+    return b"".join(head)
+
+
 def write_whole(send: Any, status: int, headers: dict[str, str], content_type: str, body: bytes) -> bool:
     """Send a complete response (``headers`` plus content-length and content-type) and end the request
     cycle, exactly as uvicorn's ``send`` would for Starlette's ``Response``, when ``send`` is a cycle of
     ``GatewayHttpProtocol`` that can take it now; else False, and nothing was done (the caller then
     goes through ``send``, which also raises uvicorn's errors for a header it refuses)."""
-    cycle = getattr(send, "__self__", None)
-    if not (isinstance(cycle, RequestResponseCycle) and isinstance(cycle.transport, HeadWithBody)):
+    cycle = _startable(send, status)
+    if cycle is None or content_type.startswith("text/"):  # Starlette would add a charset
         return False
-    if (cycle.response_started or cycle.disconnected or cycle.flow.write_paused or cycle.access_log
-            or cycle.scope["method"] == "HEAD" or status < 200 or status in (204, 304)):
+    framing = b"content-length: %d\r\ncontent-type: %s\r\n" % (len(body), content_type.encode("latin-1"))
+    head = _head(cycle, status, headers, "latin-1", framing)
+    if head is None:
         return False
-    defaults = cycle.default_headers
-    if any(name.lower() in (b"content-length", b"transfer-encoding", b"connection") for name, _ in defaults):
-        return False
-    fields = [f"{name.lower()}: {value}\r\n" for name, value in headers.items()]
-    try:
-        names = "".join(headers).encode("latin-1")
-        values = "".join(headers.values()).encode("latin-1")
-    except UnicodeEncodeError:
-        return False
-    if (names.translate(None, _NAME_OK) or values.translate(None, _VALUE_OK) or content_type.startswith("text/")
-            or any(name in headers for name in _FRAMING)):
-        return False
-    head = [STATUS_LINE[status]]
-    for name, value in defaults:
-        head += (name.lower(), b": ", value, b"\r\n")
-    head.append("".join(fields).encode("latin-1"))
-    head.append(b"content-length: %d\r\ncontent-type: %s\r\n" % (len(body), content_type.encode("latin-1")))
-    if not cycle.keep_alive:
-        head.append(b"connection: close\r\n")
-    head += (b"\r\n", body)
     cycle.response_started = True
     cycle.waiting_for_100_continue = False
     cycle.chunked_encoding = False
-    cycle.transport.write_all(b"".join(head))
+    cycle.transport.write_all(head + b"\r\n" + body)
     cycle.response_complete = True
     cycle.message_event.set()
     if not cycle.keep_alive:
         cycle.transport.close()
     cycle.on_response()
+    return True
+
+
+def start_chunked(send: Any, status: int, headers: dict[str, str]) -> bool:
+    """Start a chunked response (a stream) with ``headers`` (UTF-8, as ``SSEResponse`` encodes them),
+    as uvicorn's ``send`` of ``http.response.start`` would, when ``send`` is a cycle of
+    ``GatewayHttpProtocol`` that can take it now; else False, and nothing was done. The body then goes
+    through ``send`` or a ``DirectBody``; the head waits in ``HeadWithBody`` for its first bytes."""
+    cycle = _startable(send, status)
+    if cycle is None:
+        return False
+    head = _head(cycle, status, headers, "utf-8", b"")
+    if head is None:
+        return False
+    cycle.response_started = True
+    cycle.waiting_for_100_continue = False
+    cycle.chunked_encoding = True
+    cycle.transport.write(head + b"transfer-encoding: chunked\r\n\r\n")
     return True
 
 

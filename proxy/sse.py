@@ -7,13 +7,13 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 
 from starlette.types import Receive, Scope, Send
 
-from proxy.server import ON_DISCONNECT, DirectBody, direct_body
+from proxy.server import ON_DISCONNECT, DirectBody, direct_body, start_chunked
 
-SSE_HEADERS = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),  # tell nginx-style proxies not to buffer the stream
-]
+SSE_HEADERS = {
+    "content-type": "text/event-stream; charset=utf-8",
+    "cache-control": "no-cache",
+    "x-accel-buffering": "no",  # tell nginx-style proxies not to buffer the stream
+}
 
 
 class SSEResponse:
@@ -28,7 +28,7 @@ class SSEResponse:
 
     def __init__(self, headers: dict[str, str], body: Callable[[DirectBody | None], AsyncGenerator[bytes, None]],
                  on_close: Callable[[bool], Awaitable[None]]) -> None:
-        self.headers = SSE_HEADERS + [(k.encode(), v.encode()) for k, v in headers.items()]
+        self.headers = {**SSE_HEADERS, **headers}
         self.make_body = body
         self.body: AsyncGenerator[bytes, None] | None = None
         self.on_close = on_close
@@ -52,7 +52,9 @@ class SSEResponse:
         try:
             if self.disconnected:
                 return  # gone before the first byte: nothing to send, only to close and account
-            await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+            if not start_chunked(send, 200, self.headers):  # our protocol: the head without uvicorn's per-header work
+                raw = [(k.encode(), v.encode()) for k, v in self.headers.items()]
+                await send({"type": "http.response.start", "status": 200, "headers": raw})
             async for chunk in body:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             self.completed = True  # a hang-up after this point lost the client nothing

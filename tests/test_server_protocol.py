@@ -12,7 +12,8 @@ from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from proxy.endpoints import AccountedResponse
-from proxy.server import HeadWithBody, write_whole
+from proxy.server import HeadWithBody, start_chunked, write_whole
+from proxy.sse import SSEResponse
 
 MSGS = [{"role": "user", "content": "hello"}]
 
@@ -147,6 +148,74 @@ def test_write_whole_takes_the_answers_it_can_write_and_leaves_the_rest() -> Non
         return out
 
     assert asyncio.run(main()) == [True, False, False, False]
+
+
+def test_start_chunked_takes_the_streams_it_can_start_and_leaves_the_rest() -> None:
+    async def main() -> list[tuple[bool, bool | None, list[bytes]]]:
+        out = []
+        cases = [("POST", {"x-a": "1"}), ("HEAD", {"x-a": "1"}), ("POST", {"transfer-encoding": "gzip"})]
+        for method, headers in cases:
+            transport = FakeTransport()
+            log = logging.getLogger("test")
+            cycle = RequestResponseCycle({"method": method}, HeadWithBody(transport),  # type: ignore[arg-type]
+                                         FlowControl(transport), log, log, False, [], asyncio.Event(), False,  # type: ignore[arg-type]
+                                         True, lambda: None)
+            taken = start_chunked(cycle.send, 200, headers)
+            await asyncio.sleep(0)  # a head alone goes out at the end of the step
+            out.append((taken, cycle.chunked_encoding, transport.writes))
+        return out
+
+    assert asyncio.run(main()) == [(True, True, [b"HTTP/1.1 200 OK\r\nx-a: 1\r\ntransfer-encoding: chunked\r\n\r\n"]),
+                                   (False, None, []), (False, None, [])]
+
+
+def _stream(direct: bool, keep_alive: bool, headers: dict[str, str]) -> tuple:
+    """What the client gets for one SSEResponse of two events, and the state the request cycle is
+    left in: with the head built by start_chunked (``direct``), or through uvicorn's ``send``."""
+    async def main() -> tuple:
+        transport = FakeTransport()
+        log = logging.getLogger("test")
+        closed: list[bool] = []
+        cycle = RequestResponseCycle({"method": "POST"}, HeadWithBody(transport),  # type: ignore[arg-type]
+                                     FlowControl(transport), log, log, False, [(b"server", b"uvicorn")],  # type: ignore[arg-type]
+                                     asyncio.Event(), False, keep_alive, lambda: None)
+
+        async def plain_send(message: dict) -> None:
+            await cycle.send(message)  # type: ignore[arg-type]
+
+        async def never() -> dict:
+            await asyncio.Event().wait()
+            return {}
+
+        async def events(_: object):
+            yield b"data: 1\n\n"
+            yield b"data: [DONE]\n\n"
+
+        async def on_close(disconnected: bool) -> None:
+            closed.append(disconnected)
+
+        response = SSEResponse(dict(headers), events, on_close)
+        try:
+            await response({"type": "http"}, never, cycle.send if direct else plain_send)  # type: ignore[arg-type]
+        except RuntimeError as exc:
+            closed.append(str(exc))  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        return b"".join(transport.writes), transport.closed, cycle.response_complete, closed
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("keep_alive,headers", [
+    (True, {"x-request-id": "req_1", "x-gateway-overhead-ms": "0.100", "x-ratelimit-reset-tokens": "0s"}),
+    (False, {"x-request-id": "req_2"}),
+    (True, {"x-gateway-upstream-model": "caf\u00e9 \u6a21\u578b"}),  # the SSE response sends values as UTF-8
+    (True, {"x-gateway-upstream-model": "a\r\nx-injected: 1"}),  # uvicorn's own error
+])
+def test_a_stream_head_written_directly_is_what_uvicorn_would_write(keep_alive, headers) -> None:
+    direct = _stream(True, keep_alive, headers)
+    assert direct == _stream(False, keep_alive, headers)
+    if "x-request-id" in headers:
+        assert direct[0].count(b"transfer-encoding: chunked") == 1 and direct[0].endswith(b"0\r\n\r\n")
 
 
 def test_keep_alive_responses_through_the_protocol(gateway) -> None:
