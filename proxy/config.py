@@ -122,10 +122,10 @@ class ModelAlias:
     retry_after_cap_s: float = 5.0
     rpm: int | None = None  # limits for the alias as a whole, e.g. to protect a provider quota
     tpm: int | None = None
+    is_glob: bool = field(init=False)  # a pattern such as "openai/*": set from the name, read per request
 
-    @property
-    def is_glob(self) -> bool:
-        return any(c in self.name for c in "*?[")
+    def __post_init__(self) -> None:
+        self.is_glob = "*" in self.name or "?" in self.name or "[" in self.name
 
 
 BUDGET_PERIODS = ("day", "month", "total")

@@ -32,12 +32,12 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 ON_DISCONNECT = "gateway.on_disconnect"  # scope key: called once if the client leaves mid-request
 
-# The bytes uvicorn's HEADER_RE and HEADER_VALUE_RE let through: translate() deleting them leaves only
-# the bytes uvicorn would refuse.
-_NAME_OK = bytes(c for c in range(256) if c >= 0x20 and c != 0x7F and chr(c) not in '()<>@,;:[]={} \t\\"')
-_VALUE_OK = bytes(c for c in range(256) if (c >= 0x20 or c == 0x09) and c != 0x7F)
-_FRAMING = ("content-length", "transfer-encoding", "connection")  # headers that change how uvicorn frames
-_FRAMING_BYTES = tuple(name.encode() for name in _FRAMING)
+# Translation tables that keep every byte uvicorn's HEADER_RE (names) and HEADER_VALUE_RE (values) let
+# through and change every byte they refuse: a header passes if translating leaves it as it was.
+_NAME_OK = bytes(c if c >= 0x20 and c != 0x7F and chr(c) not in '()<>@,;:[]={} \t\\"' else c ^ 1 for c in range(256))
+_VALUE_OK = bytes(c if (c >= 0x20 or c == 0x09) and c != 0x7F else c ^ 1 for c in range(256))
+_FRAMING_BYTES = (b"content-length", b"transfer-encoding", b"connection")  # headers that change uvicorn's framing
+_plain_defaults: list[object] = [None]  # the last default-header list seen to hold none of them
 
 
 class HeadWithBody:
@@ -126,8 +126,10 @@ def _startable(send: Any, status: int) -> RequestResponseCycle | None:
     if (cycle.response_started or cycle.disconnected or cycle.flow.write_paused or cycle.access_log
             or cycle.scope["method"] == "HEAD" or status < 200 or status in (204, 304)):
         return None
-    if any(name.lower() in _FRAMING_BYTES for name, _ in cycle.default_headers):
-        return None
+    if cycle.default_headers is not _plain_defaults[0]:  # uvicorn's list: a new one each second (date)
+        if any(name.lower() in _FRAMING_BYTES for name, _ in cycle.default_headers):
+            return None
+        _plain_defaults[0] = cycle.default_headers
     return cycle
 
 
@@ -141,8 +143,9 @@ def _head(cycle: RequestResponseCycle, status: int, headers: dict[str, str], enc
         values = "".join(headers.values()).encode(encoding)
     except UnicodeEncodeError:
         return None
-    if names.translate(None, _NAME_OK) or values.translate(None, _VALUE_OK) or any(n in headers for n in _FRAMING):
-        return None
+    if (names.translate(_NAME_OK) != names or values.translate(_VALUE_OK) != values
+            or "content-length" in headers or "transfer-encoding" in headers or "connection" in headers):
+        return None  # a framing header: uvicorn would frame the response by it
     head = [STATUS_LINE[status]]
     for name, value in cycle.default_headers:
         head += (name.lower(), b": ", value, b"\r\n")

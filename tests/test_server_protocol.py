@@ -9,10 +9,10 @@ import socket
 
 import pytest
 from uvicorn.protocols.http.flow_control import FlowControl
-from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, RequestResponseCycle
 
 from proxy.endpoints import AccountedResponse
-from proxy.server import HeadWithBody, start_chunked, write_whole
+from proxy.server import _NAME_OK, _VALUE_OK, HeadWithBody, start_chunked, write_whole
 from proxy.sse import SSEResponse
 
 MSGS = [{"role": "user", "content": "hello"}]
@@ -73,6 +73,13 @@ def test_close_flushes_the_head_first() -> None:
 
     rec = asyncio.run(main())
     assert rec.writes == [b"HEAD"] and rec.closed
+
+
+def test_header_checks_refuse_exactly_the_bytes_uvicorn_refuses() -> None:
+    for c in range(256):
+        one = bytes([c])
+        assert (one.translate(_NAME_OK) == one) == (HEADER_RE.search(one) is None), c
+        assert (one.translate(_VALUE_OK) == one) == (HEADER_VALUE_RE.search(one) is None), c
 
 
 class FakeTransport(Recorder):
