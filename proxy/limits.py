@@ -289,9 +289,11 @@ class RedisBackend:
         self.client = MiniRedis(url)
 
     async def acquire(self, checks: list[Check], request_id: str) -> tuple[Denial | None, list[Result]]:
-        args: list[Any] = [request_id]
+        # What changes per request goes as bytes, so pack() does not remember it (see proxy.resp.pack).
+        args: list[Any] = [request_id.encode()]
         for c in checks:
-            args += [c.kind, repr(c.limit), repr(c.amount), repr(c.ttl_s if c.kind != "parallel" else PARALLEL_STALE_S)]
+            ttl = repr(PARALLEL_STALE_S if c.kind == "parallel" else c.ttl_s)  # a budget's: time left in its period
+            args += [c.kind, repr(c.limit), repr(c.amount).encode(), ttl.encode() if c.kind == "budget" else ttl]
         try:
             reply = await self.client.run_script(ACQUIRE_LUA, [c.key for c in checks], args)
         except (OSError, TimeoutError, RedisError) as exc:
@@ -305,7 +307,7 @@ class RedisBackend:
     async def settle(self, entries: list[tuple[Check, float, str]]) -> None:
         args: list[Any] = []
         for check, delta, request_id in entries:
-            args += [check.kind, repr(check.limit), repr(delta), request_id]
+            args += [check.kind, repr(check.limit), repr(delta).encode(), request_id.encode()]
         try:
             await self.client.run_script(SETTLE_LUA, [c.key for c, _, _ in entries], args)
         except (OSError, TimeoutError, RedisError) as exc:
@@ -387,7 +389,10 @@ class Limits:
         seen = self.room.get(room_key)
         if seen is None or seen[0] < time.monotonic() or len(seen[1]) != len(checks):
             return False
-        return all(left - c.amount >= ROOM_FRACTION * c.limit for c, left in zip(checks, seen[1], strict=True))
+        for check, left in zip(checks, seen[1], strict=True):  # a loop, not all(genexpr): once per request
+            if left - check.amount < ROOM_FRACTION * check.limit:
+                return False
+        return True
 
     async def admit(self, plan: Plan) -> Ticket | None:
         """Check and reserve in one store call: a Ticket, None when the store is down and

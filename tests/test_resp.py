@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from proxy import resp
 from proxy.resp import MiniRedis, RedisError, _Incomplete, _parse, pack
 from tests.redis_util import RedisCluster, RedisServer
 
@@ -24,6 +25,18 @@ def test_parse_every_reply_type_and_incomplete_input():
         with pytest.raises(_Incomplete):
             _parse(b"*2\r\n$1\r\nx\r\n:7\r\n"[:cut], 0)
     assert pack(("SET", "k", 1.5)) == b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$3\r\n1.5\r\n"
+
+
+def test_pack_encodes_str_bytes_and_numbers_alike_and_its_memory_stays_bounded(monkeypatch):
+    monkeypatch.setattr(resp, "BULK_CACHE_MAX", 8)
+    monkeypatch.setattr(resp, "_BULK", {})
+    expected = b"*4\r\n$4\r\nEVAL\r\n$7\r\nk:caf\xc3\xa9\r\n$2\r\n27\r\n$3\r\n0.5\r\n"  # byte lengths
+    for _ in range(2):  # the second time from memory
+        assert pack(("EVAL", "k:caf\u00e9", 27, 0.5)) == expected
+        assert pack((b"EVAL", "k:caf\u00e9".encode(), b"27", "0.5")) == expected
+    for i in range(50):  # a stream of distinct strings never grows it past its bound
+        assert pack((f"key-{i}",)) == b"*1\r\n$%d\r\nkey-%d\r\n" % (len(str(i)) + 4, i)
+        assert len(resp._BULK) <= 8
 
 
 def test_pipelined_calls_scripts_and_reconnect():
