@@ -45,7 +45,8 @@ async def _usage_table(url: str) -> str | None:
         await conn.close()
 
 
-async def _count_rows(url: str) -> tuple[int, int] | None:
+async def _count_rows(url: str) -> tuple[int, int, int] | None:
+    """(rows, distinct request ids, rows of requests that reached an upstream: attempts > 0)."""
     import asyncpg
 
     table = await _usage_table(url)
@@ -53,8 +54,9 @@ async def _count_rows(url: str) -> tuple[int, int] | None:
         return None
     conn = await asyncpg.connect(url, timeout=5)
     try:
-        row = await conn.fetchrow(f"SELECT count(*), count(DISTINCT request_id) FROM {table}")
-        return int(row[0]), int(row[1])
+        row = await conn.fetchrow(f"SELECT count(*), count(DISTINCT request_id), "
+                                  f"count(*) FILTER (WHERE attempts > 0) FROM {table}")
+        return int(row[0]), int(row[1]), int(row[2])
     finally:
         await conn.close()
 
@@ -64,16 +66,16 @@ def prepare_db(url: str) -> str:
     return asyncio.run(_prepare_db(url))
 
 
-def count_rows(url: str) -> tuple[int, int] | None:
+def count_rows(url: str) -> tuple[int, int, int] | None:
     return asyncio.run(_count_rows(url))
 
 
-def settle_rows(url: str, expected: int, cap_s: float = 20) -> tuple[int, int] | None:
+def settle_rows(url: str, expected: int, cap_s: float = 20) -> tuple[int, int, int] | None:
     """Poll until the ledger has written `expected` rows or stopped moving for 3 s."""
     deadline, last, still_since = time.monotonic() + cap_s, None, time.monotonic()
     while time.monotonic() < deadline:
         got = count_rows(url)
-        if got is None or got[0] >= expected:
+        if got is None or got[2] >= expected:
             return got
         if got != last:
             last, still_since = got, time.monotonic()

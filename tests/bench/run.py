@@ -382,14 +382,18 @@ def run_paired(res: Results, env: dict[str, str], upstream: Server, cpu: int | N
 
 
 def check_ledger(res: Results, served: int) -> None:
-    """Every request the gateway served (= every request the upstream saw from it) has one usage row."""
+    """Every request the gateway served (= every request the upstream saw from it) has one usage row,
+    and no row is there twice. Requests whose client left before any upstream call (wrk closes its
+    connections at the end of each phase; a request waiting on the limits check then never reaches
+    the upstream) have rows too, with attempts = 0: they are counted apart."""
     got = count_rows(DATABASE_URL)
     if got is None:
         res.ledger = f"not available yet: no usage_log table after {served} requests"
         return
-    rows, distinct = got
-    res.ledger_ok = rows == served and distinct == rows
-    res.ledger = f"{rows} usage rows ({distinct} distinct request_id) for {served} requests served"
+    rows, distinct, reached = got
+    res.ledger_ok = reached == served and distinct == rows
+    res.ledger = (f"{reached} usage rows ({distinct} distinct request_id in all) for {served} requests served, "
+                  f"and {rows - reached} rows of requests whose client left before any upstream call")
 
 
 def run_litellm(res: Results, env: dict[str, str], upstream: Server, cpu: int | None, logdir: Path) -> None:
