@@ -261,20 +261,29 @@ def test_overlap_needs_redis_room_and_a_fresh_verdict(monkeypatch):
     assert asyncio.run(overlaps(Limits(config, RedisBackend(shared_redis_url())), 3)) == [False, False, False]
 
 
-def test_a_refusal_after_the_upstream_call_started_stops_it(make_gateway, fake_openai):
+def rpm_gateway(make_gateway, fake_openai) -> tuple:
+    """A gateway whose key has rpm = 1000 in the shared Redis: (gateway, secret, key name, a Redis client,
+    the key's rpm bucket)."""
     import redis
 
     url = shared_redis_url()
     text, secret, _ = limits_config(fake_openai.url, url, key_extra="rpm = 1000")
     name = secret.removeprefix("sk-")
-    gw = make_gateway(text)
-    store = redis.Redis.from_url(url)
-    bucket = f"{{llm-gateway}}:rpm:key:{name}"
+    return make_gateway(text), secret, name, redis.Redis.from_url(url), f"{{llm-gateway}}:rpm:key:{name}"
+
+
+def use_up(store, bucket: str) -> None:
+    """As if another replica had used the key's whole rpm just now."""
+    seconds, micros = store.time()
+    store.set(bucket, repr(seconds + micros / 1e6 + 600))
+
+
+def test_a_refusal_after_the_upstream_call_started_stops_it(make_gateway, fake_openai):
+    gw, secret, name, store, bucket = rpm_gateway(make_gateway, fake_openai)
     for stream in (False, True):
         store.delete(bucket)
         assert post(gw.url, secret, f"slow-{name}").status_code == 200  # a verdict with ample room
-        seconds, micros = store.time()
-        store.set(bucket, repr(seconds + micros / 1e6 + 600))  # then another replica used it all up
+        use_up(store, bucket)
         started = time.monotonic()
         refused = post(gw.url, secret, f"slow-{name}", stream=stream)
         took = time.monotonic() - started
@@ -288,23 +297,15 @@ def test_a_refusal_after_the_upstream_call_started_stops_it(make_gateway, fake_o
 def test_a_busy_worker_checks_the_limits_before_calling_the_upstream(make_gateway, fake_openai):
     """With more than OVERLAP_MAX_ACTIVE requests in flight the round trip is not overlapped: a refusal
     comes before any upstream call, even for a key with ample room at its last verdict."""
-    import redis
-
     from proxy.endpoints import OVERLAP_MAX_ACTIVE
 
-    url = shared_redis_url()
-    text, secret, _ = limits_config(fake_openai.url, url, key_extra="rpm = 1000")
-    name = secret.removeprefix("sk-")
-    gw = make_gateway(text)
-    store = redis.Redis.from_url(url)
-    bucket = f"{{llm-gateway}}:rpm:key:{name}"
+    gw, secret, name, store, bucket = rpm_gateway(make_gateway, fake_openai)
     store.delete(bucket)
     assert post(gw.url, secret, f"slow-{name}").status_code == 200  # a verdict with ample room
     with concurrent.futures.ThreadPoolExecutor(OVERLAP_MAX_ACTIVE + 1) as pool:
         busy = [pool.submit(post, gw.url, secret, f"slow-{name}") for _ in range(OVERLAP_MAX_ACTIVE + 1)]
         time.sleep(0.2)  # all in flight (the fake answers after 400 ms)
-        seconds, micros = store.time()
-        store.set(bucket, repr(seconds + micros / 1e6 + 600))  # another replica used the rpm up
+        use_up(store, bucket)
         refused = post(gw.url, secret, f"slow-{name}")
         assert [f.result().status_code for f in busy] == [200] * (OVERLAP_MAX_ACTIVE + 1)
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
@@ -333,8 +334,7 @@ def test_a_refused_request_that_was_answered_anyway_is_charged_to_the_budget(mak
     before = spend()
     assert before == pytest.approx(0.004)
     bucket = f"{{llm-gateway}}:rpm:key:{name}"
-    seconds, micros = store.time()
-    store.set(bucket, repr(seconds + micros / 1e6 + 600))  # another replica used the rpm up
+    use_up(store, bucket)
     store.client_pause(400, all=False)  # scripts wait 0.4 s: the in-process upstream answers first
     refused = post(gw.url, secret, model)
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
