@@ -64,8 +64,13 @@ class HeadWithBody:
         self.transport.write(data)
 
     def write_all(self, data: bytes) -> None:
-        """A whole response (head and body) at once: nothing to hold."""
+        """A whole response (head and body) at once, after anything still held (a "100 Continue"
+        that uvicorn wrote when the app read the body goes first)."""
         self.started = True
+        head = self.head
+        if head is not None:
+            self.head = None
+            data = head + data
         self.transport.write(data)
 
     def flush(self) -> None:

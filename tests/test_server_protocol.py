@@ -157,6 +157,26 @@ def test_write_whole_takes_the_answers_it_can_write_and_leaves_the_rest() -> Non
     assert asyncio.run(main()) == [True, False, False, False]
 
 
+def test_a_whole_answer_follows_a_held_100_continue() -> None:
+    """A client that sent `Expect: 100-continue` gets uvicorn's interim answer (written, and held, when the
+    app reads the body) before the final one, never after it."""
+    async def main() -> list[bytes]:
+        transport = FakeTransport()
+        log = logging.getLogger("test")
+        cycle = RequestResponseCycle({"method": "POST"}, HeadWithBody(transport),  # type: ignore[arg-type]
+                                     FlowControl(transport), log, log, False, [], asyncio.Event(), True,  # type: ignore[arg-type]
+                                     True, lambda: None)
+        cycle.body, cycle.more_body = bytearray(b"{}"), False
+        cycle.message_event.set()
+        await cycle.receive()  # writes "100 Continue" through HeadWithBody, which holds it
+        assert write_whole(cycle.send, 200, {}, "application/json", b"{}")
+        await asyncio.sleep(0)  # the held bytes' flush finds nothing left
+        return transport.writes
+
+    assert b"".join(asyncio.run(main())) == (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n"
+                                            b"content-type: application/json\r\n\r\n{}")
+
+
 def test_start_chunked_takes_the_streams_it_can_start_and_leaves_the_rest() -> None:
     async def main() -> list[tuple[bool, bool | None, list[bytes]]]:
         out = []
