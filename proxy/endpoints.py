@@ -36,10 +36,6 @@ from proxy.sse import SSEResponse
 from proxy.upstream import TRANSPORT_ERRORS
 
 JSON = "application/json"
-# Overlap the limits check with the upstream call (when the key has room) only while this many requests
-# or fewer are in flight here. With more, other requests' work fills the store's round trip anyway, and
-# the overlap's extra task and futures cost about 4% of a governed request's CPU (callgrind, c=16).
-OVERLAP_MAX_ACTIVE = 4
 log = logging.getLogger("gateway")
 
 
@@ -89,7 +85,7 @@ async def _proxy(request: Request, endpoint: str) -> Response | SSEResponse:
         run: asyncio.Future[Outcome] | None = None
         ended: asyncio.Future[None] | None = None
         if plan is not None:
-            if plan.overlap and rt.active <= OVERLAP_MAX_ACTIVE:  # the store's round trip hides behind the upstream's
+            if plan.overlap:  # ample room at the last verdict: the store's round trip hides behind the upstream's
                 run, ended = _start(dispatch)
             try:
                 if run is not None:  # let the dispatch task run first: the upstream request leaves before

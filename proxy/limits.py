@@ -18,8 +18,7 @@ Semantics (identical in both backends):
   least ``ROOM_FRACTION`` of its room after this request's amount, the upstream call starts while
   the script runs. Every request is still checked and counted; a refusal cancels the call already
   under way (the client gets the 429, the row records what the upstream was sent). Near a limit, or
-  without a recent verdict, the check comes first as before; so it does while the worker is busy
-  (``proxy.endpoints.OVERLAP_MAX_ACTIVE``), when other requests' work fills the round trip anyway.
+  without a recent verdict, the check comes first as before.
 """
 
 from __future__ import annotations
