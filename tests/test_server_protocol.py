@@ -93,17 +93,24 @@ class FakeTransport(Recorder):
         pass
 
 
+def _cycle(method: str = "POST", keep_alive: bool = True, defaults: list[tuple[bytes, bytes]] | None = None,
+           expect_100: bool = False, on_response=lambda: None) -> tuple[RequestResponseCycle, FakeTransport]:
+    """A request cycle of uvicorn's, writing through HeadWithBody as GatewayHttpProtocol sets it up."""
+    transport = FakeTransport()
+    log = logging.getLogger("test")
+    cycle = RequestResponseCycle({"method": method}, HeadWithBody(transport),  # type: ignore[arg-type]
+                                 FlowControl(transport), log, log, False, defaults or [],  # type: ignore[arg-type]
+                                 asyncio.Event(), expect_100, keep_alive, on_response)
+    return cycle, transport
+
+
 def _answer(direct: bool, keep_alive: bool, status: int, headers: dict[str, str]) -> tuple:
     """What the client gets for one AccountedResponse, and the state the request cycle is left in:
     through write_whole (``direct``), or through uvicorn's ``send`` as any other server would be used."""
     async def main() -> tuple:
-        transport = FakeTransport()
-        log = logging.getLogger("test")
         done: list[str] = []
-        cycle = RequestResponseCycle({"method": "POST"}, HeadWithBody(transport),  # type: ignore[arg-type]
-                                     FlowControl(transport), log, log, False,  # type: ignore[arg-type]
-                                     [(b"server", b"uvicorn"), (b"date", b"Wed, 02 Dec 2026 02:30:00 GMT")],
-                                     asyncio.Event(), False, keep_alive, lambda: done.append("next request"))
+        cycle, transport = _cycle(keep_alive=keep_alive, on_response=lambda: done.append("next request"),
+                                  defaults=[(b"server", b"uvicorn"), (b"date", b"Wed, 02 Dec 2026 02:30:00 GMT")])
 
         async def plain_send(message: dict) -> None:  # no __self__: not recognisably our protocol's
             await cycle.send(message)  # type: ignore[arg-type]
@@ -143,11 +150,7 @@ def test_write_whole_takes_the_answers_it_can_write_and_leaves_the_rest() -> Non
         out = []
         for method, headers in [("POST", {"x-a": "1"}), ("HEAD", {"x-a": "1"}), ("POST", {"connection": "close"}),
                                 ("POST", {"x-a": "\x00"})]:
-            transport = FakeTransport()
-            log = logging.getLogger("test")
-            cycle = RequestResponseCycle({"method": method}, HeadWithBody(transport),  # type: ignore[arg-type]
-                                         FlowControl(transport), log, log, False, [], asyncio.Event(), False,  # type: ignore[arg-type]
-                                         True, lambda: None)
+            cycle, transport = _cycle(method)
             taken = write_whole(cycle.send, 200, headers, "application/json", b"{}")
             out.append(taken)
             assert (transport.writes == [b"HTTP/1.1 200 OK\r\nx-a: 1\r\ncontent-length: 2\r\n"
@@ -161,11 +164,7 @@ def test_a_whole_answer_follows_a_held_100_continue() -> None:
     """A client that sent `Expect: 100-continue` gets uvicorn's interim answer (written, and held, when the
     app reads the body) before the final one, never after it."""
     async def main() -> list[bytes]:
-        transport = FakeTransport()
-        log = logging.getLogger("test")
-        cycle = RequestResponseCycle({"method": "POST"}, HeadWithBody(transport),  # type: ignore[arg-type]
-                                     FlowControl(transport), log, log, False, [], asyncio.Event(), True,  # type: ignore[arg-type]
-                                     True, lambda: None)
+        cycle, transport = _cycle(expect_100=True)
         cycle.body, cycle.more_body = bytearray(b"{}"), False
         cycle.message_event.set()
         await cycle.receive()  # writes "100 Continue" through HeadWithBody, which holds it
@@ -182,11 +181,7 @@ def test_start_chunked_takes_the_streams_it_can_start_and_leaves_the_rest() -> N
         out = []
         cases = [("POST", {"x-a": "1"}), ("HEAD", {"x-a": "1"}), ("POST", {"transfer-encoding": "gzip"})]
         for method, headers in cases:
-            transport = FakeTransport()
-            log = logging.getLogger("test")
-            cycle = RequestResponseCycle({"method": method}, HeadWithBody(transport),  # type: ignore[arg-type]
-                                         FlowControl(transport), log, log, False, [], asyncio.Event(), False,  # type: ignore[arg-type]
-                                         True, lambda: None)
+            cycle, transport = _cycle(method)
             taken = start_chunked(cycle.send, 200, headers)
             await asyncio.sleep(0)  # a head alone goes out at the end of the step
             out.append((taken, cycle.chunked_encoding, transport.writes))
@@ -200,12 +195,8 @@ def _stream(direct: bool, keep_alive: bool, headers: dict[str, str]) -> tuple:
     """What the client gets for one SSEResponse of two events, and the state the request cycle is
     left in: with the head built by start_chunked (``direct``), or through uvicorn's ``send``."""
     async def main() -> tuple:
-        transport = FakeTransport()
-        log = logging.getLogger("test")
         closed: list[bool] = []
-        cycle = RequestResponseCycle({"method": "POST"}, HeadWithBody(transport),  # type: ignore[arg-type]
-                                     FlowControl(transport), log, log, False, [(b"server", b"uvicorn")],  # type: ignore[arg-type]
-                                     asyncio.Event(), False, keep_alive, lambda: None)
+        cycle, transport = _cycle(keep_alive=keep_alive, defaults=[(b"server", b"uvicorn")])
 
         async def plain_send(message: dict) -> None:
             await cycle.send(message)  # type: ignore[arg-type]
