@@ -19,7 +19,7 @@ from proxy.config import Target
 from proxy.cost import cost_usd
 from proxy.dispatch import Dispatch, Outcome, stop
 from proxy.errors import GatewayError, error_event
-from proxy.limits import Ticket
+from proxy.limits import Plan, Ticket
 from proxy.records import UsageRecord
 from proxy.requests import (
     check_chat,
@@ -65,6 +65,7 @@ async def _proxy(request: Request, endpoint: str) -> Response | SSEResponse:
     rt.active += 1
     dispatch: Dispatch | None = None
     ticket: Ticket | None = None
+    verdict: asyncio.Future[Ticket | None] | None = None  # a limits verdict still on its way
     try:
         body = await read_json(request, rt.config.server.max_body_bytes)
         record.model = require_model(body)
@@ -85,25 +86,42 @@ async def _proxy(request: Request, endpoint: str) -> Response | SSEResponse:
         run: asyncio.Future[Outcome] | None = None
         ended: asyncio.Future[None] | None = None
         if plan is not None:
-            if plan.overlap:  # ample room at the last verdict: the store's round trip hides behind the upstream's
+            # With ample room at the last verdict, the store's round trip hides behind the upstream's: a
+            # whole-body request makes its call in this task while the verdict is on its way (a refusal
+            # stops the call through the watch); a stream's call runs in its own task as usual.
+            if plan.overlap and not stream:
+                verdict = rt.limits.admit_soon(plan, watch.refuse)
+            elif plan.overlap:
                 run, ended = _start(dispatch)
-            try:
-                if run is not None:  # let the dispatch task run first: the upstream request leaves before
-                    await asyncio.sleep(0)  # the limits call is built (~25 us at c=1, on the first byte's path)
-                ticket = await rt.limits.admit(plan)
-            except BaseException:
-                if run is not None:
-                    await _abandon(run, record, body)
-                    rt.limits.charge(plan, record)
-                raise
-            if ticket is not None:
-                headers.update(ticket.headers())
+            if verdict is None:
+                try:
+                    if run is not None:  # let the dispatch task run first: the upstream request leaves before
+                        await asyncio.sleep(0)  # the limits call is built (~25 us at c=1, on the first byte's path)
+                    ticket = await rt.limits.admit(plan)
+                except BaseException:
+                    if run is not None:
+                        await _abandon(run, record, body)
+                        rt.limits.charge(plan, record)
+                    raise
+                if ticket is not None:
+                    headers.update(ticket.headers())
         if stream:
             return await _stream(rt, dispatch, record, started, headers, ticket, run, ended)
-        outcome = await _unless_client_leaves(watch, record, dispatch, run)
+        if verdict is None:
+            outcome = await _unless_client_leaves(watch, record, dispatch)
+        else:
+            assert plan is not None
+            result, ticket = await _called_while_checked(rt, watch, record, dispatch, plan, verdict)
+            if ticket is not None:
+                headers.update(ticket.headers())
+            if isinstance(result, Exception):
+                raise result
+            outcome = result
     except (GatewayError, UpstreamError) as e:
         return _fail(rt, record, started, e, headers, dispatch, ticket)
     except asyncio.CancelledError:
+        if verdict is not None:
+            _forget(verdict)
         _cancelled(rt, record, started, dispatch, ticket)
         raise
     except Exception:  # a bug must still answer in OpenAI shape and leave its usage row
@@ -124,12 +142,14 @@ async def _proxy(request: Request, endpoint: str) -> Response | SSEResponse:
 
 class ClientWatch:
     """The ``ON_DISCONNECT`` hook of one whole-body request: notes a hang-up at any point, and while a
-    task waits on the upstream (``waiting``), cancels that wait."""
+    task waits on the upstream (``waiting``), cancels that wait. ``refuse`` does the same for a limits
+    verdict that refuses the request while its upstream call runs."""
 
-    __slots__ = ("gone", "waiting")
+    __slots__ = ("gone", "refused", "waiting")
 
     def __init__(self) -> None:
         self.gone = False
+        self.refused = False
         self.waiting: asyncio.Task | None = None
 
     def __call__(self) -> None:
@@ -137,31 +157,64 @@ class ClientWatch:
         if self.waiting is not None:
             self.waiting.cancel()
 
+    def refuse(self) -> None:
+        self.refused = True
+        if self.waiting is not None:
+            self.waiting.cancel()
 
-async def _unless_client_leaves(watch: ClientWatch, record: UsageRecord, dispatch: Dispatch,
-                                run: asyncio.Future[Outcome] | None) -> Outcome:
+
+class _Refused(Exception):
+    """A limits verdict refused the request while its upstream call ran, and stopped the call."""
+
+
+async def _unless_client_leaves(watch: ClientWatch, record: UsageRecord, dispatch: Dispatch) -> Outcome:
     """Wait for the upstream's answer, unless the client hangs up first (or already did, while the body
     was read or the limits checked): then stop the upstream call (it would be billed for nothing) and
     fail with 499, so the row says what happened."""
-    gone = GatewayError(499, "The client closed the connection before the answer was ready.", "client_error",
-                        "client_disconnect")
     if watch.gone:
-        if run is not None:  # started ahead of the limits verdict: stop it, keep its usage if it answered
-            await _abandon(run, record, dispatch.body)
-        raise gone
+        raise _gone()
     task = asyncio.current_task()
     assert task is not None
     watch.waiting = task
     try:
-        return await (run if run is not None else dispatch.run())
+        return await dispatch.run()
     except asyncio.CancelledError:
-        if not watch.gone:
+        if not (watch.gone or watch.refused):
             raise  # cancelled from outside (server shutdown)
         task.uncancel()
+        if watch.refused:
+            raise _Refused from None
         _bill_prompt(record, dispatch)
-        raise gone from None
+        raise _gone() from None
     finally:
         watch.waiting = None
+
+
+def _gone() -> GatewayError:
+    return GatewayError(499, "The client closed the connection before the answer was ready.", "client_error",
+                        "client_disconnect")
+
+
+async def _called_while_checked(rt: Runtime, watch: ClientWatch, record: UsageRecord, dispatch: Dispatch,
+                                plan: Plan, verdict: asyncio.Future[Ticket | None]
+                                ) -> tuple[Outcome | Exception, Ticket | None]:
+    """The upstream call of a whole-body request whose limits verdict is still on its way, then the
+    verdict: (the outcome, or the failure to raise once the ticket is known; the ticket). The verdict
+    decides first: a refused request answers 429 (503 if the store is down under "deny") whatever its
+    call did, and what an answered call spent goes into its row and counts against the key."""
+    result: Outcome | Exception
+    try:
+        result = await _unless_client_leaves(watch, record, dispatch)
+    except Exception as e:  # reported once the verdict is in: a refusal comes first
+        result = e
+    try:
+        ticket = await verdict
+    except GatewayError:
+        if isinstance(result, Outcome):
+            _settle_outcome(record, result.call.target, result, dispatch.body)
+        rt.limits.charge(plan, record)
+        raise
+    return result, ticket
 
 
 class AccountedResponse(Response):
@@ -271,6 +324,12 @@ def _cancelled(rt: Runtime, record: UsageRecord, started: float, dispatch: Dispa
         _describe(record, {}, dispatch, None)
         _bill_prompt(record, dispatch)
     _finish(rt, record, started, dispatch, ticket, {})()
+
+
+def _forget(verdict: asyncio.Future[Ticket | None]) -> None:
+    """A limits verdict nobody will read: cancelled if still on its way, its refusal marked as seen."""
+    if not verdict.cancel() and not verdict.cancelled():
+        verdict.exception()
 
 
 def _bill_prompt(record: UsageRecord, dispatch: Dispatch) -> None:

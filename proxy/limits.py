@@ -18,7 +18,9 @@ Semantics (identical in both backends):
   least ``ROOM_FRACTION`` of its room after this request's amount, the upstream call starts while
   the script runs. Every request is still checked and counted; a refusal cancels the call already
   under way (the client gets the 429, the row records what the upstream was sent). Near a limit, or
-  without a recent verdict, the check comes first as before.
+  without a recent verdict, the check comes first as before. A whole-body request sends the script
+  with ``admit_soon`` and makes its call in its own task; the reply is judged in a callback when it
+  comes in, so the overlap costs no task and no extra wake-up.
 """
 
 from __future__ import annotations
@@ -288,21 +290,47 @@ class RedisBackend:
         # A purpose-built client (proxy.resp): the script call is on every request's path.
         self.client = MiniRedis(url)
 
-    async def acquire(self, checks: list[Check], request_id: str) -> tuple[Denial | None, list[Result]]:
+    @staticmethod
+    def _acquire_args(checks: list[Check], request_id: str) -> list[Any]:
         # What changes per request goes as bytes, so pack() does not remember it (see proxy.resp.pack).
         args: list[Any] = [request_id.encode()]
         for c in checks:
             ttl = repr(PARALLEL_STALE_S if c.kind == "parallel" else c.ttl_s)  # a budget's: time left in its period
             args += [c.kind, repr(c.limit), repr(c.amount).encode(), ttl.encode() if c.kind == "budget" else ttl]
-        try:
-            reply = await self.client.run_script(ACQUIRE_LUA, [c.key for c in checks], args)
-        except (OSError, TimeoutError, RedisError) as exc:
-            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
+        return args
+
+    @staticmethod
+    def _acquired(checks: list[Check], reply: Any) -> tuple[Denial | None, list[Result]]:
         if isinstance(reply, list):  # {0, failing check's index, seconds to wait}
             check = checks[int(reply[1]) - 1]
             return Denial(check, _gcra_retry(check, float(reply[2])) if check.kind == "gcra" else float(reply[2])), []
         values = [float(v) for v in reply.split()]
         return None, [Result(values[i], values[i + 1]) for i in range(0, len(values), 2)]
+
+    async def acquire(self, checks: list[Check], request_id: str) -> tuple[Denial | None, list[Result]]:
+        try:
+            reply = await self.client.run_script(ACQUIRE_LUA, [c.key for c in checks],
+                                                 self._acquire_args(checks, request_id))
+        except (OSError, TimeoutError, RedisError) as exc:
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
+        return self._acquired(checks, reply)
+
+    def acquire_soon(self, checks: list[Check], request_id: str) -> asyncio.Future[Any] | None:
+        """``acquire`` without waiting: the script leaves now and the future holds its raw reply, for
+        ``acquired``. None when no connection is open (then ``acquire`` opens one)."""
+        return self.client.script_now(ACQUIRE_LUA, [c.key for c in checks], self._acquire_args(checks, request_id))
+
+    def acquired(self, checks: list[Check], sent: asyncio.Future[Any]) -> tuple[Denial | None, list[Result]] | None:
+        """The verdict in an ``acquire_soon`` reply; None if the script did not run and must go again
+        by ``acquire`` (not cached on the server yet, or a Redis Cluster redirection)."""
+        try:
+            reply = sent.result()
+            if self.client.resend(reply):
+                return None
+            reply = self.client.script_result(reply)
+        except (OSError, TimeoutError, RedisError) as exc:
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
+        return self._acquired(checks, reply)
 
     async def settle(self, entries: list[tuple[Check, float, str]]) -> None:
         args: list[Any] = []
@@ -343,6 +371,7 @@ class Limits:
     flusher: asyncio.Task[None] | None = None
     # (key, model) -> (until when, each check's remaining room) from this replica's last verdict
     room: dict[tuple[str, str], tuple[float, list[float]]] = field(default_factory=dict)
+    resends: set[asyncio.Task[None]] = field(default_factory=set)  # admit_soon scripts sent again (rare)
 
     @classmethod
     def from_config(cls, config: Config) -> Limits:
@@ -400,14 +429,65 @@ class Limits:
         try:
             denial, results = await self.backend.acquire(plan.checks, plan.request_id)
         except StoreUnavailable as exc:
-            self.room.pop(plan.room_key, None)
-            self.on_store_error("store")
-            log.warning("limits store unavailable (%s): %s", self.config.limits.on_store_error, exc)
-            if self.config.limits.on_store_error == "deny":
-                raise GatewayError(503, "Rate limits cannot be checked right now; try again shortly.",
-                                   "service_unavailable_error", "limits_unavailable",
-                                   headers={"retry-after": "1"}) from None
+            return self._unavailable(plan, exc)
+        return self._verdict(plan, denial, results)
+
+    def admit_soon(self, plan: Plan, on_refusal: Callable[[], None]) -> asyncio.Future[Ticket | None] | None:
+        """``admit`` for an overlapped plan, without waiting: the store call leaves now, and the request
+        goes on to its upstream call. The future takes what ``admit`` would return or raise once the reply
+        is in; on a refusal (429, or 503 under ``"deny"``) ``on_refusal`` is called then, to stop the
+        upstream call. None when the store has no open connection: use ``admit``."""
+        sent = self.backend.acquire_soon(plan.checks, plan.request_id) if self.backend.remote else None
+        if sent is None:
             return None
+        verdict: asyncio.Future[Ticket | None] = asyncio.get_running_loop().create_future()
+        sent.add_done_callback(lambda sent: self._answered(plan, sent, verdict, on_refusal))
+        return verdict
+
+    def _answered(self, plan: Plan, sent: asyncio.Future[Any], verdict: asyncio.Future[Ticket | None],
+                  on_refusal: Callable[[], None]) -> None:
+        if verdict.done():  # the request stopped waiting
+            return
+        parsed: tuple[Denial | None, list[Result]] | StoreUnavailable | None
+        try:
+            parsed = self.backend.acquired(plan.checks, sent)
+        except StoreUnavailable as exc:
+            parsed = exc
+        if parsed is None:  # the script must go again (rare): by admit, in a task of its own
+            task = asyncio.ensure_future(self._admit_into(plan, verdict, on_refusal))
+            self.resends.add(task)
+            task.add_done_callback(self.resends.discard)
+            return
+        try:
+            if isinstance(parsed, StoreUnavailable):
+                ticket = self._unavailable(plan, parsed)
+            else:
+                ticket = self._verdict(plan, *parsed)
+        except GatewayError as refusal:
+            _conclude(verdict, on_refusal, None, refusal)
+            return
+        _conclude(verdict, on_refusal, ticket, None)
+
+    async def _admit_into(self, plan: Plan, verdict: asyncio.Future[Ticket | None],
+                          on_refusal: Callable[[], None]) -> None:
+        try:
+            ticket = await self.admit(plan)
+        except GatewayError as refusal:
+            _conclude(verdict, on_refusal, None, refusal)
+            return
+        _conclude(verdict, on_refusal, ticket, None)
+
+    def _unavailable(self, plan: Plan, exc: StoreUnavailable) -> None:
+        self.room.pop(plan.room_key, None)
+        self.on_store_error("store")
+        log.warning("limits store unavailable (%s): %s", self.config.limits.on_store_error, exc)
+        if self.config.limits.on_store_error == "deny":
+            raise GatewayError(503, "Rate limits cannot be checked right now; try again shortly.",
+                               "service_unavailable_error", "limits_unavailable",
+                               headers={"retry-after": "1"}) from None
+        return None
+
+    def _verdict(self, plan: Plan, denial: Denial | None, results: list[Result]) -> Ticket:
         if denial is not None:
             self.room.pop(plan.room_key, None)
             self.on_denied(denial.check.scope)
@@ -495,6 +575,17 @@ class Limits:
             self.flusher.cancel()
         await self.flush()
         await self.backend.aclose()
+
+
+def _conclude(verdict: asyncio.Future[Ticket | None], on_refusal: Callable[[], None], ticket: Ticket | None,
+              refusal: GatewayError | None) -> None:
+    if verdict.done():
+        return
+    if refusal is None:
+        verdict.set_result(ticket)
+        return
+    verdict.set_exception(refusal)
+    on_refusal()
 
 
 def _rejection(denial: Denial) -> GatewayError:

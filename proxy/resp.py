@@ -27,6 +27,13 @@ MAX_REDIRECTS = 3
 _SHAS: dict[str, str] = {}  # script source -> its SHA1, computed once
 
 
+def _sha(source: str) -> str:
+    sha = _SHAS.get(source)
+    if sha is None:
+        sha = _SHAS[source] = hashlib.sha1(source.encode()).hexdigest()
+    return sha
+
+
 class RedisError(Exception):
     """An error reply from the server."""
 
@@ -221,13 +228,16 @@ class MiniRedis:
                 return protocol
             protocol.retire()  # a MOVED came while this connect was under way: connect where it points
 
-    async def _send(self, protocol: _Protocol, args: tuple[Any, ...]) -> Any:
+    def _queue(self, protocol: _Protocol, args: tuple[Any, ...]) -> asyncio.Future[Any]:
         assert protocol.transport is not None
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         protocol.waiting.append((fut, loop.time() + CALL_TIMEOUT_S))
         protocol.send(pack(args))
-        return await fut
+        return fut
+
+    async def _send(self, protocol: _Protocol, args: tuple[Any, ...]) -> Any:
+        return await self._queue(protocol, args)
 
     async def call(self, *args: Any) -> Any:
         for _ in range(MAX_REDIRECTS):
@@ -265,15 +275,33 @@ class MiniRedis:
         return reply
 
     async def run_script(self, source: str, keys: list[str], args: list[Any]) -> Any:
-        sha = _SHAS.get(source)
-        if sha is None:
-            sha = _SHAS[source] = hashlib.sha1(source.encode()).hexdigest()
         try:
-            return await self.call("EVALSHA", sha, len(keys), *keys, *args)
+            return await self.call("EVALSHA", _sha(source), len(keys), *keys, *args)
         except RedisError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
         return await self.call("EVAL", source, len(keys), *keys, *args)  # also caches it server-side
+
+    def script_now(self, source: str, keys: list[str], args: list[Any]) -> asyncio.Future[Any] | None:
+        """EVALSHA written on the open connection without waiting: the future of its raw reply (an error
+        reply is a RedisError value), or None when no connection is open (use ``run_script``). Pass the
+        reply through ``script_result``."""
+        protocol = self.protocol
+        if protocol is None or protocol.closed:
+            return None
+        return self._queue(protocol, ("EVALSHA", _sha(source), len(keys), *keys, *args))
+
+    @staticmethod
+    def resend(reply: Any) -> bool:
+        """Whether a raw reply from ``script_now`` says the script did not run and must go again the
+        way ``run_script`` sends it: not cached on the server, or its slot served by another node."""
+        return isinstance(reply, RedisError) and str(reply).startswith(("NOSCRIPT", "MOVED ", "ASK "))
+
+    def script_result(self, reply: Any) -> Any:
+        """The result of a ``script_now`` reply that need not be resent; an error reply raises."""
+        if isinstance(reply, RedisError):
+            raise reply
+        return reply
 
     async def aclose(self) -> None:
         if self.protocol is not None:

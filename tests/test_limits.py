@@ -62,9 +62,9 @@ def backend(request) -> str:
     return "" if request.param == "memory" else shared_redis_url()
 
 
-def post(url: str, secret: str, model: str, **extra) -> httpx.Response:
+def post(url: str, secret: str, model: str, timeout: float = 10, **extra) -> httpx.Response:
     return httpx.post(url + "/v1/chat/completions", headers={"authorization": f"Bearer {secret}"},
-                      json={"model": model, "messages": MSG, "max_tokens": 3, **extra}, timeout=10)
+                      json={"model": model, "messages": MSG, "max_tokens": 3, **extra}, timeout=timeout)
 
 
 def burst(url: str, secret: str, model: str, n: int, workers: int = 20) -> list[httpx.Response]:
@@ -292,6 +292,55 @@ def test_a_refusal_after_the_upstream_call_started_stops_it(make_gateway, fake_o
         assert took < 0.35  # and it was stopped, not waited for (the fake answers after 400 ms)
     store.delete(bucket)
     assert post(gw.url, secret, f"slow-{name}").status_code == 200  # nothing left broken
+
+
+def test_an_overlapped_check_that_finds_its_script_gone_sends_it_again(make_gateway, fake_openai):
+    """The overlapped check sends the cached script (EVALSHA); after a Redis restart or SCRIPT FLUSH the
+    reply is NOSCRIPT, the script never ran, and it must go again in full: the request is still
+    checked and counted, once."""
+    gw, secret, name, store, bucket = rpm_gateway(make_gateway, fake_openai)
+    model = f"m-{name}"
+    for stream in (False, True):
+        store.delete(bucket)
+        assert post(gw.url, secret, model).status_code == 200  # a verdict with ample room: the next overlaps
+        first = float(store.get(bucket))
+        store.script_flush()
+        r = post(gw.url, secret, model, stream=stream)
+        assert r.status_code == 200 and r.headers["x-ratelimit-remaining-requests"] == "998"
+        assert float(store.get(bucket)) == pytest.approx(first + 60 / 1000, abs=1e-3)  # counted, once
+    store.delete(bucket)
+
+
+def test_an_overlapped_check_that_loses_its_store_under_deny_stops_the_call(make_gateway, fake_openai):
+    """on_store_error = "deny": a store that stops answering while the overlapped call runs is a 503,
+    and the call (which would answer only after 6 s) is stopped, not waited for."""
+    import redis
+
+    url = shared_redis_url()
+    text, secret, _ = limits_config(fake_openai.url, url, key_extra="rpm = 1000", limits='on_store_error = "deny"')
+    name = secret.removeprefix("sk-")
+    gw = make_gateway(text.replace('model = "delay-400"', 'model = "hang-6000"'))
+    calls = fake_openai.app.state.fake.call_outcomes
+
+    def hung_up(before: int) -> list[str]:
+        deadline = time.monotonic() + 3
+        while len(calls) == before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return calls[before:]
+
+    before = len(calls)
+    with pytest.raises(httpx.ReadTimeout):  # checked first, then left: a verdict with ample room, so the
+        post(gw.url, secret, f"slow-{name}", timeout=0.3)  # next request to this model overlaps
+    assert hung_up(before) == ["client_gone"]
+    before = len(calls)
+    redis.Redis.from_url(url).client_pause(1500, all=False)  # longer than the client's 0.5 s call timeout
+    started = time.monotonic()
+    r = post(gw.url, secret, f"slow-{name}")
+    took = time.monotonic() - started
+    assert r.status_code == 503 and r.json()["error"]["code"] == "limits_unavailable"
+    assert r.headers["x-gateway-provider"] == "fake"  # the call had started: overlapped
+    assert took < 1.4
+    assert hung_up(before) == ["client_gone"]  # the gateway hung up on the upstream
 
 
 def test_a_refused_request_that_was_answered_anyway_is_charged_to_the_budget(make_gateway, fake_openai):
