@@ -89,13 +89,18 @@ class Ticket:
                 if seen is None or result.remaining < seen[1].remaining:
                     tightest[check.unit] = (check, result)
         out: dict[str, str] = {}
-        for unit in ("requests", "tokens"):
+        for unit, (limit_name, remaining_name, reset_name) in RATELIMIT_HEADERS:
             if unit in tightest:
                 check, result = tightest[unit]
-                out[f"x-ratelimit-limit-{unit}"] = str(int(check.limit))
-                out[f"x-ratelimit-remaining-{unit}"] = str(max(0, math.floor(result.remaining + 1e-9)))
-                out[f"x-ratelimit-reset-{unit}"] = duration(result.reset_s)
+                remaining = int(result.remaining + 1e-9)  # the floor, for what is shown (never below 0)
+                out[limit_name] = str(int(check.limit))
+                out[remaining_name] = str(remaining) if remaining > 0 else "0"
+                out[reset_name] = duration(result.reset_s)
         return out
+
+
+RATELIMIT_HEADERS = [(unit, (f"x-ratelimit-limit-{unit}", f"x-ratelimit-remaining-{unit}", f"x-ratelimit-reset-{unit}"))
+                     for unit in ("requests", "tokens")]
 
 
 @dataclass(slots=True)
