@@ -65,16 +65,10 @@ class Check:
 
 
 @dataclass(slots=True)
-class Result:
-    remaining: float
-    reset_s: float
-
-
-@dataclass(slots=True)
 class Ticket:
     request_id: str
     checks: list[Check]
-    results: list[Result]
+    results: list[float]  # per check: what remains of its limit after this request, then seconds to its reset
     reserved_tokens: int = 0
     reserved_cost: float = 0.0
     settled: bool = False
@@ -82,20 +76,21 @@ class Ticket:
     def headers(self) -> dict[str, str]:
         """OpenAI's x-ratelimit-* headers from the tightest rpm and the tightest tpm check (the first on a
         tie), found in one pass: this runs on every limited request's path."""
-        tightest: dict[str, tuple[Check, Result]] = {}
-        for check, result in zip(self.checks, self.results, strict=True):
+        tightest: dict[str, tuple[Check, float, float]] = {}
+        results = self.results
+        for check, left, reset_s in zip(self.checks, results[0::2], results[1::2], strict=True):
             if check.kind == "gcra":
                 seen = tightest.get(check.unit)
-                if seen is None or result.remaining < seen[1].remaining:
-                    tightest[check.unit] = (check, result)
+                if seen is None or left < seen[1]:
+                    tightest[check.unit] = (check, left, reset_s)
         out: dict[str, str] = {}
         for unit, (limit_name, remaining_name, reset_name) in RATELIMIT_HEADERS:
             if unit in tightest:
-                check, result = tightest[unit]
-                remaining = int(result.remaining + 1e-9)  # the floor, for what is shown (never below 0)
+                check, left, reset_s = tightest[unit]
+                remaining = int(left + 1e-9)  # the floor, for what is shown (never below 0)
                 out[limit_name] = str(int(check.limit))
                 out[remaining_name] = str(remaining) if remaining > 0 else "0"
-                out[reset_name] = duration(result.reset_s)
+                out[reset_name] = duration(reset_s)
         return out
 
 
@@ -160,9 +155,9 @@ class MemoryBackend:
         self.values: dict[str, float] = {}
         self.parallel: dict[str, dict[str, float]] = {}
 
-    async def acquire(self, checks: list[Check], request_id: str) -> tuple[Denial | None, list[Result]]:
+    async def acquire(self, checks: list[Check], request_id: str) -> tuple[Denial | None, list[float]]:
         now = self.clock()
-        results: list[Result] = []
+        results: list[float] = []
         new_values: list[float] = []
         for check in checks:
             if check.kind == "gcra":
@@ -172,7 +167,7 @@ class MemoryBackend:
                 if new - now > WINDOW_S + 1e-9:
                     return Denial(check, _gcra_retry(check, new - WINDOW_S - now)), []
                 new_values.append(new)
-                results.append(Result((now + WINDOW_S - new) / step, new - now))
+                results += ((now + WINDOW_S - new) / step, new - now)
             elif check.kind == "parallel":
                 slots = self.parallel.setdefault(check.key, {})
                 for rid, started in list(slots.items()):
@@ -181,13 +176,13 @@ class MemoryBackend:
                 if len(slots) + 1 > check.limit:
                     return Denial(check, 1.0), []
                 new_values.append(0.0)
-                results.append(Result(check.limit - len(slots) - 1, 0.0))
+                results += (check.limit - len(slots) - 1, 0.0)
             else:
                 spent = self.values.get(check.key, 0.0)
                 if spent + check.amount > check.limit + 1e-12:
                     return Denial(check, check.ttl_s), []
                 new_values.append(spent + check.amount)
-                results.append(Result(check.limit - spent - check.amount, check.ttl_s))
+                results += (check.limit - spent - check.amount, check.ttl_s)
         for check, value in zip(checks, new_values, strict=True):
             if check.kind == "parallel":
                 self.parallel[check.key][request_id] = now
@@ -305,14 +300,13 @@ class RedisBackend:
         return args
 
     @staticmethod
-    def _acquired(checks: list[Check], reply: Any) -> tuple[Denial | None, list[Result]]:
+    def _acquired(checks: list[Check], reply: Any) -> tuple[Denial | None, list[float]]:
         if isinstance(reply, list):  # {0, failing check's index, seconds to wait}
             check = checks[int(reply[1]) - 1]
             return Denial(check, _gcra_retry(check, float(reply[2])) if check.kind == "gcra" else float(reply[2])), []
-        values = [float(v) for v in reply.split()]
-        return None, [Result(values[i], values[i + 1]) for i in range(0, len(values), 2)]
+        return None, list(map(float, reply.split()))
 
-    async def acquire(self, checks: list[Check], request_id: str) -> tuple[Denial | None, list[Result]]:
+    async def acquire(self, checks: list[Check], request_id: str) -> tuple[Denial | None, list[float]]:
         try:
             reply = await self.client.run_script(ACQUIRE_LUA, [c.key for c in checks],
                                                  self._acquire_args(checks, request_id))
@@ -325,7 +319,7 @@ class RedisBackend:
         ``acquired``. None when no connection is open (then ``acquire`` opens one)."""
         return self.client.script_now(ACQUIRE_LUA, [c.key for c in checks], self._acquire_args(checks, request_id))
 
-    def acquired(self, checks: list[Check], sent: asyncio.Future[Any]) -> tuple[Denial | None, list[Result]] | None:
+    def acquired(self, checks: list[Check], sent: asyncio.Future[Any]) -> tuple[Denial | None, list[float]] | None:
         """The verdict in an ``acquire_soon`` reply; None if the script did not run and must go again
         by ``acquire`` (not cached on the server yet, or a Redis Cluster redirection)."""
         try:
@@ -376,6 +370,7 @@ class Limits:
     flusher: asyncio.Task[None] | None = None
     # (key, model) -> (until when, each check's remaining room) from this replica's last verdict
     room: dict[tuple[str, str], tuple[float, list[float]]] = field(default_factory=dict)
+    standing: dict[tuple[Any, ...], list[Check]] = field(default_factory=dict)  # see _standing
     resends: set[asyncio.Task[None]] = field(default_factory=set)  # admit_soon scripts sent again (rare)
 
     @classmethod
@@ -383,41 +378,52 @@ class Limits:
         url = config.storage.redis_url
         return cls(config, RedisBackend(url) if url else MemoryBackend())
 
-    def checks_for(self, key: KeyConfig | None, alias: ModelAlias, body: dict[str, Any], prompt_tokens: int,
-                   endpoint: str) -> tuple[list[Check], int, float]:
+    def plan(self, key: KeyConfig | None, alias: ModelAlias, body: dict[str, Any], prompt_tokens: int,
+             endpoint: str, request_id: str) -> Plan | None:
+        """The checks for one request, or None when nothing limits it (no estimates, no store call)."""
+        standing = self._standing(key, alias)
+        budgeted = key is not None and key.budget_usd is not None
+        if not standing and not budgeted:
+            return None
         max_tokens = requested_max_tokens(body, alias.targets[0].default_max_tokens) if endpoint == "chat" else 0
         tokens = prompt_tokens + max_tokens
-        checks: list[Check] = []
-        scopes: list[tuple[str, str, int | None, int | None]] = [("global", "global", self.config.limits.rpm,
-                                                                  self.config.limits.tpm),
-                                                                 ("model", f"model:{alias.name}", alias.rpm, alias.tpm)]
-        if key is not None:
-            scopes.append(("key", f"key:{key.name}", key.rpm, key.tpm))
-        for scope, name, rpm, tpm in scopes:
-            if rpm:
-                checks.append(Check(scope, "gcra", f"{PREFIX}rpm:{name}", rpm, 1, "requests"))
-            if tpm:
-                checks.append(Check(scope, "gcra", f"{PREFIX}tpm:{name}", tpm, tokens, "tokens"))
+        checks = [check if check.unit != "tokens" else Check(check.scope, "gcra", check.key, check.limit, tokens,
+                                                              "tokens") for check in standing]
         cost = 0.0
-        if key is not None and key.max_parallel:
-            checks.append(Check("parallel", "parallel", f"{PREFIX}inflight:key:{key.name}", key.max_parallel, 1,
-                                "requests"))
-        if key is not None and key.budget_usd is not None:
+        if key is not None and budgeted:
             cost = max((estimated_cost(t, prompt_tokens, max_tokens) or 0.0) for t in alias.targets)
             period_id, _, ttl = period_of(key.budget_period, datetime.now(UTC))
             checks.append(Check("budget", "budget", f"{PREFIX}spend:key:{key.name}:{period_id}", key.budget_usd, cost,
                                 "usd", ttl))
-        return checks, tokens, cost
-
-    def plan(self, key: KeyConfig | None, alias: ModelAlias, body: dict[str, Any], prompt_tokens: int,
-             endpoint: str, request_id: str) -> Plan | None:
-        """The checks for one request, or None when nothing limits it (no estimates, no store call)."""
-        if not (self.config.limits.rpm or self.config.limits.tpm or alias.rpm or alias.tpm or (key is not None and (
-                key.rpm or key.tpm or key.max_parallel or key.budget_usd is not None))):
-            return None
-        checks, tokens, cost = self.checks_for(key, alias, body, prompt_tokens, endpoint)
         room_key = (key.name if key is not None else "", alias.name)
         return Plan(checks, tokens, cost, request_id, room_key, self.backend.remote and self._roomy(room_key, checks))
+
+    def _standing(self, key: KeyConfig | None, alias: ModelAlias) -> list[Check]:
+        """The rpm, tpm and max_parallel checks of a key and alias (a tpm one with no amount yet), built
+        once per set of limits and shared by the requests under them. Found by the limits' values, so a
+        reload or a key given new limits gets checks of its own."""
+        limits = self.config.limits
+        found = (limits.rpm, limits.tpm, alias.name, alias.rpm, alias.tpm)
+        if key is not None:
+            found += (key.name, key.rpm, key.tpm, key.max_parallel)
+        checks = self.standing.get(found)
+        if checks is None:
+            if len(self.standing) >= ROOM_MAX_ENTRIES:
+                self.standing.clear()
+            checks = self.standing[found] = []
+            scopes = [("global", "global", limits.rpm, limits.tpm),
+                      ("model", f"model:{alias.name}", alias.rpm, alias.tpm)]
+            if key is not None:
+                scopes.append(("key", f"key:{key.name}", key.rpm, key.tpm))
+            for scope, name, rpm, tpm in scopes:
+                if rpm:
+                    checks.append(Check(scope, "gcra", f"{PREFIX}rpm:{name}", rpm, 1, "requests"))
+                if tpm:
+                    checks.append(Check(scope, "gcra", f"{PREFIX}tpm:{name}", tpm, 0, "tokens"))
+            if key is not None and key.max_parallel:
+                checks.append(Check("parallel", "parallel", f"{PREFIX}inflight:key:{key.name}", key.max_parallel, 1,
+                                    "requests"))
+        return checks
 
     def _roomy(self, room_key: tuple[str, str], checks: list[Check]) -> bool:
         seen = self.room.get(room_key)
@@ -453,7 +459,7 @@ class Limits:
                   on_refusal: Callable[[], None]) -> None:
         if verdict.done():  # the request stopped waiting
             return
-        parsed: tuple[Denial | None, list[Result]] | StoreUnavailable | None
+        parsed: tuple[Denial | None, list[float]] | StoreUnavailable | None
         try:
             parsed = self.backend.acquired(plan.checks, sent)
         except StoreUnavailable as exc:
@@ -492,7 +498,7 @@ class Limits:
                                headers={"retry-after": "1"}) from None
         return None
 
-    def _verdict(self, plan: Plan, denial: Denial | None, results: list[Result]) -> Ticket:
+    def _verdict(self, plan: Plan, denial: Denial | None, results: list[float]) -> Ticket:
         if denial is not None:
             self.room.pop(plan.room_key, None)
             self.on_denied(denial.check.scope)
@@ -500,7 +506,7 @@ class Limits:
         if self.backend.remote:
             if len(self.room) >= ROOM_MAX_ENTRIES:
                 self.room.clear()
-            self.room[plan.room_key] = (time.monotonic() + ROOM_FRESH_S, [r.remaining for r in results])
+            self.room[plan.room_key] = (time.monotonic() + ROOM_FRESH_S, results[0::2])
         return Ticket(plan.request_id, plan.checks, results, plan.tokens, plan.cost)
 
     async def store_state(self) -> str:

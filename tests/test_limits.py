@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from proxy.config import parse_config
+from proxy.errors import GatewayError
 from proxy.limits import Limits, MemoryBackend, duration
 from proxy.records import UsageRecord
 from tests.redis_util import shared_redis_url
@@ -223,6 +224,31 @@ def test_tpm_settle_gives_back_unused_tokens():
     before, after = asyncio.run(run())
     assert before == "100"  # 600 - (1 + 499)
     assert after == "588"  # 600 - 10 used - 2 reserved
+
+
+def test_a_key_given_new_limits_is_checked_by_them_at_once():
+    """Checks are built once per set of limits and reused; a key whose limits change (the admin API, a
+    reload) must be checked by the new ones from its next request, and a key without limits not at all."""
+    import dataclasses
+
+    limits, clock = _limits(GCRA_TOML.replace("tpm = 600\n", "").replace("rpm = 60", "rpm = 2"))
+    key, alias = limits.config.keys[0], limits.config.models["m"]
+    body = {"messages": MSG, "max_tokens": 1}
+
+    async def codes(k, n: int) -> list[int]:
+        out = []
+        for i in range(n):
+            try:
+                await limits.acquire(k, alias, body, 1, "chat", f"r{i}")
+                out.append(200)
+            except GatewayError as e:
+                out.append(e.status)
+        return out
+
+    assert asyncio.run(codes(key, 3)) == [200, 200, 429]
+    clock.now += 60  # a quiet minute: the bucket is full again
+    assert asyncio.run(codes(dataclasses.replace(key, rpm=5), 6)) == [200] * 5 + [429]
+    assert limits.plan(dataclasses.replace(key, rpm=None), alias, body, 1, "chat", "x") is None
 
 
 def test_reset_duration_format():
