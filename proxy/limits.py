@@ -117,13 +117,20 @@ class Denial:
 
 
 def duration(seconds: float) -> str:
-    """OpenAI's reset format: 1s, 6m0s, 1.5s."""
-    seconds = max(0.0, seconds)
+    """OpenAI's reset format: 1s, 6m0s, 1.5s. Under a minute, to the millisecond, remembered per millisecond:
+    it runs twice per limited request, and formatting costs several times a lookup."""
     if seconds < 60:
-        text = f"{seconds:.3f}".rstrip("0").rstrip(".")
-        return f"{text or '0'}s"
+        ms = int(seconds * 1000 + 0.5) if seconds > 0 else 0
+        text = _RESETS.get(ms)
+        if text is None:
+            whole, part = divmod(ms, 1000)
+            text = _RESETS[ms] = f"{whole}.{part:03d}".rstrip("0") + "s" if part else f"{whole}s"
+        return text
     minutes, rest = divmod(int(round(seconds)), 60)
     return f"{minutes}m{rest}s"
+
+
+_RESETS: dict[int, str] = {}  # at most 60,000 short strings
 
 
 def period_of(period: str, now: datetime) -> tuple[str, datetime | None, float]:
@@ -366,7 +373,10 @@ class Limits:
     backend: Any  # MemoryBackend | RedisBackend
     on_store_error: Callable[[str], None] = lambda scope: None  # metrics hook
     on_denied: Callable[[str], None] = lambda scope: None
-    pending: list[tuple[Check, float, str]] = field(default_factory=list)  # settlements not yet sent
+    # Settlements not yet sent: freed concurrency slots, one per request; and token and budget
+    # corrections, summed per Redis key (the script adds them, so a batch needs one entry per key).
+    releases: list[tuple[Check, float, str]] = field(default_factory=list)
+    owed: dict[str, tuple[Check, float]] = field(default_factory=dict)
     flusher: asyncio.Task[None] | None = None
     # (key, model) -> (until when, each check's remaining room) from this replica's last verdict
     room: dict[tuple[str, str], tuple[float, list[float]]] = field(default_factory=dict)
@@ -531,22 +541,25 @@ class Limits:
         for row in extra:
             used_tokens += row.prompt_tokens + row.completion_tokens
             cost += row.cost_usd or 0.0
-        rid = ticket.request_id
-        adjustments: list[tuple[Check, float, str]] = []
+        urgent = settling = False
+        owed = self.owed
         for check in ticket.checks:
             if check.kind == "parallel":
-                adjustments.append((check, 0.0, rid))
-            elif check.unit == "tokens":
-                adjustments.append((check, used_tokens - ticket.reserved_tokens, rid))
+                self.releases.append((check, 0.0, ticket.request_id))
+                urgent = settling = True
+                continue
+            if check.unit == "tokens":
+                delta = used_tokens - ticket.reserved_tokens
             elif check.unit == "usd":
-                adjustments.append((check, cost - ticket.reserved_cost, rid))
-        if not adjustments:
-            return
-        self.pending += adjustments
-        if self.flusher is None or self.flusher.done():
+                delta = cost - ticket.reserved_cost
+            else:
+                continue
+            seen = owed.get(check.key)
+            owed[check.key] = (check, delta if seen is None else seen[1] + delta)
+            settling = True
+        if settling and (self.flusher is None or self.flusher.done()):
             # A freed concurrency slot goes out at once; token and budget corrections can wait a few
             # milliseconds to be sent with other requests' (one script call per batch).
-            urgent = any(check.kind == "parallel" for check, _, _ in adjustments)
             self.flusher = asyncio.ensure_future(self._flush_soon(0 if urgent else SETTLE_BATCH_S))
 
     def charge(self, plan: Plan, record: UsageRecord) -> None:
@@ -562,13 +575,15 @@ class Limits:
         await self.flush()
 
     async def flush(self) -> None:
-        while self.pending:
-            batch, self.pending = self.pending[:SETTLE_BATCH_MAX], self.pending[SETTLE_BATCH_MAX:]
-            try:
-                await self.backend.settle(batch)
-            except StoreUnavailable as exc:
-                self.on_store_error("store")
-                log.warning("limits store unavailable while settling: %s", exc)
+        while self.releases or self.owed:
+            entries = self.releases + [(check, delta, "") for check, delta in self.owed.values()]
+            self.releases, self.owed = [], {}
+            for start in range(0, len(entries), SETTLE_BATCH_MAX):
+                try:
+                    await self.backend.settle(entries[start:start + SETTLE_BATCH_MAX])
+                except StoreUnavailable as exc:
+                    self.on_store_error("store")
+                    log.warning("limits store unavailable while settling: %s", exc)
 
     async def seed_budgets(self, spend_by_key: dict[str, float], keys: list[KeyConfig]) -> None:
         """Start each budgeted key's spend from the ledger, unless a replica already did."""

@@ -226,6 +226,26 @@ def test_tpm_settle_gives_back_unused_tokens():
     assert after == "588"  # 600 - 10 used - 2 reserved
 
 
+def test_settlements_sent_together_add_up():
+    """Token corrections of several requests go out in one batch, summed per limit: the bucket ends
+    where settling them one by one would have left it."""
+    limits, _ = _limits(GCRA_TOML.replace("rpm = 60\n", ""))
+    key, alias = limits.config.keys[0], limits.config.models["m"]
+
+    async def run() -> str:
+        tickets = [await limits.acquire(key, alias, {"messages": MSG, "max_tokens": 99}, 1, "chat", f"r{i}")
+                   for i in range(3)]  # 3 x 100 reserved
+        for i, ticket in enumerate(tickets):
+            limits.settle(ticket, UsageRecord(f"r{i}", 0, "k", "m", "chat", False, prompt_tokens=1,
+                                              completion_tokens=i))
+        assert len(limits.owed) == 1  # one entry for the one tpm bucket
+        await limits.flush()
+        ticket = await limits.acquire(key, alias, {"messages": MSG, "max_tokens": 1}, 1, "chat", "last")
+        return ticket.headers()["x-ratelimit-remaining-tokens"]
+
+    assert asyncio.run(run()) == "592"  # 600 - (1 + 2 + 3) used - 2 reserved
+
+
 def test_a_key_given_new_limits_is_checked_by_them_at_once():
     """Checks are built once per set of limits and reused; a key whose limits change (the admin API, a
     reload) must be checked by the new ones from its next request, and a key without limits not at all."""
