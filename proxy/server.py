@@ -33,11 +33,14 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 ON_DISCONNECT = "gateway.on_disconnect"  # scope key: called once if the client leaves mid-request
 
 # Translation tables that keep every byte uvicorn's HEADER_RE (names) and HEADER_VALUE_RE (values) let
-# through and change every byte they refuse: a header passes if translating leaves it as it was.
-_NAME_OK = bytes(c if c >= 0x20 and c != 0x7F and chr(c) not in '()<>@,;:[]={} \t\\"' else c ^ 1 for c in range(256))
+# through and change every byte they refuse: a header passes if translating leaves it as it was. Names
+# must also be lowercase already (ours are), so they are written as they are; uvicorn lowers the rest.
+_NAME_OK = bytes(c if c >= 0x20 and c != 0x7F and chr(c) not in '()<>@,;:[]={} \t\\"' and not 0x41 <= c <= 0x5A
+                 else c ^ 1 for c in range(256))
 _VALUE_OK = bytes(c if (c >= 0x20 or c == 0x09) and c != 0x7F else c ^ 1 for c in range(256))
 _FRAMING_BYTES = (b"content-length", b"transfer-encoding", b"connection")  # headers that change uvicorn's framing
-_plain_defaults: list[object] = [None]  # the last default-header list seen to hold none of them
+# The last default-header list seen to hold none of them, and its lines as written.
+_plain_defaults: list[Any] = [None, b""]
 
 
 class HeadWithBody:
@@ -134,7 +137,8 @@ def _startable(send: Any, status: int) -> RequestResponseCycle | None:
     if cycle.default_headers is not _plain_defaults[0]:  # uvicorn's list: a new one each second (date)
         if any(name.lower() in _FRAMING_BYTES for name, _ in cycle.default_headers):
             return None
-        _plain_defaults[0] = cycle.default_headers
+        _plain_defaults[:] = cycle.default_headers, b"".join(
+            [name.lower() + b": " + value + b"\r\n" for name, value in cycle.default_headers])
     return cycle
 
 
@@ -150,11 +154,10 @@ def _head(cycle: RequestResponseCycle, status: int, headers: dict[str, str], enc
         return None
     if (names.translate(_NAME_OK) != names or values.translate(_VALUE_OK) != values
             or "content-length" in headers or "transfer-encoding" in headers or "connection" in headers):
-        return None  # a framing header: uvicorn would frame the response by it
-    head = [STATUS_LINE[status]]
-    for name, value in cycle.default_headers:
-        head += (name.lower(), b": ", value, b"\r\n")
-    head.append("".join([f"{name.lower()}: {value}\r\n" for name, value in headers.items()]).encode(encoding))
+        return None  # an uppercase name, a refused byte, or a framing header (uvicorn would frame by it)
+    head = [STATUS_LINE[status], _plain_defaults[1]]
+    if headers:  # the lines joined in C, not one f-string each
+        head.append(("\r\n".join(map(": ".join, headers.items())) + "\r\n").encode(encoding))
     head.append(framing)
     if not cycle.keep_alive:
         head.append(b"connection: close\r\n")
