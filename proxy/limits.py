@@ -38,7 +38,7 @@ from typing import Any
 from proxy.config import Config, KeyConfig, ModelAlias
 from proxy.errors import GatewayError
 from proxy.records import UsageRecord
-from proxy.resp import MiniRedis, RedisError
+from proxy.resp import Encoded, MiniRedis, RedisError
 from proxy.router import estimated_cost, requested_max_tokens
 
 log = logging.getLogger("gateway.limits")
@@ -61,7 +61,8 @@ class Check:
     limit: float
     amount: float
     unit: str  # requests | tokens | usd
-    ttl_s: float = 0.0  # budget: seconds until the period ends (0 = never)
+    ttl_s: float = 0.0  # budget: seconds until the period ends (0 = never); parallel: how long a slot stays
+    wire: Encoded | None = None  # kind, limit and ttl as the script takes them, for checks reused by requests
 
 
 @dataclass(slots=True)
@@ -227,7 +228,7 @@ local out = {}
 local new = {}
 for i = 1, #KEYS do
   local b = 1 + (i - 1) * 4
-  local kind, limit, amount, ttl = ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
+  local kind, limit, ttl, amount = ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
   if kind == 'gcra' then
     local step = 60 / limit
     local tat = tonumber(redis.call('GET', KEYS[i])) or now
@@ -252,7 +253,7 @@ for i = 1, #KEYS do
 end
 for i = 1, #KEYS do
   local b = 1 + (i - 1) * 4
-  local kind, amount, ttl = ARGV[b + 1], tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
+  local kind, ttl, amount = ARGV[b + 1], tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
   if kind == 'gcra' then
     redis.call('SET', KEYS[i], tostring(new[i]), 'PX', math.ceil((new[i] - now) * 1000) + 1000)
   elseif kind == 'parallel' then
@@ -302,8 +303,8 @@ class RedisBackend:
         # What changes per request goes as bytes, so pack() does not remember it (see proxy.resp.pack).
         args: list[Any] = [request_id.encode()]
         for c in checks:
-            ttl = repr(PARALLEL_STALE_S if c.kind == "parallel" else c.ttl_s)  # a budget's: time left in its period
-            args += [c.kind, repr(c.limit), repr(c.amount).encode(), ttl.encode() if c.kind == "budget" else ttl]
+            # per check: kind, limit, ttl (a budget's: time left in its period), amount
+            args += (c.wire or Encoded(c.kind, repr(c.limit), repr(c.ttl_s).encode()), repr(c.amount).encode())
         return args
 
     @staticmethod
@@ -398,7 +399,7 @@ class Limits:
         max_tokens = requested_max_tokens(body, alias.targets[0].default_max_tokens) if endpoint == "chat" else 0
         tokens = prompt_tokens + max_tokens
         checks = [check if check.unit != "tokens" else Check(check.scope, "gcra", check.key, check.limit, tokens,
-                                                              "tokens") for check in standing]
+                                                              "tokens", 0.0, check.wire) for check in standing]
         cost = 0.0
         if key is not None and budgeted:
             cost = max((estimated_cost(t, prompt_tokens, max_tokens) or 0.0) for t in alias.targets)
@@ -432,7 +433,9 @@ class Limits:
                     checks.append(Check(scope, "gcra", f"{PREFIX}tpm:{name}", tpm, 0, "tokens"))
             if key is not None and key.max_parallel:
                 checks.append(Check("parallel", "parallel", f"{PREFIX}inflight:key:{key.name}", key.max_parallel, 1,
-                                    "requests"))
+                                    "requests", PARALLEL_STALE_S))
+            for check in checks:
+                check.wire = Encoded(check.kind, repr(check.limit), repr(check.ttl_s))
         return checks
 
     def _roomy(self, room_key: tuple[str, str], checks: list[Check]) -> bool:

@@ -50,8 +50,13 @@ def pack(args: tuple[Any, ...]) -> bytes:
     """One RESP command. A str argument is taken to recur (a key name, a limit) and its encoding is
     remembered; pass what changes per call (request ids, amounts) as bytes or numbers. For the limits
     script's 14 arguments, most of them the same on every call, that halves the cost of packing."""
-    out = [b"*%d\r\n" % len(args)]
+    out = [b""]
+    count = len(args)
     for arg in args:
+        if type(arg) is Encoded:
+            out.append(arg.data)
+            count += arg.count - 1
+            continue
         if type(arg) is str:
             bulk = _BULK.get(arg)
             if bulk is None:
@@ -62,8 +67,26 @@ def pack(args: tuple[Any, ...]) -> bytes:
             out.append(bulk)
         else:
             data = arg if isinstance(arg, bytes) else str(arg).encode()
-            out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+            size = len(data)
+            out += (_BULK_HEADS[size] if size < HEADS_MAX else b"$%d\r\n" % size, data, b"\r\n")
+    out[0] = _ARRAY_HEADS[count] if count < HEADS_MAX else b"*%d\r\n" % count
     return b"".join(out)
+
+
+class Encoded:
+    """A run of arguments packed once, for a caller that sends the same ones on call after call (the
+    limits' per-check constants): ``pack`` copies them as they are."""
+
+    __slots__ = ("count", "data")
+
+    def __init__(self, *args: Any) -> None:
+        self.count = len(args)
+        self.data = pack(args)[len(_ARRAY_HEADS[self.count]):]
+
+
+HEADS_MAX = 256
+_ARRAY_HEADS = [b"*%d\r\n" % n for n in range(HEADS_MAX)]  # formatting them cost more than the rest of an argument
+_BULK_HEADS = [b"$%d\r\n" % n for n in range(HEADS_MAX)]
 
 
 def _parse(buf: bytes | bytearray, pos: int) -> tuple[Any, int]:

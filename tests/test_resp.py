@@ -9,7 +9,7 @@ import time
 import pytest
 
 from proxy import resp
-from proxy.resp import MiniRedis, RedisError, _Incomplete, _parse, pack
+from proxy.resp import Encoded, MiniRedis, RedisError, _Incomplete, _parse, pack
 from tests.redis_util import RedisCluster, RedisServer
 
 
@@ -25,6 +25,13 @@ def test_parse_every_reply_type_and_incomplete_input():
         with pytest.raises(_Incomplete):
             _parse(b"*2\r\n$1\r\nx\r\n:7\r\n"[:cut], 0)
     assert pack(("SET", "k", 1.5)) == b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$3\r\n1.5\r\n"
+
+
+def test_arguments_packed_once_are_sent_as_if_given_one_by_one():
+    run = Encoded("gcra", "1000", "0.0")
+    assert pack(("EVALSHA", "abc", run, b"r1", run, "x" * 300)) == pack(
+        ("EVALSHA", "abc", "gcra", "1000", "0.0", b"r1", "gcra", "1000", "0.0", "x" * 300))
+    assert pack(tuple(range(300))).startswith(b"*300\r\n$1\r\n0\r\n")  # past the precomputed heads
 
 
 def test_pack_encodes_str_bytes_and_numbers_alike_and_its_memory_stays_bounded(monkeypatch):
