@@ -81,7 +81,7 @@ class Encoded:
 
     def __init__(self, *args: Any) -> None:
         self.count = len(args)
-        self.data = pack(args)[len(_ARRAY_HEADS[self.count]):]
+        self.data = pack(args).split(b"\r\n", 1)[1]  # without the array head
 
 
 HEADS_MAX = 256
