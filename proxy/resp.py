@@ -48,8 +48,8 @@ BULK_CACHE_MAX = 4096
 
 def pack(args: tuple[Any, ...]) -> bytes:
     """One RESP command. A str argument is taken to recur (a key name, a limit) and its encoding is
-    remembered; pass what changes per call (request ids, amounts) as bytes or numbers. For the limits
-    script's 14 arguments, most of them the same on every call, that halves the cost of packing."""
+    remembered; pass what changes per call (request ids, amounts) as bytes or numbers, and a run of
+    arguments sent on every call as one ``Encoded`` (the limits script's per-check constants)."""
     out = [b""]
     count = len(args)
     for arg in args:

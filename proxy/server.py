@@ -155,7 +155,7 @@ def _head(cycle: RequestResponseCycle, status: int, headers: dict[str, str], enc
     if (names.translate(_NAME_OK) != names or values.translate(_VALUE_OK) != values
             or "content-length" in headers or "transfer-encoding" in headers or "connection" in headers):
         return None  # an uppercase name, a refused byte, or a framing header (uvicorn would frame by it)
-    head = [STATUS_LINE[status], _plain_defaults[1]]
+    head = [STATUS_LINE[status], _plain_defaults[1]]  # this cycle's default lines: _startable just checked
     if headers:  # the lines joined in C, not one f-string each
         head.append(("\r\n".join(map(": ".join, headers.items())) + "\r\n").encode(encoding))
     head.append(framing)
