@@ -15,7 +15,7 @@ import pytest
 from tests import pg
 from tests.conftest import GATEWAY_KEY
 from tests.fakes.openai_server import usage_for
-from tests.pg import ledger_config, rows_by_id
+from tests.pg import ledger_config, rows_by_id, wait_for
 
 pg_url, database_url = pg.pg_url, pg.database_url  # fixtures
 
@@ -197,7 +197,8 @@ def test_concurrent_mixed_requests_leave_exactly_one_exact_row_each(fake_openai,
         sum(expected_cost(e["prompt_tokens"], e["completion_tokens"], e["cached_tokens"]) for e in priced))
 
     ledger = gw.app.state.ledger
-    assert ledger.written_rows_total == 50 and ledger.duplicate_rows_total == 0
+    wait_for(lambda: ledger.written_rows_total == 50, timeout=2)  # counted just after the commit the rows show
+    assert ledger.duplicate_rows_total == 0
     assert ledger.spilled_rows_total == 0 and ledger.write_errors_total == 0 and ledger.queue_depth == 0
     assert ledger.unpriced_requests_total["fake/mystery-model"] == 5
 
@@ -219,7 +220,9 @@ def test_rows_written_before_shutdown_without_waiting_for_the_timer(fake_openai,
     client = gw.client()
     for i in range(7):
         client.chat.completions.create(model="priced", messages=[{"role": "user", "content": f"hi {i}"}])
-    assert gw.app.state.ledger.queue_depth == 7  # nothing flushed yet: the timer is ten minutes
+    # The row is queued just after the answer is sent, so the client can be a moment ahead of it.
+    # Nothing is flushed meanwhile: the timer is ten minutes, so the queue only grows to 7.
+    wait_for(lambda: gw.app.state.ledger.queue_depth == 7, timeout=2)
     gw.server.stop()
     assert len(rows_by_id(url, 7, timeout=2)) == 7
     assert not list(tmp_path.glob("usage-spill-*"))  # all went to the database, nothing spilled
