@@ -476,7 +476,9 @@ class StreamRelay:
             if start.rest and not tr.done:  # the rest of the read the first event came in
                 rest, start.rest = start.rest, b""
                 out = tr.feed(rest)
-                if out:
+                if tr.done and direct is not None and direct.ready():
+                    direct.end(out)  # a whole short answer in one read: its rest and the end in one write
+                elif out:
                     yield out
             while not tr.done:
                 if push is not None and direct is not None and direct.ready():
@@ -496,7 +498,9 @@ class StreamRelay:
                     break
                 self.waited += clock() - t0
                 out = tr.feed(data)
-                if out:
+                if tr.done and direct is not None and direct.ready():
+                    direct.end(out)
+                elif out:
                     yield out
             if tr.error is not None:
                 self.status, self.error_type = tr.error.status, tr.error.reason
@@ -511,9 +515,13 @@ class StreamRelay:
         tr, direct = self.translator, self.direct
         assert tr is not None and direct is not None
         out = tr.feed(data)
-        more = direct.write(out) if out else True
+        if tr.done:  # the last piece carries the response's end: one write less
+            direct.end(out)
+            more = False
+        else:
+            more = direct.write(out) if out else True
         self.pushing_s += time.perf_counter() - t0
-        return more and not tr.done
+        return more
 
     async def finish(self, disconnected: bool) -> None:
         if self.finished:

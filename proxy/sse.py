@@ -59,7 +59,8 @@ class SSEResponse:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             self.completed = True  # a hang-up after this point lost the client nothing
             self.streaming = False
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if direct is None or not direct.cycle.response_complete:  # not already ended by direct.end
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:
             self.disconnected = True
         except asyncio.CancelledError:

@@ -12,7 +12,7 @@ from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, RequestResponseCycle
 
 from proxy.endpoints import AccountedResponse
-from proxy.server import _NAME_OK, _VALUE_OK, HeadWithBody, start_chunked, write_whole
+from proxy.server import _NAME_OK, _VALUE_OK, DirectBody, HeadWithBody, start_chunked, write_whole
 from proxy.sse import SSEResponse
 
 MSGS = [{"role": "user", "content": "hello"}]
@@ -194,12 +194,14 @@ def test_start_chunked_takes_the_streams_it_can_start_and_leaves_the_rest() -> N
                                    (False, None, []), (False, None, [])]
 
 
-def _stream(direct: bool, keep_alive: bool, headers: dict[str, str]) -> tuple:
+def _stream(direct: bool, keep_alive: bool, headers: dict[str, str], ends_itself: bool = False) -> tuple:
     """What the client gets for one SSEResponse of two events, and the state the request cycle is
-    left in: with the head built by start_chunked (``direct``), or through uvicorn's ``send``."""
+    left in: with the head built by start_chunked (``direct``), or through uvicorn's ``send``. With
+    ``ends_itself`` the body writes its last event with ``DirectBody.end`` where it can."""
     async def main() -> tuple:
-        closed: list[bool] = []
-        cycle, transport = _cycle(keep_alive=keep_alive, defaults=[(b"server", b"uvicorn")])
+        closed: list[bool | str] = []
+        cycle, transport = _cycle(keep_alive=keep_alive, defaults=[(b"server", b"uvicorn")],
+                                  on_response=lambda: closed.append("next request"))
 
         async def plain_send(message: dict) -> None:
             await cycle.send(message)  # type: ignore[arg-type]
@@ -208,9 +210,12 @@ def _stream(direct: bool, keep_alive: bool, headers: dict[str, str]) -> tuple:
             await asyncio.Event().wait()
             return {}
 
-        async def events(_: object):
+        async def events(body: DirectBody | None):
             yield b"data: 1\n\n"
-            yield b"data: [DONE]\n\n"
+            if ends_itself and body is not None and body.ready():
+                body.end(b"data: [DONE]\n\n")
+            else:
+                yield b"data: [DONE]\n\n"
 
         async def on_close(disconnected: bool) -> None:
             closed.append(disconnected)
@@ -237,6 +242,17 @@ def test_a_stream_head_written_directly_is_what_uvicorn_would_write(keep_alive, 
     assert direct == _stream(False, keep_alive, headers)
     if "x-request-id" in headers:
         assert direct[0].count(b"transfer-encoding: chunked") == 1 and direct[0].endswith(b"0\r\n\r\n")
+
+
+@pytest.mark.parametrize("keep_alive", [True, False])
+def test_a_stream_ended_by_its_last_piece_is_what_uvicorn_would_write(keep_alive) -> None:
+    """DirectBody.end writes the last piece with the terminator and completes the request cycle
+    exactly as a last piece and a final empty message through ``send`` do."""
+    headers = {"x-request-id": "req_1"}
+    ended = _stream(True, keep_alive, headers, ends_itself=True)
+    assert ended == _stream(False, keep_alive, headers, ends_itself=True)
+    assert ended == _stream(True, keep_alive, headers)
+    assert ended[0].endswith(b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n") and ended[-1] == ["next request", False]
 
 
 def test_keep_alive_responses_through_the_protocol(gateway) -> None:
