@@ -187,3 +187,25 @@ async def test_usage_in_the_unrelayed_rest_of_a_first_read_still_counts():
     assert translator.usage is not None
     assert (translator.usage.prompt_tokens, translator.usage.completion_tokens) == (7, 2)
     assert translator.done and start.rest == b""
+
+
+@pytest.mark.parametrize("upstream_model", ["alias", "alias-2026-01-01", ""])
+def test_stream_model_member_becomes_the_alias_across_reads(upstream_model):
+    """Every chunk names the alias, whatever the upstream called it, however the reads split the events;
+    an upstream that already says the alias gets its bytes through unchanged."""
+    from adapters.openai import OpenAIStream
+
+    events = [b"data: " + json.dumps({"id": "c", "object": "chat.completion.chunk", "model": name,
+                                      "choices": [{"index": 0, "delta": {"content": f"t{i}"}}]},
+                                     separators=(",", ":")).encode() + b"\n\n"
+              for i, name in enumerate(["", upstream_model, upstream_model, upstream_model])]
+    raw = b"".join(events) + b"data: [DONE]\n\n"
+    for step in (7, 50, len(raw)):
+        translator = OpenAIStream("alias", include_usage=True)
+        out = b"".join(translator.feed(raw[i:i + step]) for i in range(0, len(raw), step))
+        assert translator.done
+        payloads = [json.loads(line[6:]) for line in out.split(b"\n\n") if line.startswith(b"data: {")]
+        assert [p["model"] for p in payloads] == ["alias"] * 4
+        assert [p["choices"][0]["delta"]["content"] for p in payloads] == ["t0", "t1", "t2", "t3"]
+        if upstream_model == "alias":
+            assert out == raw.replace(b'"model":""', b'"model":"alias"')
