@@ -42,6 +42,8 @@ class Load:
     errors: int
     server_cpu_s: float = 0.0
     upstream_cpu_s: float = 0.0
+    server_reads: int = 0  # the server's read and write system calls meanwhile (see bench_procs.io_calls)
+    server_writes: int = 0
 
     @property
     def rps(self) -> float:
@@ -77,10 +79,13 @@ def wrk(url: str, conns: int, seconds: int, auth: str | None, bodies: list[str],
 
 
 def measured(server: Server, upstream: Server, run: Callable[[], Load]) -> Load:
-    """Run a load and charge the CPU the server and the upstream spent meanwhile to it."""
-    s0, u0 = server.cpu(), upstream.cpu()
+    """Run a load and charge the CPU the server and the upstream spent meanwhile, and the server's
+    read and write calls, to it."""
+    s0, u0, (r0, w0) = server.cpu(), upstream.cpu(), server.io_calls()
     load = run()
     load.server_cpu_s, load.upstream_cpu_s = server.cpu() - s0, upstream.cpu() - u0
+    r1, w1 = server.io_calls()
+    load.server_reads, load.server_writes = r1 - r0, w1 - w0
     return load
 
 

@@ -61,6 +61,23 @@ def cpu_seconds(pids: list[int]) -> float:
     return ticks / CLK_TCK
 
 
+def io_calls(pids: list[int]) -> tuple[int, int]:
+    """Read- and write-family system calls of the processes so far: syscr and syscw of /proc/<pid>/io,
+    which count read/readv and write/writev (what uvloop uses on sockets), not recv or send."""
+    reads = writes = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+                name, _, value = line.partition(": ")
+                if name == "syscr":
+                    reads += int(value)
+                elif name == "syscw":
+                    writes += int(value)
+        except OSError:
+            continue
+    return reads, writes
+
+
 def status_kb(pids: list[int], key: str) -> int:
     total = 0
     for pid in pids:
@@ -173,6 +190,9 @@ class Server:
 
     def cpu(self) -> float:
         return cpu_seconds(self.pids)
+
+    def io_calls(self) -> tuple[int, int]:
+        return io_calls(self.pids)
 
     def log_tail(self, lines: int = 6) -> str:
         self._log.flush()

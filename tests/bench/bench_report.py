@@ -191,8 +191,9 @@ def _added(row: Row, direct: Row | None, what: str) -> float | None:
 
 def details(res: Results) -> list[str]:
     out = ["| | requests c=1 / c=16 / 5-chunk / 200-chunk / paced 5 / paced 50 | errors "
-           "| upstream CPU µs per stream (5 / 200) | CPU µs per paced stream (5 / 50) | HEAD at its start |",
-           "|---|---|---|---|---|---|"]
+           "| upstream CPU µs per stream (5 / 200) | CPU µs per paced stream (5 / 50) "
+           "| read + write calls per stream (5 / 200 chunks) | HEAD at its start |",
+           "|---|---|---|---|---|---|---|"]
     for row in res.rows.values():
         if row.status == "ok" and row.c1 and row.c16 and row.s5 and row.s200:
             paced = ("— / —", "— / —")
@@ -201,8 +202,17 @@ def details(res: Results) -> list[str]:
                          f"{row.p5.server_us:,.0f} / {row.p50.server_us:,.0f}")
             out.append(f"| {row.name} | {row.c1.requests:,} / {row.c16.requests:,} / {row.s5.requests:,} / "
                        f"{row.s200.requests:,} / {paced[0]} | {row.errors} | {row.s5.upstream_us:,.0f} / "
-                       f"{row.s200.upstream_us:,.0f} | {paced[1]} | {row.commit} |")
+                       f"{row.s200.upstream_us:,.0f} | {paced[1]} | {_calls(row.s5)} / {_calls(row.s200)} "
+                       f"| {row.commit} |")
     return out
+
+
+def _calls(load: Load) -> str:
+    """Read and write system calls per request of a phase: how many pieces a stream was read and
+    written in (a zero-delay burst reaches a busy server in fewer, larger reads)."""
+    if not load.requests:
+        return "—"
+    return f"{load.server_reads / load.requests:.1f} + {load.server_writes / load.requests:.1f}"
 
 
 def verdicts(res: Results) -> list[tuple[str, bool | None, str]]:
@@ -303,7 +313,14 @@ def report(res: Results) -> str:
               "`data:` byte at c=1. Streams: 5 or 200 content chunks sent back to back (zero delay) "
               "with include_usage, CPU per stream at c=16. CPU µs per paced chunk: streams of 5 and 50 chunks "
               "sent 2 ms apart (each chunk reaches the server in a read of its own, as tokens from a real model "
-              f"do) at c=32; (CPU per 50-chunk stream − CPU per 5-chunk stream) / {PACED_EXTRA_CHUNKS}.", ""]
+              f"do) at c=32; (CPU per 50-chunk stream − CPU per 5-chunk stream) / {PACED_EXTRA_CHUNKS}. "
+              "Read + write calls per stream: the serving process's read- and write-family system calls "
+              "(syscr / syscw of /proc/<pid>/io: read, readv, write, writev; not recv or send) in the "
+              "zero-delay stream phases, divided by the streams served. They count all of the process's calls "
+              "(bare also writes its SQLite ledger, governed talks to Redis and Postgres), but most are the "
+              "stream's: a gateway reads a stream from its upstream in as many pieces as the burst reached it "
+              "in, and writes each piece to the client as it comes, or several at once when the client is "
+              "slower than the upstream.", ""]
     lines += ["## Targets", ""]
     for label, ok, detail in verdicts(res):
         mark = "PASS" if ok else ("n/a" if ok is None else "FAIL")
