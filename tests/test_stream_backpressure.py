@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -100,3 +101,69 @@ def test_an_upstream_that_drops_mid_stream_ends_the_relay_with_an_error_and_a_50
     rows = ledger_rows(db, "SELECT status, error_type, completion_tokens FROM usage_log WHERE request_id LIKE ?",
                        (rid + ".%",))
     assert rows == [(502, "connection", len(events) - 1)]  # one token per chunk it relayed, estimated
+
+
+class _Socket:
+    """The transport side of an upstream connection: what the client did to its reading."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        self.calls.append("pause")
+
+    def resume_reading(self) -> None:
+        self.calls.append("resume")
+
+
+def test_a_burst_is_read_in_rests_and_paced_events_never_wait() -> None:
+    """Reads of a pushed stream that come faster than BURST_GAP_S apart make the connection rest
+    BURST_REST_S before reading on, so a burst is relayed in fewer pieces; reads spaced like a real
+    model's tokens are never held, and nothing rests once the client is slower than the upstream."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from proxy.http1 import BURST_GAP_S, BURST_REST_S, _Conn
+
+    def event(i: int) -> bytes:
+        data = b"data: {\"n\":%d}\n\n" % i
+        return b"%x\r\n%b\r\n" % (len(data), data)
+
+    async def main() -> tuple[list[str], list[str], list[str], list[bytes]]:
+        loop = asyncio.get_running_loop()
+        conn = _Conn(SimpleNamespace(loop=loop, forget=lambda c: None, release=lambda c: None))  # type: ignore[arg-type]
+        sock = _Socket()
+        conn.connection_made(sock)  # type: ignore[arg-type]
+        conn.start(b"POST / HTTP/1.1\r\n\r\n", None, None)
+        conn.data_received(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        got: list[bytes] = []
+        taking = [True]
+        assert conn.response is not None
+        conn.response._sink = lambda data: got.append(data) or taking[0]
+        conn.data_received(event(0))
+        conn.data_received(event(1))  # right after: a burst
+        burst = list(sock.calls)
+        await asyncio.sleep(BURST_REST_S * 5)
+        rested = list(sock.calls)
+        for i in range(2, 5):  # spaced out, as tokens are
+            await asyncio.sleep(BURST_GAP_S * 4)
+            conn.data_received(event(i))
+        paced = list(sock.calls)
+        taking[0] = False  # the client stops taking: the relay falls back to waiting on it
+        conn.data_received(event(5))
+        conn.data_received(event(6))
+        return burst, rested, paced + ["|"] + sock.calls[len(paced):], got
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1.0)  # no other thread (the suite's servers) gets in between the two reads of the burst
+    try:
+        burst, rested, paced, got = asyncio.run(main())
+    finally:
+        sys.setswitchinterval(interval)
+    assert burst == ["pause"]
+    assert rested == ["pause", "resume"]
+    assert paced == ["pause", "resume", "|"]
+    assert [json.loads(g[6:])["n"] for g in got] == [0, 1, 2, 3, 4, 5]  # each read delivered at once, in order
