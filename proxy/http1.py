@@ -25,12 +25,13 @@ import httptools
 IDLE_KEEP_S = 30.0  # drop pooled connections idle for longer (servers often close at 5-75 s)
 MAX_IDLE = 1000  # pooled connections per host
 HIGH_WATER = 1 << 20  # pause reading a stream once this much is buffered and unread
-# A pushed stream (relayed from the data callback) whose reads come less than BURST_GAP_S apart is a
-# burst: the upstream sends faster than relaying it read by read pays. Each piece costs a read and a
-# write (10-14 us of system time here) whatever its size, so its connection then rests BURST_REST_S
-# before the next read and the burst goes out in fewer, larger pieces (a 200-event burst: ~55 reads and
-# writes became ~8, and the stream's CPU halved). A real model's tokens come milliseconds apart and
-# never wait; an event of a burst waits at most BURST_REST_S (the loop's timers have 1 ms resolution).
+# A relayed stream whose reads come less than BURST_GAP_S apart is a burst: the upstream sends faster
+# than relaying it read by read pays. Each piece costs a read and a write (10-14 us of system time here)
+# whatever its size, so its connection then rests BURST_REST_S before the next read and the burst goes
+# out in fewer, larger pieces (a 200-event burst: ~55 reads and writes became ~8, and the stream's CPU
+# halved). A real model's tokens come milliseconds apart and never wait; the first event never waits
+# (pacing starts once the relay has the stream); an event of a burst waits at most BURST_REST_S (the
+# loop's timers have 1 ms resolution). Whole-body answers are never paced.
 BURST_GAP_S = 0.0003
 BURST_REST_S = 0.001
 _ssl_context: ssl.SSLContext | None = None
@@ -60,6 +61,7 @@ class Response:
         self._buffered = 0
         self._waiter: asyncio.Future[None] | None = None
         self._sink: Callable[[bytes], bool] | None = None  # while pushing: where body bytes go at once
+        self.relayed = False  # a stream the relay has taken over (push was called): its bursts are paced
         self._sink_error: Exception | None = None
 
     # fed by the protocol
@@ -141,6 +143,7 @@ class Response:
         future or generator step per read. Returns once ``sink`` returned False (it has taken that
         piece) or raised (raised here), or the body ended or failed; reading then goes on with
         ``chunks``, which also sees the end or the failure."""
+        self.relayed = True
         if self._buffer or self.complete:
             return
         self._sink = sink
@@ -189,7 +192,7 @@ class _Conn(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.paused = False  # by flow control: the client is slower than the upstream
         self.resting = False  # between the reads of a burst (see BURST_GAP_S)
-        self.pushed_at = 0.0  # perf_counter of the last read pushed to a sink
+        self.relayed_at = 0.0  # perf_counter of the last read of a relayed stream
         # httptools calls on_body once per chunk of a chunked body; as a bound list.append that is a
         # C call, not a Python frame (a read holding a burst of 200 chunks: 23 against 70 us to parse).
         # The pieces go to the response once per read, and before the response completes.
@@ -217,16 +220,16 @@ class _Conn(asyncio.Protocol):
             self.parts.clear()
         if response is not None and response._sink is not None and response._buffer:
             response._deliver()
-            if response._sink is not None and self.response is response:  # still pushing
-                self._pace()
+        if response is not None and response.relayed and self.response is response:  # not yet complete
+            self._pace()
 
     def _pace(self) -> None:
         now = time.perf_counter()
-        if now - self.pushed_at < BURST_GAP_S and not (self.resting or self.paused or self.closed):
+        if now - self.relayed_at < BURST_GAP_S and not (self.resting or self.paused or self.closed):
             self.resting = True
             self.transport.pause_reading()  # type: ignore[union-attr]
             self.loop.call_later(BURST_REST_S, self._rested)
-        self.pushed_at = now
+        self.relayed_at = now
 
     def _rested(self) -> None:
         self.resting = False
@@ -308,7 +311,7 @@ class _Conn(asyncio.Protocol):
         self.response = Response(self)
         self.head = self.loop.create_future()
         self.got_bytes = False
-        self.pushed_at = 0.0
+        self.relayed_at = 0.0
         self.read_timeout = read_timeout
         self.last_read = self.loop.time()
         if total_timeout:
