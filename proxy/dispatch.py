@@ -309,6 +309,7 @@ class Dispatch:
                     rest = rest[cut:]
                 if translator.error is not None:
                     raise translator.error
+                response.relaying()
                 return StreamStart(response, chunks, translator, first, rest)
         except TimeoutError:
             await _close(response)

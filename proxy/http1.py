@@ -30,8 +30,8 @@ HIGH_WATER = 1 << 20  # pause reading a stream once this much is buffered and un
 # whatever its size, so its connection then rests BURST_REST_S before the next read and the burst goes
 # out in fewer, larger pieces (a 200-event burst: ~55 reads and writes became ~8, and the stream's CPU
 # halved). A real model's tokens come milliseconds apart and never wait; the first event never waits
-# (pacing starts once the relay has the stream); an event of a burst waits at most BURST_REST_S (the
-# loop's timers have 1 ms resolution). Whole-body answers are never paced.
+# (pacing starts once it is found: HttpStream.relaying); an event of a burst waits at most BURST_REST_S
+# (the loop's timers have 1 ms resolution). Whole-body answers are never paced.
 BURST_GAP_S = 0.0003
 BURST_REST_S = 0.001
 _ssl_context: ssl.SSLContext | None = None
@@ -61,7 +61,7 @@ class Response:
         self._buffered = 0
         self._waiter: asyncio.Future[None] | None = None
         self._sink: Callable[[bytes], bool] | None = None  # while pushing: where body bytes go at once
-        self.relayed = False  # a stream the relay has taken over (push was called): its bursts are paced
+        self.relayed = False  # a stream past its first event (HttpStream.relaying): its bursts are paced
         self._sink_error: Exception | None = None
 
     # fed by the protocol
@@ -143,7 +143,6 @@ class Response:
         future or generator step per read. Returns once ``sink`` returned False (it has taken that
         piece) or raised (raised here), or the body ended or failed; reading then goes on with
         ``chunks``, which also sees the end or the failure."""
-        self.relayed = True
         if self._buffer or self.complete:
             return
         self._sink = sink

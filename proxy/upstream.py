@@ -46,6 +46,9 @@ class UpstreamStream(Protocol):
     # Response.push where the bytes come from a socket: the relay's per-read fast path; else None
     push: Callable[[Callable[[bytes], bool]], Awaitable[None]] | None
 
+    def relaying(self) -> None:
+        """The first event is out: the rest of the stream is the relay's (bursts may now be paced)."""
+
     async def aclose(self, finished: bool = False) -> None: ...
 
 
@@ -54,6 +57,9 @@ class HttpStream:
         self.response = response
         self.chunks: AsyncIterator[bytes] = response.chunks
         self.push: Callable[[Callable[[bytes], bool]], Awaitable[None]] | None = response.push
+
+    def relaying(self) -> None:
+        self.response.relayed = True
 
     async def aclose(self, finished: bool = False) -> None:
         # A stream whose terminal event arrived usually has only the chunked terminator left: read it
@@ -142,6 +148,9 @@ class EchoStream:
     def __init__(self, chunks: AsyncIterator[bytes]) -> None:
         self.chunks = chunks
         self.push = None
+
+    def relaying(self) -> None:
+        pass
 
     async def aclose(self, finished: bool = False) -> None:
         pass

@@ -122,11 +122,13 @@ class _Socket:
 def test_a_burst_is_read_in_rests_and_paced_events_never_wait() -> None:
     """Reads of a relayed stream that come faster than BURST_GAP_S apart make the connection rest
     BURST_REST_S before reading on, so a burst is relayed in fewer pieces; reads spaced like a real
-    model's tokens are never held, and neither is a whole-body answer however fast its reads come."""
+    model's tokens are never held, and neither is a whole-body answer (or a stream still looking for its
+    first event) however fast its reads come."""
     import asyncio
     from types import SimpleNamespace
 
     from proxy.http1 import BURST_GAP_S, BURST_REST_S, _Conn
+    from proxy.upstream import HttpStream
 
     def event(i: int) -> bytes:
         data = b"data: {\"n\":%d}\n\n" % i
@@ -145,8 +147,9 @@ def test_a_burst_is_read_in_rests_and_paced_events_never_wait() -> None:
         conn, sock = connection(loop)
         assert conn.response is not None
         got: list[bytes] = []
+        HttpStream(conn.response).relaying()  # the first event is out: the relay has the stream
         taken = asyncio.ensure_future(conn.response.push(lambda data: got.append(data) is None))
-        await asyncio.sleep(0)  # the relay takes the stream: pushing from here on
+        await asyncio.sleep(0)  # pushing from here on
         conn.data_received(event(0))
         conn.data_received(event(1))  # right after: a burst
         burst = list(sock.calls)
