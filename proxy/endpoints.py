@@ -476,9 +476,7 @@ class StreamRelay:
             if start.rest and not tr.done:  # the rest of the read the first event came in
                 rest, start.rest = start.rest, b""
                 out = tr.feed(rest)
-                if tr.done and direct is not None and direct.ready():
-                    direct.end(out)  # a whole short answer in one read: its rest and the end in one write
-                elif out:
+                if not self._ended_with(out) and out:  # a short answer in one read: rest and end in one write
                     yield out
             while not tr.done:
                 if push is not None and direct is not None and direct.ready():
@@ -498,9 +496,7 @@ class StreamRelay:
                     break
                 self.waited += clock() - t0
                 out = tr.feed(data)
-                if tr.done and direct is not None and direct.ready():
-                    direct.end(out)
-                elif out:
+                if not self._ended_with(out) and out:
                     yield out
             if tr.error is not None:
                 self.status, self.error_type = tr.error.status, tr.error.reason
@@ -515,13 +511,18 @@ class StreamRelay:
         tr, direct = self.translator, self.direct
         assert tr is not None and direct is not None
         out = tr.feed(data)
-        if tr.done:  # the last piece carries the response's end: one write less
-            direct.end(out)
-            more = False
-        else:
-            more = direct.write(out) if out else True
+        more = not self._ended_with(out) and (direct.write(out) if out else True) and not tr.done
         self.pushing_s += time.perf_counter() - t0
         return more
+
+    def _ended_with(self, out: bytes) -> bool:
+        """If the translator has seen the stream's end and the client can take bytes now, write this
+        last piece together with the response's end (one write, not two) and say so."""
+        direct = self.direct
+        if self.translator is not None and self.translator.done and direct is not None and direct.ready():
+            direct.end(out)
+            return True
+        return False
 
     async def finish(self, disconnected: bool) -> None:
         if self.finished:
