@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from typing import Any
 
 import orjson
@@ -20,11 +21,17 @@ def request_ids(request: Request) -> tuple[str, str]:
     The header echoes the client's x-request-id when it is a sane token. The row id must be unique
     (it is the ledger's primary key, and a replayed row must not be counted twice), so a client id
     gets a random suffix there: a client reusing its id cannot drop or dodge usage rows.
+
+    The gateway's own ids lead with the time in milliseconds (as UUIDv7 does), then 64 random bits:
+    they sort in the order requests came, so each batch of rows lands at the right edge of the
+    ledger's primary-key index. A random id scatters a batch over the whole index: in SQLite every
+    row then rewrote its own page, and the read and write calls per request grew with the table
+    (from 6 to 11 per 5-chunk stream over 18 s of load, with `make bench`'s bare gateway).
     """
     given = request.headers.get("x-request-id")
     if given and _CLIENT_REQUEST_ID.fullmatch(given):
         return given, f"{given}.{os.urandom(6).hex()}"
-    rid = "req_" + os.urandom(12).hex()
+    rid = f"req_{time.time_ns() // 1_000_000:012x}{os.urandom(8).hex()}"
     return rid, rid
 
 

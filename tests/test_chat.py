@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
+import time
 
 import httpx
 import openai
@@ -49,6 +51,19 @@ def test_client_request_id_is_kept(gateway):
                                                                  "x-request-id": "my-trace-42"},
                    json={"model": "gpt-test", "messages": MSGS})
     assert r.status_code == 200 and r.headers["x-request-id"] == "my-trace-42"
+
+
+def test_gateway_request_ids_are_unique_and_sort_in_arrival_order(gateway):
+    """Time-ordered ids keep the ledger's primary-key index appending (proxy.requests.request_ids)."""
+    ids = []
+    for _ in range(6):
+        r = httpx.post(gateway.url + "/v1/chat/completions", headers={"authorization": f"Bearer {GATEWAY_KEY}"},
+                       json={"model": "gpt-test", "messages": MSGS})
+        assert r.status_code == 200
+        ids.append(r.headers["x-request-id"])
+        time.sleep(0.002)  # the id's clock counts milliseconds
+    assert all(re.fullmatch(r"req_[0-9a-f]{28}", rid) for rid in ids), ids
+    assert sorted(ids) == ids and len(set(ids)) == len(ids)
 
 
 @pytest.mark.parametrize("alias", ["gpt-test", "a-split-stream", "a-comment-stream", "echo"])
