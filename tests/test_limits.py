@@ -352,7 +352,9 @@ def test_an_overlapped_check_that_finds_its_script_gone_sends_it_again(make_gate
         first = float(store.get(bucket))
         store.script_flush()
         r = post(gw.url, secret, model, stream=stream)
-        assert r.status_code == 200 and r.headers["x-ratelimit-remaining-requests"] == "998"
+        # 998 within 60 ms (one request's step at rpm 1000) of the first request, 999 once a step has
+        # refilled: a slow machine takes that long. The bucket says it was counted once either way.
+        assert r.status_code == 200 and r.headers["x-ratelimit-remaining-requests"] in ("998", "999")
         assert float(store.get(bucket)) == pytest.approx(first + 60 / 1000, abs=1e-3)  # counted, once
     store.delete(bucket)
 
