@@ -120,10 +120,10 @@ class _Socket:
 
 
 def test_a_burst_is_read_in_rests_and_paced_events_never_wait() -> None:
-    """Reads of a relayed stream that come faster than BURST_GAP_S apart make the connection rest
-    BURST_REST_S before reading on, so a burst is relayed in fewer pieces; reads spaced like a real
-    model's tokens are never held, and neither is a whole-body answer (or a stream still looking for its
-    first event) however fast its reads come."""
+    """Reads of a relayed stream that come faster than BURST_GAP_S apart, or that hold more than one
+    chunk of the upstream's body, make the connection rest BURST_REST_S before reading on, so a burst
+    is relayed in fewer pieces; reads spaced like a real model's tokens are never held, and neither is
+    a whole-body answer (or a stream still looking for its first event) however fast its reads come."""
     import asyncio
     from types import SimpleNamespace
 
@@ -159,22 +159,28 @@ def test_a_burst_is_read_in_rests_and_paced_events_never_wait() -> None:
             await asyncio.sleep(BURST_GAP_S * 4)
             conn.data_received(event(i))
         paced = sock.calls[len(rested):]
+        await asyncio.sleep(BURST_GAP_S * 4)
+        conn.data_received(event(5) + event(6))  # spaced out, but two chunks at once: the loop fell behind
+        piled = sock.calls[len(rested):]
+        await asyncio.sleep(BURST_REST_S * 5)
         conn.data_received(b"0\r\n\r\n")
         await taken
-        assert [json.loads(g[6:])["n"] for g in got] == [0, 1, 2, 3, 4]  # each read delivered at once, in order
+        events = [json.loads(line[6:])["n"] for g in got for line in g.split(b"\n\n") if line]
+        assert events == list(range(7))  # each read delivered at once, in order
 
         whole, whole_sock = connection(loop)  # read with read(): never relayed
         for i in range(5):
             whole.data_received(event(i))
-        return burst, rested, paced, whole_sock.calls
+        return burst, rested, paced, piled, whole_sock.calls
 
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1.0)  # no other thread (the suite's servers) gets in between the two reads of the burst
     try:
-        burst, rested, paced, whole = asyncio.run(main())
+        burst, rested, paced, piled, whole = asyncio.run(main())
     finally:
         sys.setswitchinterval(interval)
     assert burst == ["pause"]
     assert rested == ["pause", "resume"]
     assert paced == []
+    assert piled == ["pause"]
     assert whole == []
