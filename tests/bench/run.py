@@ -93,7 +93,30 @@ def median_round(server: Server, upstream: Server, plan: Plan, run: Callable[[],
     return sorted(loads, key=lambda load: load.rps)[len(loads) // 2]
 
 
-def measure(name: str, server: Server, upstream: Server, auth: str | None, plan: Plan) -> Row:
+def stream_pairs(server: Server, upstream: Server, plan: Plan, pairs: int, url: str,
+                 auth: str | None) -> tuple[Load, Load, list[float]]:
+    """Rounds of 5-chunk and 200-chunk streams taken back to back, `pairs` times, the order swapped
+    each pair so neither length always runs second: each pair sees the same machine, and its ratio
+    (CPU per 200-chunk stream / CPU per 5-chunk stream) is one sample of the 200 ÷ 5 target, which
+    takes the median pair (single pairs ranged from 1.8 to 3.4 here on 12-04). The s5 and s200 columns
+    are each length's median round by rate, as elsewhere."""
+    limits = (plan.min_requests, plan.phase_cap_s)
+    rounds: dict[str, list[Load]] = {STREAM5: [], STREAM200: []}
+    ratios = []
+    for i in range(pairs):
+        got = {}
+        for body in (STREAM5, STREAM200) if i % 2 == 0 else (STREAM200, STREAM5):
+            got[body] = measured(server, upstream,
+                                 lambda b=body: phase(url, 16, plan.stream_s, auth, [b], *limits))  # type: ignore[misc]
+            rounds[body].append(got[body])
+            settle()
+        ratios.append(got[STREAM200].server_us / got[STREAM5].server_us)
+    s5, s200 = (sorted(rounds[b], key=lambda load: load.rps)[len(rounds[b]) // 2] for b in (STREAM5, STREAM200))
+    return s5, s200, ratios
+
+
+def measure(name: str, server: Server, upstream: Server, auth: str | None, plan: Plan, pairs: int) -> Row:
+    """Every phase of one front; `pairs`: back-to-back pairs of stream rounds (see stream_pairs)."""
     row = Row(name, commit=git_head())
     url = server.url + CHAT
     limits = (plan.min_requests, plan.phase_cap_s)
@@ -111,9 +134,8 @@ def measure(name: str, server: Server, upstream: Server, auth: str | None, plan:
         row.ttft200_ms = statistics.median(ttft(server.port, auth, STREAM200, plan.ttft_n, plan.ttft_cap_s)) * 1000
     log(f"{name}: concurrency 16, {plan.rounds} x {plan.c16_s} s")
     row.c16 = median_round(server, upstream, plan, lambda: phase(url, 16, plan.c16_s, auth, [NONSTREAM], *limits))
-    log(f"{name}: streams of 5 and 200 chunks, {plan.rounds} x {plan.stream_s} s each")
-    row.s5 = median_round(server, upstream, plan, lambda: phase(url, 16, plan.stream_s, auth, [STREAM5], *limits))
-    row.s200 = median_round(server, upstream, plan, lambda: phase(url, 16, plan.stream_s, auth, [STREAM200], *limits))
+    log(f"{name}: streams of 5 and 200 chunks, {pairs} pairs of {plan.stream_s} s rounds")
+    row.s5, row.s200, row.stream_ratios = stream_pairs(server, upstream, plan, pairs, url, auth)
     log(f"{name}: paced streams of 5 and 50 chunks, {plan.rounds} x {plan.paced_s} s each at c={PACED_CONNS}")
     row.p5 = median_round(server, upstream, plan,
                           lambda: phase(url, PACED_CONNS, plan.paced_s, auth, [PACED5], *limits))
@@ -280,7 +302,7 @@ def run(args: argparse.Namespace) -> Results:
     try:
         upstream.wait_ready(15)
         pin(upstream.pids, server_cpu)  # direct: the fake upstream is the server under test
-        res.rows["direct"] = measure("direct", upstream, upstream, GATEWAY_KEY, plan)
+        res.rows["direct"] = measure("direct", upstream, upstream, GATEWAY_KEY, plan, plan.rounds)
         pin(upstream.pids, load_cpu)
         with services_on(load_cpu) as res.services:
             run_bare(res, env, upstream, server_cpu, logdir)
@@ -306,7 +328,7 @@ def run_bare(res: Results, env: dict[str, str], upstream: Server, cpu: int | Non
         res.rows["bare"] = Row("gateway bare", status=f"failed to start: {e}")
         return
     try:
-        res.rows["bare"] = measure("gateway bare", gw, upstream, GATEWAY_KEY, res.plan)
+        res.rows["bare"] = measure("gateway bare", gw, upstream, GATEWAY_KEY, res.plan, res.plan.gateway_pairs)
     except (RuntimeError, OSError) as e:
         res.rows["bare"] = Row("gateway bare", status=f"failed: {e}")
     finally:
@@ -337,7 +359,7 @@ def run_governed(res: Results, env: dict[str, str], upstream: Server, cpu: int |
         status, _ = http_get(gw.url + "/metrics")
         res.governed_notes.append("metrics: on (GET /metrics 200)" if status == 200
                                   else f"metrics: not served (GET /metrics {status})")
-        res.rows["governed"] = measure("gateway governed", gw, upstream, GATEWAY_KEY, res.plan)
+        res.rows["governed"] = measure("gateway governed", gw, upstream, GATEWAY_KEY, res.plan, res.plan.gateway_pairs)
     except (RuntimeError, OSError) as e:
         res.rows["governed"] = Row("gateway governed", status=f"failed: {e}")
     served = upstream_requests(upstream) - served_before
@@ -409,7 +431,7 @@ def run_litellm(res: Results, env: dict[str, str], upstream: Server, cpu: int | 
     server = Server("litellm", cmd, port, "/health/liveliness", cpu, lenv, logdir)
     try:
         server.wait_ready(120)
-        res.rows["litellm"] = measure(f"LiteLLM {LITELLM_VERSION}", server, upstream, None, res.plan)
+        res.rows["litellm"] = measure(f"LiteLLM {LITELLM_VERSION}", server, upstream, None, res.plan, res.plan.rounds)
     except (RuntimeError, OSError) as e:
         res.rows["litellm"] = Row("litellm", status=f"unavailable: {e}")
     finally:
