@@ -24,7 +24,7 @@ import httptools
 
 IDLE_KEEP_S = 30.0  # drop pooled connections idle for longer (servers often close at 5-75 s)
 MAX_IDLE = 1000  # pooled connections per host
-HIGH_WATER = 1 << 20  # pause reading a stream once this much is buffered and unread
+HIGH_WATER = 1 << 20  # pause reading a stream once this much is buffered and unread (not a whole-body read)
 # A relayed stream is in a burst when a read holds more than one of the upstream's chunks (it wrote
 # faster than we read), or comes less than BURST_GAP_S after the previous read: relaying it read by
 # read then pays for nothing. Each piece costs a read and a write (10-14 us of system time here)
@@ -65,6 +65,7 @@ class Response:
         self._waiter: asyncio.Future[None] | None = None
         self._sink: Callable[[bytes], bool] | None = None  # while pushing: where body bytes go at once
         self.relayed = False  # a stream past its first event (HttpStream.relaying): its bursts are paced
+        self._whole = False  # read() wants the body to its end: never paused for being unread
         self._sink_error: Exception | None = None
 
     # fed by the protocol
@@ -74,7 +75,7 @@ class Response:
         if self._sink is not None:
             return  # delivered once the whole read is parsed: one socket read, one sink call
         self._buffered += sum(map(len, parts))
-        if self._buffered > HIGH_WATER:
+        if self._buffered > HIGH_WATER and not self._whole:
             self.conn.pause()
         self._wake()
 
@@ -112,6 +113,9 @@ class Response:
 
     # for the caller
     async def read(self) -> bytes:
+        self._whole = True
+        if not self.complete:
+            self.conn.resume()  # paused for HIGH_WATER before read() was called
         while not self.complete:
             await self._wait()
         if self.error is not None:
@@ -132,7 +136,8 @@ class Response:
                 data = b"".join(self._buffer) if len(self._buffer) > 1 else self._buffer[0]
                 self._buffer.clear()
                 self._buffered = 0
-                self.conn.resume()
+                if not self.complete:  # else the connection is no longer this response's
+                    self.conn.resume()
                 yield data
                 continue
             if self.complete:
@@ -278,6 +283,7 @@ class _Conn(asyncio.Protocol):
         self._cancel_timer()
         response._finish()
         if keep and not self.closed:
+            self.resume()  # the last read may have paused it (HIGH_WATER): pooled, it must read again
             self.pool.release(self)
         else:
             self.abort(None)

@@ -25,6 +25,23 @@ def test_embeddings_base64_default_and_float(client, fake_openai):
     assert floats.usage.prompt_tokens == 3
 
 
+def test_an_answer_larger_than_the_read_buffer_comes_whole(gateway):
+    """A whole-body answer bigger than proxy.http1.HIGH_WATER (the most a stream may buffer unread):
+    100 embeddings of 3072 floats are about 1.7 MB. It is read to its end, not paused at 1 MB until
+    the upstream timeout; and the connection it came on serves the next request."""
+    from proxy.http1 import HIGH_WATER
+
+    client = gateway.client(timeout=10)
+    inputs = [f"text {i}" for i in range(100)]
+    for _ in range(2):  # the second goes over the connection the first one used
+        raw = client.embeddings.with_raw_response.create(model="a-ok", input=inputs, dimensions=3072,
+                                                         encoding_format="float")
+        assert len(raw.content) > HIGH_WATER
+        out = raw.parse()
+        assert [d.index for d in out.data] == list(range(100))
+        assert all(len(d.embedding) == 3072 for d in out.data)
+
+
 def test_echo_embeddings_are_deterministic_unit_vectors(client):
     one = client.embeddings.create(model="echo", input="same text", dimensions=64)
     two = client.embeddings.create(model="echo", input="same text", dimensions=64, encoding_format="float")

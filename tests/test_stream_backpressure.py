@@ -184,3 +184,41 @@ def test_a_burst_is_read_in_rests_and_paced_events_never_wait() -> None:
     assert paced == []
     assert piled == ["pause"]
     assert whole == []
+
+
+def test_a_connection_paused_by_its_last_read_is_pooled_reading() -> None:
+    """The read that completes a response may also take its unread body over HIGH_WATER, which pauses
+    the connection; going back to the pool it must read again, or the next request on it waits for
+    an answer it never reads. And a whole-body read() is never paused, however big the body."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from proxy.http1 import HIGH_WATER, _Conn
+
+    body = b"x" * (HIGH_WATER + 1)
+    framed = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n%x\r\n%b\r\n" % (len(body), body)
+
+    async def main() -> tuple[list[str], list[str], list[str]]:
+        loop = asyncio.get_running_loop()
+        pooled: list[_Conn] = []
+        pool = SimpleNamespace(loop=loop, forget=lambda c: None, release=pooled.append)
+        calls = []
+        for ending in (b"0\r\n\r\n", b""):
+            conn = _Conn(pool)  # type: ignore[arg-type]
+            sock = _Socket()
+            conn.connection_made(sock)  # type: ignore[arg-type]
+            head = conn.start(b"GET / HTTP/1.1\r\n\r\n", None, None)
+            conn.data_received(framed + ending)  # a stream nobody has read from yet
+            response = await head
+            if not ending:  # over HIGH_WATER and not complete: paused until read() wants it all
+                paused = list(sock.calls)
+                conn.data_received(b"0\r\n\r\n")
+                assert len(await asyncio.wait_for(response.read(), 2)) == len(body)
+                calls.append(paused)
+            calls.append(sock.calls)
+        return calls[0], calls[1], calls[2]
+
+    completed, paused, read_whole = asyncio.run(main())
+    assert completed == ["pause", "resume"]  # paused by the last read, resumed before pooling
+    assert paused == ["pause"]
+    assert read_whole == ["pause", "resume"]
