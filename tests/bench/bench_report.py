@@ -68,10 +68,9 @@ class Row:
 
     @property
     def stream_ratio(self) -> float | None:
-        """200 ÷ 5: the median back-to-back pair's ratio (run.stream_pairs)."""
-        if self.stream_ratios:
-            return sorted(self.stream_ratios)[len(self.stream_ratios) // 2]
-        return self.s200.server_us / self.s5.server_us if self.s5 and self.s200 else None
+        """200 ÷ 5: the median back-to-back pair's ratio (run.stream_pairs); None before any pair ran."""
+        ratios = sorted(self.stream_ratios)
+        return ratios[len(ratios) // 2] if ratios else None
 
 
 @dataclass
@@ -266,12 +265,12 @@ def verdicts(res: Results) -> list[tuple[str, bool | None, str]]:
         out.append((f"{key}: added time to first token ≤ 0.5 ms (5- and 200-chunk streams)",
                     max(t5, t200) <= 0.5, f"5 chunks: {t5:.3f} ms, 200 chunks: {t200:.3f} ms"))
     for key, row in (("bare", bare), ("governed", gov)):
-        if row is None or row.s5 is None or row.s200 is None:
+        r = None if row is None else row.stream_ratio
+        if row is None or row.s5 is None or row.s200 is None or r is None:
             out.append((f"{key}: 200-chunk stream costs ≤ 3x a 5-chunk one", None, "not measured"))
             continue
-        r = row.stream_ratio
         pairs = ", ".join(f"{x:.2f}" for x in row.stream_ratios)
-        out.append((f"{key}: 200-chunk stream costs ≤ 3x a 5-chunk one", r is not None and r <= 3,
+        out.append((f"{key}: 200-chunk stream costs ≤ 3x a 5-chunk one", r <= 3,
                     f"median of {len(row.stream_ratios)} back-to-back pairs ({pairs}) = {r:.2f}x; "
                     f"median rounds {row.s200.server_us:,.0f} / {row.s5.server_us:,.0f} µs"))
     if res.paired:
