@@ -86,6 +86,10 @@ async def _proxy(request: Request, endpoint: str) -> Response | SSEResponse:
         run: asyncio.Future[Outcome] | None = None
         ended: asyncio.Future[None] | None = None
         if plan is not None:
+            ticket = rt.limits.admit_here(plan)  # from this replica's leases: no round trip
+            if ticket is not None:
+                headers.update(ticket.headers())
+        if plan is not None and ticket is None:
             # With ample room at the last verdict, the store's round trip hides behind the upstream's: a
             # whole-body request makes its call in this task while the verdict is on its way (a refusal
             # stops the call through the watch); a stream's call runs in its own task as usual.

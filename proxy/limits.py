@@ -21,6 +21,15 @@ Semantics (identical in both backends):
   without a recent verdict, the check comes first as before. A whole-body request sends the script
   with ``admit_soon`` and makes its call in its own task; the reply is judged in a callback when it
   comes in, so the overlap costs no task and no extra wake-up.
+- Under steady traffic a replica takes leases: a request that goes to Redis also asks for a small
+  block of each rpm/tpm limit's room (about ``LEASE_HORIZON_S`` of this replica's recent demand,
+  at most ``LEASE_LIMIT_SHARE`` of the limit, and only while a quarter of the window stays free after
+  it). Requests that fit in the replica's leases are admitted in-process, with no round trip; what a
+  lease has left after ``LEASE_HOLD_S`` goes back to Redis. Leased units are counted in Redis when
+  granted, so the replicas together never admit more than a limit; near a limit no leases are
+  granted, and a replica may refuse early by at most what other replicas still hold. Keys with a
+  budget or max_parallel, and requests that come slower than one per ``LEASE_AFTER_S``, are checked
+  one by one.
 """
 
 from __future__ import annotations
@@ -50,6 +59,12 @@ ROOM_FRESH_S = 1.0  # ... by a verdict at most this old
 ROOM_MAX_ENTRIES = 10_000  # (key, model) pairs remembered; the memory is dropped when full
 SETTLE_BATCH_S = 0.005  # settlements wait this long to be sent with others
 SETTLE_BATCH_MAX = 500
+LEASE_AFTER_S = 0.005  # a check whose requests come closer together than this starts taking leases
+LEASE_FIRST = 4  # the first lease of a check: this many requests' worth
+LEASE_HORIZON_S = 0.02  # later leases: about this long of the demand seen while the last one lasted
+LEASE_LIMIT_SHARE = 0.01  # and never more than this share of the limit
+LEASE_HOLD_S = 0.5  # what a lease has left after this long goes back to the store
+LEASE_WAIT_S = 1.0  # a lease asked for and not answered within this long is asked for again
 PREFIX = "{llm-gateway}:"  # one hash tag: every key of one script lands in one Redis Cluster slot
 
 
@@ -77,31 +92,33 @@ class Ticket:
     def headers(self) -> dict[str, str]:
         """OpenAI's x-ratelimit-* headers from the tightest rpm and the tightest tpm check (the first on a
         tie), found in one pass: this runs on every limited request's path."""
-        tightest: dict[str, tuple[Check, float, float]] = {}
         results = self.results
-        for check, left, reset_s in zip(self.checks, results[0::2], results[1::2], strict=True):
+        requests = tokens = -1  # the index of each unit's tightest check
+        for i, check in enumerate(self.checks):
             if check.kind == "gcra":
-                seen = tightest.get(check.unit)
-                if seen is None or left < seen[1]:
-                    tightest[check.unit] = (check, left, reset_s)
+                if check.unit == "requests":
+                    if requests < 0 or results[2 * i] < results[2 * requests]:
+                        requests = i
+                elif tokens < 0 or results[2 * i] < results[2 * tokens]:
+                    tokens = i
         out: dict[str, str] = {}
-        for unit, (limit_name, remaining_name, reset_name) in RATELIMIT_HEADERS:
-            if unit in tightest:
-                check, left, reset_s = tightest[unit]
-                remaining = int(left + 1e-9)  # the floor, for what is shown (never below 0)
-                out[limit_name] = str(int(check.limit))
+        for i, (limit_name, remaining_name, reset_name) in ((requests, REQUESTS_HEADERS), (tokens, TOKENS_HEADERS)):
+            if i >= 0:
+                remaining = int(results[2 * i] + 1e-9)  # the floor, for what is shown (never below 0)
+                out[limit_name] = str(int(self.checks[i].limit))
                 out[remaining_name] = str(remaining) if remaining > 0 else "0"
-                out[reset_name] = duration(reset_s)
+                out[reset_name] = duration(results[2 * i + 1])
         return out
 
 
-RATELIMIT_HEADERS = [(unit, (f"x-ratelimit-limit-{unit}", f"x-ratelimit-remaining-{unit}", f"x-ratelimit-reset-{unit}"))
-                     for unit in ("requests", "tokens")]
+REQUESTS_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests")
+TOKENS_HEADERS = ("x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens")
 
 
 @dataclass(slots=True)
 class Plan:
-    """A request's checks, ready to send; ``overlap``: the upstream call may start before the verdict."""
+    """A request's checks, ready to send; ``overlap``: the upstream call may start before the verdict
+    (for a leasable plan, decided by ``admit_here`` when the leases cannot admit it)."""
 
     checks: list[Check]
     tokens: int
@@ -109,6 +126,23 @@ class Plan:
     request_id: str
     room_key: tuple[str, str]
     overlap: bool
+    leasable: bool = False  # every check is an rpm/tpm one, on Redis: leases can admit it
+    asks: list[float] | None = None  # per check, the lease units asked for with this request's script
+
+
+@dataclass(slots=True)
+class Lease:
+    """Room of one rpm or tpm limit that this replica took from the store ahead of its requests."""
+
+    left: float = 0.0  # units this replica may still admit without asking the store
+    until: float = 0.0  # monotonic: no admits from it after this; what is left goes back
+    remaining: float = 0.0  # the limit's room in the store after the grant, for x-ratelimit-remaining
+    reset_at: float = 0.0  # monotonic: when the limit's window would be whole again, as of the grant
+    granted_at: float = 0.0
+    size: float = 0.0  # units of the latest grant (0: none since the last give-back)
+    asked_until: float = 0.0  # monotonic: a grant is on its way until then
+    last_ask: float = 0.0  # monotonic: the latest request of this limit that went to the store
+    check: Check | None = None  # the limit as of the latest grant (what a give-back is settled by)
 
 
 @dataclass(slots=True)
@@ -163,7 +197,9 @@ class MemoryBackend:
         self.values: dict[str, float] = {}
         self.parallel: dict[str, dict[str, float]] = {}
 
-    async def acquire(self, checks: list[Check], request_id: str) -> tuple[Denial | None, list[float]]:
+    async def acquire(self, checks: list[Check], request_id: str,
+                      asks: list[float] | None = None) -> tuple[Denial | None, list[float], None]:
+        """(a denial, or None and per check its remaining room and seconds to reset; no leases here)."""
         now = self.clock()
         results: list[float] = []
         new_values: list[float] = []
@@ -173,7 +209,7 @@ class MemoryBackend:
                 tat = max(self.values.get(check.key, now), now)
                 new = tat + check.amount * step
                 if new - now > WINDOW_S + 1e-9:
-                    return Denial(check, _gcra_retry(check, new - WINDOW_S - now)), []
+                    return Denial(check, _gcra_retry(check, new - WINDOW_S - now)), [], None
                 new_values.append(new)
                 results += ((now + WINDOW_S - new) / step, new - now)
             elif check.kind == "parallel":
@@ -182,13 +218,13 @@ class MemoryBackend:
                     if started < now - PARALLEL_STALE_S:
                         del slots[rid]
                 if len(slots) + 1 > check.limit:
-                    return Denial(check, 1.0), []
+                    return Denial(check, 1.0), [], None
                 new_values.append(0.0)
                 results += (check.limit - len(slots) - 1, 0.0)
             else:
                 spent = self.values.get(check.key, 0.0)
                 if spent + check.amount > check.limit + 1e-12:
-                    return Denial(check, check.ttl_s), []
+                    return Denial(check, check.ttl_s), [], None
                 new_values.append(spent + check.amount)
                 results += (check.limit - spent - check.amount, check.ttl_s)
         for check, value in zip(checks, new_values, strict=True):
@@ -196,7 +232,7 @@ class MemoryBackend:
                 self.parallel[check.key][request_id] = now
             else:
                 self.values[check.key] = value
-        return None, results
+        return None, results, None
 
     async def settle(self, entries: list[tuple[Check, float, str]]) -> None:
         now = self.clock()
@@ -227,7 +263,7 @@ local rid = ARGV[1]
 local out = {}
 local new = {}
 for i = 1, #KEYS do
-  local b = 1 + (i - 1) * 4
+  local b = 1 + (i - 1) * 5
   local kind, limit, ttl, amount = ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
   if kind == 'gcra' then
     local step = 60 / limit
@@ -235,27 +271,35 @@ for i = 1, #KEYS do
     if tat < now then tat = now end
     local v = tat + amount * step
     if v - now > 60 + 1e-9 then return {0, i, tostring(v - 60 - now)} end
+    -- a lease, if asked for, only while a quarter of the window stays free after it
+    local lease = tonumber(ARGV[b + 5])
+    if lease > 0 and v + lease * step - now <= 45 then v = v + lease * step else lease = 0 end
     new[i] = v
     out[#out + 1] = tostring((now + 60 - v) / step)
     out[#out + 1] = tostring(v - now)
+    out[#out + 1] = tostring(lease)
   elseif kind == 'parallel' then
     redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - ttl)
     local n = redis.call('ZCARD', KEYS[i])
     if n + 1 > limit then return {0, i, '1'} end
     out[#out + 1] = tostring(limit - n - 1)
     out[#out + 1] = '0'
+    out[#out + 1] = '0'
   else
     local spent = tonumber(redis.call('GET', KEYS[i])) or 0
     if spent + amount > limit + 1e-12 then return {0, i, tostring(ttl)} end
     out[#out + 1] = tostring(limit - spent - amount)
     out[#out + 1] = tostring(ttl)
+    out[#out + 1] = '0'
   end
 end
 for i = 1, #KEYS do
-  local b = 1 + (i - 1) * 4
+  local b = 1 + (i - 1) * 5
   local kind, ttl, amount = ARGV[b + 1], tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
   if kind == 'gcra' then
-    redis.call('SET', KEYS[i], tostring(new[i]), 'PX', math.ceil((new[i] - now) * 1000) + 1000)
+    -- all 17 digits: tostring keeps 14, which at today's epoch rounds to 0.1 ms, more than a request's step
+    -- at high limits (0.06 ms at 1M rpm): counts would drift with every request
+    redis.call('SET', KEYS[i], string.format('%.17g', new[i]), 'PX', math.ceil((new[i] - now) * 1000) + 1000)
   elseif kind == 'parallel' then
     redis.call('ZADD', KEYS[i], now, rid)
     redis.call('PEXPIRE', KEYS[i], math.ceil(ttl * 1000))
@@ -264,7 +308,7 @@ for i = 1, #KEYS do
     if ttl > 0 then redis.call('EXPIRE', KEYS[i], math.ceil(ttl) + 86400) end
   end
 end
--- one bulk string ("remaining reset remaining reset ..."): cheaper to read than an array
+-- one bulk string ("remaining reset leased remaining reset leased ..."): cheaper to read than an array
 return table.concat(out, ' ')
 """
 
@@ -281,7 +325,7 @@ for i = 1, #KEYS do
     if tat then
       local v = tat + delta * 60 / limit
       if v <= now then redis.call('DEL', KEYS[i])
-      else redis.call('SET', KEYS[i], tostring(v), 'PX', math.ceil((v - now) * 1000) + 1000) end
+      else redis.call('SET', KEYS[i], string.format('%.17g', v), 'PX', math.ceil((v - now) * 1000) + 1000) end
     end
   elseif kind == 'budget' and delta ~= 0 then
     if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('INCRBYFLOAT', KEYS[i], delta) end
@@ -299,35 +343,46 @@ class RedisBackend:
         self.client = MiniRedis(url)
 
     @staticmethod
-    def _acquire_args(checks: list[Check], request_id: str) -> list[Any]:
+    def _acquire_args(checks: list[Check], request_id: str, asks: list[float] | None) -> list[Any]:
         # What changes per request goes as bytes, so pack() does not remember it (see proxy.resp.pack).
         args: list[Any] = [request_id.encode()]
-        for c in checks:
-            # per check: kind, limit, ttl (a budget's: time left in its period), amount
-            args += (c.wire or Encoded(c.kind, repr(c.limit), repr(c.ttl_s).encode()), repr(c.amount).encode())
+        for i, c in enumerate(checks):
+            # per check: kind, limit, ttl (a budget's: time left in its period), amount, lease asked for
+            args += (c.wire or Encoded(c.kind, repr(c.limit), repr(c.ttl_s).encode()), repr(c.amount).encode(),
+                     repr(asks[i]).encode() if asks is not None and asks[i] else b"0")
         return args
 
     @staticmethod
-    def _acquired(checks: list[Check], reply: Any) -> tuple[Denial | None, list[float]]:
+    def _acquired(checks: list[Check], reply: Any) -> tuple[Denial | None, list[float], list[float] | None]:
+        """(a denial, or None and per check its remaining room and seconds to reset; per check the
+        lease units granted)."""
         if isinstance(reply, list):  # {0, failing check's index, seconds to wait}
             check = checks[int(reply[1]) - 1]
-            return Denial(check, _gcra_retry(check, float(reply[2])) if check.kind == "gcra" else float(reply[2])), []
-        return None, list(map(float, reply.split()))
+            wait = float(reply[2])
+            return Denial(check, _gcra_retry(check, wait) if check.kind == "gcra" else wait), [], None
+        values = list(map(float, reply.split()))
+        grants = values[2::3]
+        del values[2::3]
+        return None, values, grants
 
-    async def acquire(self, checks: list[Check], request_id: str) -> tuple[Denial | None, list[float]]:
+    async def acquire(self, checks: list[Check], request_id: str,
+                      asks: list[float] | None = None) -> tuple[Denial | None, list[float], list[float] | None]:
         try:
             reply = await self.client.run_script(ACQUIRE_LUA, [c.key for c in checks],
-                                                 self._acquire_args(checks, request_id))
+                                                 self._acquire_args(checks, request_id, asks))
         except (OSError, TimeoutError, RedisError) as exc:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
         return self._acquired(checks, reply)
 
-    def acquire_soon(self, checks: list[Check], request_id: str) -> asyncio.Future[Any] | None:
+    def acquire_soon(self, checks: list[Check], request_id: str,
+                     asks: list[float] | None = None) -> asyncio.Future[Any] | None:
         """``acquire`` without waiting: the script leaves now and the future holds its raw reply, for
         ``acquired``. None when no connection is open (then ``acquire`` opens one)."""
-        return self.client.script_now(ACQUIRE_LUA, [c.key for c in checks], self._acquire_args(checks, request_id))
+        return self.client.script_now(ACQUIRE_LUA, [c.key for c in checks],
+                                      self._acquire_args(checks, request_id, asks))
 
-    def acquired(self, checks: list[Check], sent: asyncio.Future[Any]) -> tuple[Denial | None, list[float]] | None:
+    def acquired(self, checks: list[Check], sent: asyncio.Future[Any]
+                 ) -> tuple[Denial | None, list[float], list[float] | None] | None:
         """The verdict in an ``acquire_soon`` reply; None if the script did not run and must go again
         by ``acquire`` (not cached on the server yet, or a Redis Cluster redirection)."""
         try:
@@ -383,6 +438,7 @@ class Limits:
     room: dict[tuple[str, str], tuple[float, list[float]]] = field(default_factory=dict)
     standing: dict[tuple[Any, ...], list[Check]] = field(default_factory=dict)  # see _standing
     resends: set[asyncio.Task[None]] = field(default_factory=set)  # admit_soon scripts sent again (rare)
+    leases: dict[str, Lease] = field(default_factory=dict)  # Redis key of an rpm/tpm limit -> this replica's lease
 
     @classmethod
     def from_config(cls, config: Config) -> Limits:
@@ -407,7 +463,11 @@ class Limits:
             checks.append(Check("budget", "budget", f"{PREFIX}spend:key:{key.name}:{period_id}", key.budget_usd, cost,
                                 "usd", ttl))
         room_key = (key.name if key is not None else "", alias.name)
-        return Plan(checks, tokens, cost, request_id, room_key, self.backend.remote and self._roomy(room_key, checks))
+        if not self.backend.remote:
+            return Plan(checks, tokens, cost, request_id, room_key, False)
+        if not budgeted and _all_gcra(checks):  # overlap is decided if the leases cannot admit it
+            return Plan(checks, tokens, cost, request_id, room_key, False, True)
+        return Plan(checks, tokens, cost, request_id, room_key, self._roomy(room_key, checks))
 
     def _standing(self, key: KeyConfig | None, alias: ModelAlias) -> list[Check]:
         """The rpm, tpm and max_parallel checks of a key and alias (a tpm one with no amount yet), built
@@ -447,21 +507,114 @@ class Limits:
                 return False
         return True
 
+    def admit_here(self, plan: Plan) -> Ticket | None:
+        """A Ticket if this replica's leases hold room for every check of the plan (taken from them
+        now); else None, and the plan goes to the store, asking for leases where its checks see steady
+        traffic."""
+        if not plan.leasable:
+            return None
+        now = time.monotonic()
+        leases = self.leases
+        for check in plan.checks:
+            lease = leases.get(check.key)
+            if lease is None or lease.left < check.amount or lease.until < now or not lease.size:
+                plan.asks = self._asks(plan.checks, now)
+                plan.overlap = self._roomy(plan.room_key, plan.checks)
+                return None
+        results: list[float] = []
+        for check in plan.checks:
+            lease = leases[check.key]
+            lease.left -= check.amount
+            reset_s = lease.reset_at - now
+            results += (lease.remaining + lease.left, reset_s if reset_s > 0 else 0.0)
+        return Ticket(plan.request_id, plan.checks, results, plan.tokens, plan.cost)
+
+    def _asks(self, checks: list[Check], now: float) -> list[float] | None:
+        """Per check, the lease units to ask for with a request that goes to the store: none for a
+        check whose requests come slowly, or whose last ask is still on its way; else enough for
+        about LEASE_HORIZON_S at the pace the last lease was used up, at most LEASE_LIMIT_SHARE of
+        the limit and at least two requests' worth."""
+        asks: list[float] = []
+        for check in checks:
+            lease = self.leases.get(check.key)
+            if lease is None:
+                if len(self.leases) >= ROOM_MAX_ENTRIES:
+                    self._give_back_all()
+                lease = self.leases[check.key] = Lease()
+            gap, lease.last_ask = now - lease.last_ask, now
+            want = 0.0
+            if lease.asked_until < now:
+                if lease.size and now < lease.until:  # used up before it expired: size by its pace
+                    want = lease.size * LEASE_HORIZON_S / max(now - lease.granted_at, 1e-4)
+                elif gap < LEASE_AFTER_S:
+                    want = LEASE_FIRST * check.amount
+                want = float(int(min(want, LEASE_LIMIT_SHARE * check.limit)))
+                if want < 2 * check.amount or want <= 0:
+                    want = 0.0
+                else:
+                    lease.asked_until = now + LEASE_WAIT_S
+            asks.append(want)
+        return asks if any(asks) else None
+
+    def _granted(self, plan: Plan, results: list[float] | None, grants: list[float] | None) -> None:
+        """The store's answer to a plan's lease asks: what it granted joins the leases (and the
+        request's own results show the room as if nothing were leased); an ask refused, failed or
+        not granted is no longer on its way."""
+        asks, plan.asks = plan.asks, None
+        if asks is None:
+            return
+        now = time.monotonic()
+        for i, check in enumerate(plan.checks):
+            lease = self.leases.get(check.key)
+            if not asks[i] or lease is None:
+                continue
+            lease.asked_until = 0.0
+            got = grants[i] if grants and results else 0.0
+            if not got:
+                continue
+            assert results is not None
+            lease.left += got
+            lease.check, lease.size, lease.granted_at, lease.until = check, got, now, now + LEASE_HOLD_S
+            lease.remaining, lease.reset_at = results[2 * i], now + results[2 * i + 1]
+            results[2 * i] += lease.left
+            asyncio.get_running_loop().call_later(LEASE_HOLD_S, self._expire, lease, now)
+
+    def _expire(self, lease: Lease, granted_at: float) -> None:
+        if lease.granted_at == granted_at:  # not renewed since: what is left goes back
+            self._give_back(lease)
+
+    def _give_back(self, lease: Lease) -> None:
+        left, lease.left, lease.size = lease.left, 0.0, 0.0
+        check = lease.check
+        if left > 0 and check is not None:
+            seen = self.owed.get(check.key)
+            self.owed[check.key] = (check, -left if seen is None else seen[1] - left)
+            self._settle_soon(False)
+
+    def _give_back_all(self) -> None:
+        """Every lease's unused units go back (at shutdown, or when too many limits are remembered)."""
+        for lease in self.leases.values():
+            self._give_back(lease)
+        self.leases.clear()
+
     async def admit(self, plan: Plan) -> Ticket | None:
         """Check and reserve in one store call: a Ticket, None when the store is down and
         ``on_store_error = "allow"``, or a GatewayError (429, or 503 under ``"deny"``)."""
         try:
-            denial, results = await self.backend.acquire(plan.checks, plan.request_id)
+            denial, results, grants = await self.backend.acquire(plan.checks, plan.request_id, plan.asks)
         except StoreUnavailable as exc:
             return self._unavailable(plan, exc)
-        return self._verdict(plan, denial, results)
+        except BaseException:  # cancelled: a lease granted meanwhile is lost (it refills like any use)
+            self._granted(plan, None, None)
+            raise
+        return self._verdict(plan, denial, results, grants)
 
     def admit_soon(self, plan: Plan, on_refusal: Callable[[], None]) -> asyncio.Future[Ticket | None] | None:
         """``admit`` for an overlapped plan, without waiting: the store call leaves now, and the request
         goes on to its upstream call. The future takes what ``admit`` would return or raise once the reply
         is in; on a refusal (429, or 503 under ``"deny"``) ``on_refusal`` is called then, to stop the
         upstream call. None when the store has no open connection: use ``admit``."""
-        sent = self.backend.acquire_soon(plan.checks, plan.request_id) if self.backend.remote else None
+        sent = self.backend.acquire_soon(plan.checks, plan.request_id, plan.asks) if self.backend.remote else None
         if sent is None:
             return None
         verdict: asyncio.Future[Ticket | None] = asyncio.get_running_loop().create_future()
@@ -470,9 +623,9 @@ class Limits:
 
     def _answered(self, plan: Plan, sent: asyncio.Future[Any], verdict: asyncio.Future[Ticket | None],
                   on_refusal: Callable[[], None]) -> None:
-        if verdict.done():  # the request stopped waiting
+        if verdict.done() and plan.asks is None:  # the request stopped waiting, and no lease rides on the reply
             return
-        parsed: tuple[Denial | None, list[float]] | StoreUnavailable | None
+        parsed: tuple[Denial | None, list[float], list[float] | None] | StoreUnavailable | None
         try:
             parsed = self.backend.acquired(plan.checks, sent)
         except StoreUnavailable as exc:
@@ -481,6 +634,10 @@ class Limits:
             task = asyncio.ensure_future(self._admit_into(plan, verdict, on_refusal))
             self.resends.add(task)
             task.add_done_callback(self.resends.discard)
+            return
+        if verdict.done():  # only the lease is still wanted
+            granted = not isinstance(parsed, StoreUnavailable) and parsed[0] is None
+            self._granted(plan, parsed[1] if granted else None, parsed[2] if granted else None)  # type: ignore[index]
             return
         try:
             if isinstance(parsed, StoreUnavailable):
@@ -502,6 +659,7 @@ class Limits:
         _conclude(verdict, on_refusal, ticket, None)
 
     def _unavailable(self, plan: Plan, exc: StoreUnavailable) -> None:
+        self._granted(plan, None, None)
         self.room.pop(plan.room_key, None)
         self.on_store_error("store")
         log.warning("limits store unavailable (%s): %s", self.config.limits.on_store_error, exc)
@@ -511,7 +669,9 @@ class Limits:
                                headers={"retry-after": "1"}) from None
         return None
 
-    def _verdict(self, plan: Plan, denial: Denial | None, results: list[float]) -> Ticket:
+    def _verdict(self, plan: Plan, denial: Denial | None, results: list[float],
+                 grants: list[float] | None = None) -> Ticket:
+        self._granted(plan, None if denial else results, grants)
         if denial is not None:
             self.room.pop(plan.room_key, None)
             self.on_denied(denial.check.scope)
@@ -553,6 +713,10 @@ class Limits:
                 continue
             if check.unit == "tokens":
                 delta = used_tokens - ticket.reserved_tokens
+                lease = self.leases.get(check.key)
+                if lease is not None and lease.size and lease.left >= delta:
+                    lease.left -= delta  # tokens not used go back to this replica's lease, more used come from it
+                    continue
             elif check.unit == "usd":
                 delta = cost - ticket.reserved_cost
             else:
@@ -560,9 +724,13 @@ class Limits:
             seen = owed.get(check.key)
             owed[check.key] = (check, delta if seen is None else seen[1] + delta)
             settling = True
-        if settling and (self.flusher is None or self.flusher.done()):
-            # A freed concurrency slot goes out at once; token and budget corrections can wait a few
-            # milliseconds to be sent with other requests' (one script call per batch).
+        if settling:
+            self._settle_soon(urgent)
+
+    def _settle_soon(self, urgent: bool) -> None:
+        if self.flusher is None or self.flusher.done():
+            # A freed concurrency slot goes out at once; token and budget corrections (and leases given
+            # back) can wait a few milliseconds to be sent with others (one script call per batch).
             self.flusher = asyncio.ensure_future(self._flush_soon(0 if urgent else SETTLE_BATCH_S))
 
     def charge(self, plan: Plan, record: UsageRecord) -> None:
@@ -600,10 +768,18 @@ class Limits:
                                         ttl)
 
     async def aclose(self) -> None:
+        self._give_back_all()
         if self.flusher is not None:
             self.flusher.cancel()
         await self.flush()
         await self.backend.aclose()
+
+
+def _all_gcra(checks: list[Check]) -> bool:
+    for check in checks:
+        if check.kind != "gcra":
+            return False
+    return bool(checks)
 
 
 def _conclude(verdict: asyncio.Future[Ticket | None], on_refusal: Callable[[], None], ticket: Ticket | None,

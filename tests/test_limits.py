@@ -275,6 +275,162 @@ def test_reset_duration_format():
     assert duration(0.5) == "0.5s" and duration(1) == "1s" and duration(360) == "6m0s" and duration(61.2) == "1m1s"
 
 
+# --- leases: steady traffic admitted from room taken ahead -------------------------------------------
+
+
+def _lease_setup(rpm: int, tpm: int | None = None) -> tuple:
+    """A config with a key of its own (rpm, tpm) on the shared Redis, and that Redis."""
+    import tomllib
+
+    import redis
+
+    name = f"k-{uuid.uuid4().hex[:10]}"
+    text = GCRA_TOML.replace('"k"', f'"{name}"').replace("rpm = 60", f"rpm = {rpm}")
+    text = text.replace("tpm = 600", f"tpm = {tpm}") if tpm else text.replace("tpm = 600\n", "")
+    config = parse_config(tomllib.loads(text), "t.toml", {})
+    return config, redis.Redis.from_url(shared_redis_url()), name
+
+
+def _ahead(store, bucket: str, seconds: float) -> float:
+    """Set a GCRA bucket as if `seconds` of its window were used just now; its TAT, then, is fixed
+    until requests move it (refilling only ever shows against the clock)."""
+    now, micros = store.time()
+    tat = now + micros / 1e6 + seconds
+    store.set(bucket, repr(tat))
+    return tat
+
+
+async def _through(limits: Limits, key, alias, body: dict, n: int, prefix: str = "r",
+                   used: int | None = None) -> tuple[int, int, list[dict[str, str]]]:
+    """n requests one after another, as the endpoint runs them: (admitted, of them from leases, headers);
+    with `used`, each settles to that many completion tokens."""
+    admitted = local = 0
+    headers = []
+    for i in range(n):
+        plan = limits.plan(key, alias, body, 1, "chat", f"{prefix}{i}")
+        ticket = limits.admit_here(plan)
+        if ticket is not None:
+            local += 1
+        else:
+            try:
+                ticket = await limits.admit(plan)
+            except GatewayError:
+                continue
+        admitted += 1
+        headers.append(ticket.headers())
+        if used is not None:
+            limits.settle(ticket, UsageRecord(f"{prefix}{i}", 0, key.name, "m", "chat", False, prompt_tokens=1,
+                                              completion_tokens=used))
+    return admitted, local, headers
+
+
+def test_steady_traffic_is_admitted_from_leases_and_counted_exactly():
+    """Requests close together take leases and are then mostly admitted without a round trip; every
+    request is still counted once in Redis, and unused lease units (and unused reserved tokens) go
+    back: the buckets end exactly where one script per request would have left them."""
+    from proxy.limits import RedisBackend
+
+    config, store, name = _lease_setup(rpm=100_000, tpm=10_000_000)
+    key, alias = config.keys[0], config.models["m"]
+    rpm_bucket, tpm_bucket = f"{{llm-gateway}}:rpm:key:{name}", f"{{llm-gateway}}:tpm:key:{name}"
+    rpm_tat, tpm_tat = _ahead(store, rpm_bucket, 10), _ahead(store, tpm_bucket, 10)
+    n = 600
+
+    async def run() -> tuple[int, int, list[dict[str, str]]]:
+        limits = Limits(config, RedisBackend(shared_redis_url()))
+        # each reserves 1 prompt + 9 max_tokens and settles to 1 + 3 used
+        result = await _through(limits, key, alias, {"messages": MSG, "max_tokens": 9}, n, used=3)
+        assert limits.leases and any(lease.left for lease in limits.leases.values())  # some room still held
+        await limits.aclose()  # gives it back
+        return result
+
+    admitted, local, headers = asyncio.run(run())
+    assert admitted == n
+    assert local > n * 0.8  # after the first few, leases carry the traffic
+    assert float(store.get(rpm_bucket)) == pytest.approx(rpm_tat + n * 60 / 100_000, abs=1e-6)
+    assert float(store.get(tpm_bucket)) == pytest.approx(tpm_tat + n * 4 * 60 / 10_000_000, abs=1e-6)
+    # what the headers show falls by one per request, leased or not (10 s of the window were used; it
+    # refills by 1,667 a second, which a request that went to Redis shows)
+    remaining = [int(h["x-ratelimit-remaining-requests"]) for h in headers]
+    assert remaining[0] == pytest.approx(50 * 100_000 / 60 - 1, abs=50)
+    assert all(-1 <= b - a <= 50 for a, b in zip(remaining, remaining[1:], strict=False))
+    assert remaining[-1] < remaining[0] - n / 2
+
+
+def test_leases_left_unused_go_back_after_a_while(monkeypatch):
+    from proxy import limits as limits_module
+    from proxy.limits import RedisBackend
+
+    monkeypatch.setattr(limits_module, "LEASE_HOLD_S", 0.05)
+    config, store, name = _lease_setup(rpm=100_000)
+    key, alias = config.keys[0], config.models["m"]
+    bucket = f"{{llm-gateway}}:rpm:key:{name}"
+    tat = _ahead(store, bucket, 10)
+
+    async def run() -> float:
+        limits = Limits(config, RedisBackend(shared_redis_url()))
+        admitted, local, _ = await _through(limits, key, alias, {"messages": MSG, "max_tokens": 1}, 50)
+        assert admitted == 50 and local > 0
+        held = float(store.get(bucket))
+        await asyncio.sleep(0.3)  # past LEASE_HOLD_S and the settle batch, with the replica still up
+        assert not any(lease.left for lease in limits.leases.values())
+        await limits.backend.aclose()
+        return held
+
+    held = asyncio.run(run())
+    assert held > tat + 50 * 60 / 100_000 + 1e-6  # while held, the lease counted in Redis too
+    assert float(store.get(bucket)) == pytest.approx(tat + 50 * 60 / 100_000, abs=1e-6)
+
+
+def test_near_its_limit_a_key_is_checked_request_by_request():
+    """No lease is granted that would leave less than a quarter of the window free: near a limit,
+    every request goes to Redis, so other replicas are not refused early for room held here."""
+    from proxy.limits import RedisBackend
+
+    config, store, name = _lease_setup(rpm=100_000)
+    key, alias = config.keys[0], config.models["m"]
+    _ahead(store, f"{{llm-gateway}}:rpm:key:{name}", 44.5)  # 0.5 s of the window, 833 requests, left before 45 s
+
+    async def run() -> tuple[int, int]:
+        limits = Limits(config, RedisBackend(shared_redis_url()))
+        admitted, local, _ = await _through(limits, key, alias, {"messages": MSG, "max_tokens": 1}, 1500)
+        await limits.aclose()
+        return admitted, local
+
+    admitted, local = asyncio.run(run())
+    assert admitted == 1500
+    assert local < 833  # leases while the room lasted, none after
+
+
+def test_replicas_with_leases_never_admit_more_than_the_limit():
+    """Two replicas take turns on one key near its limit: together they admit at most the limit (plus
+    what refills meanwhile), and at most their last leases fewer."""
+    from proxy.limits import LEASE_LIMIT_SHARE, RedisBackend
+
+    rpm = 3000
+    config, store, name = _lease_setup(rpm=rpm)
+    key, alias = config.keys[0], config.models["m"]
+    body = {"messages": MSG, "max_tokens": 1}
+
+    async def run() -> tuple[int, int, float]:
+        replicas = [Limits(config, RedisBackend(shared_redis_url())) for _ in range(2)]
+        started = time.monotonic()
+        admitted = local = 0
+        for turn in range(rpm * 12 // 100):  # 10 requests a turn, 20% more than the limit in all
+            got, here, _ = await _through(replicas[turn % 2], key, alias, body, 10, prefix=f"t{turn}-")
+            admitted, local = admitted + got, local + here
+        took = time.monotonic() - started
+        for limits in replicas:
+            await limits.aclose()
+        return admitted, local, took
+
+    admitted, local, took = asyncio.run(run())
+    refilled = took * rpm / 60 + 1
+    assert local > 0  # leases were in play
+    assert admitted <= rpm + refilled
+    assert admitted >= rpm - 2 * LEASE_LIMIT_SHARE * rpm
+
+
 # --- overlapping the Redis check with the upstream call -------------------------------------------------
 
 
@@ -294,6 +450,7 @@ def test_overlap_needs_redis_room_and_a_fresh_verdict(monkeypatch):
         out = []
         for i in range(n):
             plan = limits.plan(key, alias, body, 1, "chat", f"r{i}")
+            assert limits.admit_here(plan) is None  # rpm 4: too small a limit to lease from
             out.append(plan.overlap)
             await limits.admit(plan)
         await limits.aclose()
