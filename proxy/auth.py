@@ -46,4 +46,7 @@ class KeyRing:
 def model_allowed(key: KeyConfig | None, alias: str) -> bool:
     if key is None:
         return True
-    return any(p == "*" or p == alias or fnmatchcase(alias, p) for p in key.models)
+    for pattern in key.models:  # a loop, not any(genexpr): once per request
+        if pattern == "*" or pattern == alias or fnmatchcase(alias, pattern):
+            return True
+    return False

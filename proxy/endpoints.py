@@ -88,7 +88,7 @@ async def _proxy(request: Request, endpoint: str) -> Response | SSEResponse:
         if plan is not None:
             ticket = rt.limits.admit_here(plan)  # from this replica's leases: no round trip
             if ticket is not None:
-                headers.update(ticket.headers())
+                ticket.headers(headers)
         if plan is not None and ticket is None:
             # With ample room at the last verdict, the store's round trip hides behind the upstream's: a
             # whole-body request makes its call in this task while the verdict is on its way (a refusal
@@ -108,7 +108,7 @@ async def _proxy(request: Request, endpoint: str) -> Response | SSEResponse:
                         rt.limits.charge(plan, record)
                     raise
                 if ticket is not None:
-                    headers.update(ticket.headers())
+                    ticket.headers(headers)
         if stream:
             return await _stream(rt, dispatch, record, started, headers, ticket, run, ended)
         if verdict is None:
@@ -117,7 +117,7 @@ async def _proxy(request: Request, endpoint: str) -> Response | SSEResponse:
             assert plan is not None
             result, ticket = await _called_while_checked(rt, watch, record, dispatch, plan, verdict)
             if ticket is not None:
-                headers.update(ticket.headers())
+                ticket.headers(headers)
             if isinstance(result, Exception):
                 raise result
             outcome = result

@@ -89,9 +89,10 @@ class Ticket:
     reserved_cost: float = 0.0
     settled: bool = False
 
-    def headers(self) -> dict[str, str]:
+    def headers(self, out: dict[str, str] | None = None) -> dict[str, str]:
         """OpenAI's x-ratelimit-* headers from the tightest rpm and the tightest tpm check (the first on a
-        tie), found in one pass: this runs on every limited request's path."""
+        tie), found in one pass, added to ``out`` (the response's headers) or a new dict: this runs on
+        every limited request's path."""
         results = self.results
         requests = tokens = -1  # the index of each unit's tightest check
         for i, check in enumerate(self.checks):
@@ -101,7 +102,8 @@ class Ticket:
                         requests = i
                 elif tokens < 0 or results[2 * i] < results[2 * tokens]:
                     tokens = i
-        out: dict[str, str] = {}
+        if out is None:
+            out = {}
         for i, (limit_name, remaining_name, reset_name) in ((requests, REQUESTS_HEADERS), (tokens, TOKENS_HEADERS)):
             if i >= 0:
                 remaining = int(results[2 * i] + 1e-9)  # the floor, for what is shown (never below 0)
