@@ -145,6 +145,7 @@ class Lease:
     asked_until: float = 0.0  # monotonic: a grant is on its way until then
     last_ask: float = 0.0  # monotonic: the latest request of this limit that went to the store
     check: Check | None = None  # the limit as of the latest grant (what a give-back is settled by)
+    limit: float = 0.0  # its value: a lease serves only requests checked against the same limit (0: none)
 
 
 @dataclass(slots=True)
@@ -519,7 +520,7 @@ class Limits:
         leases = self.leases
         for check in plan.checks:
             lease = leases.get(check.key)
-            if lease is None or lease.left < check.amount or lease.until < now or not lease.size:
+            if lease is None or lease.left < check.amount or lease.until < now or lease.limit != check.limit:
                 plan.asks = self._asks(plan.checks, now)
                 plan.overlap = self._roomy(plan.room_key, plan.checks)
                 return None
@@ -544,6 +545,8 @@ class Limits:
                     self._give_back_all()
                 lease = self.leases[check.key] = Lease()
             gap, lease.last_ask = now - lease.last_ask, now
+            if lease.limit and lease.limit != check.limit:  # the limit changed (a reload, the admin API)
+                self._give_back(lease)
             want = 0.0
             if lease.asked_until < now:
                 if lease.size and now < lease.until:  # used up before it expired: size by its pace
@@ -575,8 +578,11 @@ class Limits:
             if not got:
                 continue
             assert results is not None
+            if lease.limit and lease.limit != check.limit:
+                self._give_back(lease)
             lease.left += got
-            lease.check, lease.size, lease.granted_at, lease.until = check, got, now, now + LEASE_HOLD_S
+            lease.check, lease.limit, lease.size = check, check.limit, got
+            lease.granted_at, lease.until = now, now + LEASE_HOLD_S
             lease.remaining, lease.reset_at = results[2 * i], now + results[2 * i + 1]
             results[2 * i] += lease.left
             asyncio.get_running_loop().call_later(LEASE_HOLD_S, self._expire, lease, now)
@@ -586,7 +592,7 @@ class Limits:
             self._give_back(lease)
 
     def _give_back(self, lease: Lease) -> None:
-        left, lease.left, lease.size = lease.left, 0.0, 0.0
+        left, lease.left, lease.size, lease.limit = lease.left, 0.0, 0.0, 0.0
         check = lease.check
         if left > 0 and check is not None:
             seen = self.owed.get(check.key)
@@ -716,7 +722,7 @@ class Limits:
             if check.unit == "tokens":
                 delta = used_tokens - ticket.reserved_tokens
                 lease = self.leases.get(check.key)
-                if lease is not None and lease.size and lease.left >= delta:
+                if lease is not None and lease.limit == check.limit and lease.left >= delta:
                     lease.left -= delta  # tokens not used go back to this replica's lease, more used come from it
                     continue
             elif check.unit == "usd":

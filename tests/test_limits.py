@@ -402,6 +402,30 @@ def test_near_its_limit_a_key_is_checked_request_by_request():
     assert local < 833  # leases while the room lasted, none after
 
 
+def test_a_lease_serves_only_the_limit_it_was_taken_under():
+    """A key whose limit is lowered (a reload, the admin API) is checked by the new limit at once, not
+    admitted from room leased under the old one."""
+    import dataclasses
+
+    from proxy.limits import RedisBackend
+
+    config, store, name = _lease_setup(rpm=100_000)
+    key, alias = config.keys[0], config.models["m"]
+    body = {"messages": MSG, "max_tokens": 1}
+
+    async def run() -> tuple[int, int]:
+        limits = Limits(config, RedisBackend(shared_redis_url()))
+        admitted, local, _ = await _through(limits, key, alias, body, 50)
+        assert admitted == 50 and local > 0 and any(lease.left for lease in limits.leases.values())
+        admitted, local, _ = await _through(limits, dataclasses.replace(key, rpm=3), alias, body, 6, prefix="n")
+        await limits.aclose()
+        return admitted, local
+
+    admitted, local = asyncio.run(run())
+    assert local == 0
+    assert admitted in (2, 3)  # 3 a minute, less the few ms the bucket is ahead from the first 50
+
+
 def test_replicas_with_leases_never_admit_more_than_the_limit():
     """Two replicas take turns on one key near its limit: together they admit at most the limit (plus
     what refills meanwhile), and at most their last leases fewer."""
