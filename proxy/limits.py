@@ -638,6 +638,9 @@ class Limits:
             parsed = self.backend.acquired(plan.checks, sent)
         except StoreUnavailable as exc:
             parsed = exc
+        if parsed is None and verdict.done():  # did not run, and nobody waits for it: no lease either
+            self._granted(plan, None, None)
+            return
         if parsed is None:  # the script must go again (rare): by admit, in a task of its own
             task = asyncio.ensure_future(self._admit_into(plan, verdict, on_refusal))
             self.resends.add(task)
