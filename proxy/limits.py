@@ -647,8 +647,10 @@ class Limits:
             task.add_done_callback(self.resends.discard)
             return
         if verdict.done():  # only the lease is still wanted
-            granted = not isinstance(parsed, StoreUnavailable) and parsed[0] is None
-            self._granted(plan, parsed[1] if granted else None, parsed[2] if granted else None)  # type: ignore[index]
+            if isinstance(parsed, StoreUnavailable) or parsed[0] is not None:
+                self._granted(plan, None, None)
+            else:
+                self._granted(plan, parsed[1], parsed[2])
             return
         try:
             if isinstance(parsed, StoreUnavailable):
