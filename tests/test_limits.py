@@ -291,12 +291,6 @@ def _lease_setup(rpm: int, tpm: int | None = None) -> tuple:
     return config, redis.Redis.from_url(shared_redis_url()), name
 
 
-def redis_client(url: str):
-    import redis
-
-    return redis.Redis.from_url(url)
-
-
 def _ahead(store, bucket: str, seconds: float) -> float:
     """Set a GCRA bucket as if `seconds` of its window were used just now; its TAT, then, is fixed
     until requests move it (refilling only ever shows against the clock). Compared with abs=1e-5: each
@@ -437,10 +431,12 @@ def test_a_busy_key_is_served_from_leases_and_counted_exactly(make_gateway, fake
     """Through the gateway: a burst on a key with large limits makes far fewer script calls than
     requests, every response still carries the rate-limit headers, and once the gateway has shut down
     Redis holds exactly what the requests used."""
+    import redis
+
     url = shared_redis_url()
     text, secret, model = limits_config(fake_openai.url, url, key_extra="rpm = 100000\ntpm = 10000000")
     name = secret.removeprefix("sk-")
-    store = redis_client(url)
+    store = redis.Redis.from_url(url)
     rpm_bucket, tpm_bucket = f"{{llm-gateway}}:rpm:key:{name}", f"{{llm-gateway}}:tpm:key:{name}"
     rpm_tat, tpm_tat = _ahead(store, rpm_bucket, 10), _ahead(store, tpm_bucket, 10)
     gw = make_gateway(text)
