@@ -42,8 +42,8 @@ from adapters.base import (
     scrub,
     upstream_status_error,
 )
-from adapters.sse import SSEDecoder
-from proxy.config import ProviderConfig
+from adapters.sse_decoder import SSEDecoder
+from adapters.targets import ProviderConfig
 
 ANTHROPIC_VERSION = "2023-06-01"
 

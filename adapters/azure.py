@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from adapters.base import Call, StreamTranslator, UpstreamRequest
 from adapters.openai import OpenAIAdapter, OpenAIStream
-from proxy.config import ProviderConfig
+from adapters.targets import ProviderConfig
 
 
 class AzureAdapter(OpenAIAdapter):

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from proxy.config import ProviderConfig, Target
+from adapters.targets import ProviderConfig, Target
 
 
 @dataclass(slots=True)

@@ -91,8 +91,8 @@ from adapters.base import (
     scrub,
     upstream_status_error,
 )
-from adapters.sse import SSEDecoder
-from proxy.config import ProviderConfig
+from adapters.sse_decoder import SSEDecoder
+from adapters.targets import ProviderConfig
 
 # --- policy tables -----------------------------------------------------------------------------------
 

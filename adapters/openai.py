@@ -23,7 +23,7 @@ from adapters.base import (
     loads_object,
     upstream_status_error,
 )
-from proxy.config import ProviderConfig
+from adapters.targets import ProviderConfig
 
 # The top-level "model" member of a chunk. Quotes inside JSON strings are always escaped, so an
 # unescaped `"model"` followed by a colon can only be a key.

@@ -13,11 +13,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy.auth import KeyRing, hash_key
-from proxy.config import KeyConfig
 from proxy.errors import GatewayError, bad_request
 from proxy.keystore import KeyStore, StoredKey, check_name, validate_settings
 from proxy.requests import read_json
 from proxy.runtime import Runtime
+from proxy.settings import KeyConfig
 
 log = logging.getLogger("gateway.admin")
 POLL_S = 1.0

@@ -89,7 +89,7 @@ def routes() -> list[Route]:
 
 def create_app(config: Config, tracer_provider: Any = None) -> Starlette | FastPath:
     """``tracer_provider``: an OpenTelemetry TracerProvider to trace into (tests, embedding programs);
-    without one, traces follow the OTEL_* environment (see proxy.tracing)."""
+    without one, traces follow the OTEL_* environment (see proxy.observability.tracing)."""
     tracing = observability.tracing_for(config, tracer_provider)
 
     @contextlib.asynccontextmanager

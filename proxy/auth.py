@@ -7,8 +7,8 @@ import hmac
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 
-from proxy.config import KeyConfig
 from proxy.errors import GatewayError
+from proxy.settings import KeyConfig
 
 
 def hash_key(secret: str) -> str:

@@ -33,7 +33,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ["GATEWAY_PORT"] = str(port)  # where each worker records its pid for `gateway reload`
     metrics_dir, created = None, False
     if args.workers > 1:  # workers publish metric snapshots here; whichever answers /metrics sums them
-        from proxy.metrics import prepare_dir
+        from proxy.observability.metrics import prepare_dir
 
         metrics_dir, created = prepare_dir()
     try:
@@ -44,7 +44,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             port=port,
             workers=args.workers,
             loop="uvloop",
-            http="proxy.server:GatewayHttpProtocol",  # httptools, head and body in one send
+            http="proxy.uvicorn_protocol:GatewayHttpProtocol",  # httptools, head and body in one send
             access_log=False,  # the gateway writes its own JSON access log ([observability] access_log)
             proxy_headers=False,  # nothing here reads the client address: skip X-Forwarded-* rewriting per request
             log_level="info",
@@ -52,7 +52,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     finally:
         if created and metrics_dir:
-            from proxy.metrics import remove_dir
+            from proxy.observability.metrics import remove_dir
 
             remove_dir(metrics_dir)
     return 0

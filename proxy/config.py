@@ -9,10 +9,35 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from proxy.auth import hash_key
+from proxy.prices import apply_prices_file
+from proxy.settings import (
+    BUDGET_PERIODS,
+    FALLBACK_REASONS,
+    RETRYABLE_STATUSES,
+    STRATEGIES,
+    Config,
+    ConfigError,
+    KeyConfig,
+    LimitsConfig,
+    ModelAlias,
+    ObservabilityConfig,
+    ProviderConfig,
+    ServerConfig,
+    StorageConfig,
+    Target,
+)
+
+__all__ = [  # the settings are re-exported for callers of load_config
+    "PROVIDER_KINDS", "load_config", "parse_config",
+    "BUDGET_PERIODS", "FALLBACK_REASONS", "RETRYABLE_STATUSES", "STRATEGIES", "Config", "ConfigError",
+    "KeyConfig", "LimitsConfig", "ModelAlias", "ObservabilityConfig", "ProviderConfig", "ServerConfig",
+    "StorageConfig", "Target",
+]
 
 PROVIDER_KINDS = ("openai", "echo", "anthropic", "gemini", "azure")
 
@@ -22,147 +47,6 @@ DEFAULT_BASE_URLS = {
     "gemini": "https://generativelanguage.googleapis.com",
     "echo": "http://echo.local/v1",
 }
-
-
-class ConfigError(Exception):
-    def __init__(self, file: str, key: str, reason: str) -> None:
-        super().__init__(f"{file}:{key}: {reason}")
-        self.file = file
-        self.key = key
-        self.reason = reason
-
-
-@dataclass(slots=True)
-class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = 8080
-    max_body_mb: float = 32
-    require_auth: bool = True
-    admin_key: str = ""
-    fuzzy_models: bool = False  # resolve close misspellings of an alias (said in x-gateway-model-resolved)
-    metrics_port: int = 0  # 0 = GET /metrics on the main port; else only on this port
-    metrics_require_admin: bool = False  # /metrics needs `Authorization: Bearer <admin_key>`
-
-    @property
-    def max_body_bytes(self) -> int:
-        return int(self.max_body_mb * 1024 * 1024)
-
-
-@dataclass(slots=True)
-class StorageConfig:
-    database_url: str = "sqlite:///gateway.db"
-    redis_url: str = ""
-    retention_days: int = 0  # 0 = keep usage rows forever
-    spill_dir: str = "usage-spill"  # usage rows wait here while the database is unreachable
-    prices_file: str = ""  # resolved against the config file's directory; "" = none
-    queue_max_rows: int = 10_000  # usage rows kept in memory before spilling to spill_dir
-    flush_interval_ms: int = 200
-
-
-@dataclass(slots=True)
-class ObservabilityConfig:
-    access_log: bool = True  # one JSON line per request on stdout
-    log_bodies: bool = False  # add the client's request body (the prompt) to access log lines
-    capture_content: bool = False  # prompt and completion text on trace spans (gen_ai.*.messages)
-
-
-@dataclass(slots=True)
-class ProviderConfig:
-    name: str
-    kind: str
-    base_url: str
-    api_key: str = ""
-    timeout_s: float = 120.0
-    connect_timeout_s: float = 10.0
-    headers: dict[str, str] = field(default_factory=dict)
-    api_version: str = ""  # azure: the api-version query parameter; empty = the /openai/v1/ style
-    anthropic_beta: str = ""  # anthropic: sent as the anthropic-beta header when set
-
-
-STRATEGIES = ("priority", "weighted", "round_robin", "latency", "cost", "least_busy")
-FALLBACK_REASONS = ("rate_limit", "timeout", "server_error", "connection", "context_window")
-RETRYABLE_STATUSES = (429, 500, 502, 503, 504, 529)
-
-
-@dataclass(slots=True)
-class Target:
-    provider: str
-    model: str  # "" = forward the model name the client asked for (glob aliases)
-    input_per_mtok: float | None = None
-    output_per_mtok: float | None = None
-    cached_input_per_mtok: float | None = None
-    per_request: float | None = None
-    default_max_tokens: int = 4096  # translating adapters whose API requires max_tokens
-    drop_unsupported: bool = False  # drop fields the provider cannot honour instead of a 400
-    # routing and resilience
-    weight: float = 1.0
-    max_retries: int = 1
-    retry_on: tuple[int | str, ...] = ("connection", "timeout") + RETRYABLE_STATUSES
-    context_window: int | None = None
-    connect_timeout_s: float = 10.0
-    first_byte_timeout_s: float = 120.0
-    timeout_s: float = 120.0
-    stream_idle_timeout_s: float = 120.0
-    failure_threshold: int = 5
-    cooldown_s: float = 30.0
-    failure_rate: float | None = None  # also open at this failed share of attempts over failure_window_s
-    failure_window_s: float = 60.0
-    failure_min_requests: int = 10  # ... once the window holds at least this many attempts
-
-
-@dataclass(slots=True)
-class ModelAlias:
-    name: str
-    targets: list[Target]
-    strategy: str = "priority"
-    fallback_on: tuple[str, ...] = FALLBACK_REASONS
-    max_cost_per_request: float | None = None
-    hedge_after_ms: float | None = None
-    keepalive_s: float = 15.0
-    retry_after_cap_s: float = 5.0
-    rpm: int | None = None  # limits for the alias as a whole, e.g. to protect a provider quota
-    tpm: int | None = None
-    is_glob: bool = field(init=False)  # a pattern such as "openai/*": set from the name, read per request
-
-    def __post_init__(self) -> None:
-        self.is_glob = "*" in self.name or "?" in self.name or "[" in self.name
-
-
-BUDGET_PERIODS = ("day", "month", "total")
-
-
-@dataclass(slots=True)
-class KeyConfig:
-    name: str
-    key_hash: str  # hex sha256 of the secret; the secret itself is never kept
-    models: list[str] = field(default_factory=lambda: ["*"])
-    rpm: int | None = None
-    tpm: int | None = None
-    max_parallel: int | None = None
-    budget_usd: float | None = None
-    budget_period: str = "month"
-    expires_at: datetime | None = None  # UTC
-    metadata: dict[str, Any] = field(default_factory=dict)
-    source: str = "config"  # config | db (managed through the admin API)
-
-
-@dataclass(slots=True)
-class LimitsConfig:
-    rpm: int | None = None
-    tpm: int | None = None
-    on_store_error: str = "allow"  # allow | deny: what to do when Redis cannot be reached
-
-
-@dataclass(slots=True)
-class Config:
-    path: str
-    server: ServerConfig
-    storage: StorageConfig
-    providers: dict[str, ProviderConfig]
-    models: dict[str, ModelAlias]
-    keys: list[KeyConfig]
-    observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
-    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
 
 # --- interpolation -------------------------------------------------------------------------------
@@ -349,8 +233,6 @@ def parse_config(raw: dict[str, Any], file: str, env: dict[str, str]) -> Config:
     providers = _parse_providers(cfg, root.get("providers", dict, {}))
     models = _parse_models(cfg, root.get("models", list, []), providers)
     if storage.prices_file:
-        from proxy.prices import apply_prices_file  # local: prices imports this module
-
         apply_prices_file(file, storage.prices_file, providers, models)
     keys = _parse_keys(cfg, root.get("keys", list, []))
     s = _Section(cfg, "limits", root.get("limits", dict, {}))
@@ -508,7 +390,6 @@ def _opt_int(value: float | None) -> int | None:
 
 
 def _parse_keys(cfg: _Loader, items: list[Any]) -> list[KeyConfig]:
-    from proxy.auth import hash_key  # local: auth imports this module
 
     keys: list[KeyConfig] = []
     names: set[str] = set()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from adapters.base import Usage
-from proxy.config import Target
+from proxy.settings import Target
 
 
 def cost_usd(target: Target, usage: Usage) -> float | None:

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from adapters.base import Call, Reply, StreamTranslator, UpstreamError, UpstreamRequest
-from proxy.config import ModelAlias
 from proxy.errors import GatewayError
-from proxy.observe import Observer
+from proxy.observability.observer import Observer
 from proxy.router import Router, TargetState, estimated_cost, requested_max_tokens
+from proxy.settings import ModelAlias
 from proxy.upstream import Upstream, UpstreamStream, is_transport_error
 
 _CONTEXT_WINDOW = re.compile(r"context[ _]length|context[ _]window|maximum context|prompt is too long|too many tokens",

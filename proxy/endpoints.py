@@ -15,7 +15,6 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from adapters.base import StreamTranslator, UpstreamError, Usage
-from proxy.config import Target
 from proxy.cost import cost_usd
 from proxy.dispatch import Dispatch, Outcome, stop
 from proxy.errors import GatewayError, error_event
@@ -31,9 +30,10 @@ from proxy.requests import (
     require_model,
 )
 from proxy.runtime import Runtime
-from proxy.server import ON_DISCONNECT, DirectBody, write_whole
-from proxy.sse import SSEResponse
+from proxy.settings import Target
+from proxy.sse_response import SSEResponse
 from proxy.upstream import TRANSPORT_ERRORS
+from proxy.uvicorn_protocol import ON_DISCONNECT, DirectBody, write_whole
 
 JSON = "application/json"
 log = logging.getLogger("gateway")

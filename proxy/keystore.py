@@ -18,8 +18,8 @@ from typing import Any
 import orjson
 
 from proxy.auth import hash_key
-from proxy.config import BUDGET_PERIODS, KeyConfig
 from proxy.errors import GatewayError, bad_request
+from proxy.settings import BUDGET_PERIODS, KeyConfig
 from proxy.storage import migrate_postgres, migrate_sqlite, sqlite_path
 
 SECRET_PREFIX = "sk-gw-"

@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from proxy.config import Config, ConfigError, ModelAlias, ProviderConfig, Target
+from proxy.settings import Config, ConfigError, ModelAlias, ProviderConfig, Target
 
 log = logging.getLogger("gateway")
 

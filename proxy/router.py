@@ -7,7 +7,7 @@ import random
 import time
 from typing import Any
 
-from proxy.config import Config, ModelAlias, Target
+from proxy.settings import Config, ModelAlias, Target
 
 EXPLORE = 0.05  # latency strategy: share of requests that try a random target, so recoveries are noticed
 EWMA_ALPHA = 0.3

@@ -7,12 +7,12 @@ import time
 from fnmatch import fnmatchcase
 
 from proxy.auth import KeyRing, model_allowed
-from proxy.config import Config, KeyConfig, ModelAlias
 from proxy.errors import GatewayError
 from proxy.limits import Limits, MemoryBackend
-from proxy.observe import Observer
+from proxy.observability.observer import Observer
 from proxy.records import NullSink, UsageSink
 from proxy.router import Router
+from proxy.settings import Config, KeyConfig, ModelAlias
 from proxy.upstream import make_upstream
 
 

@@ -13,10 +13,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from adapters import echo
 from adapters.base import Adapter, UpstreamError, UpstreamRequest
-from proxy.config import ConfigError, ProviderConfig
+from proxy import echo
 from proxy.http1 import Pool, Response
+from proxy.settings import ConfigError, ProviderConfig
 
 ADAPTER_CLASSES = {
     "openai": "adapters.openai:OpenAIAdapter",

@@ -10,7 +10,7 @@ from typing import Any
 
 import uvicorn
 
-from proxy.server import GatewayHttpProtocol
+from proxy.uvicorn_protocol import GatewayHttpProtocol
 
 
 class ServerThread:

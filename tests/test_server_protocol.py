@@ -12,8 +12,8 @@ from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, RequestResponseCycle
 
 from proxy.endpoints import AccountedResponse
-from proxy.server import _NAME_OK, _VALUE_OK, DirectBody, HeadWithBody, start_chunked, write_whole
-from proxy.sse import SSEResponse
+from proxy.sse_response import SSEResponse
+from proxy.uvicorn_protocol import _NAME_OK, _VALUE_OK, DirectBody, HeadWithBody, start_chunked, write_whole
 
 MSGS = [{"role": "user", "content": "hello"}]
 

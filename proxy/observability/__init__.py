@@ -1,5 +1,5 @@
 """The app's observer: Prometheus metrics, the JSON access log and OpenTelemetry traces behind the
-request-path hooks of ``proxy.observe``, plus ``GET /metrics`` (main port, or ``[server] metrics_port``).
+request-path hooks of ``proxy.observability.observer``, plus ``GET /metrics`` (main port, or ``[server] metrics_port``).
 
 One GatewayObserver per app, created in the lifespan and kept across config reloads: ``attach`` binds
 it to each new Runtime (the app registers it in ``app.state.on_runtime``), so counters never reset.
@@ -20,18 +20,18 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy.access_log import AccessLog
 from proxy.errors import GatewayError
-from proxy.metrics import FLUSH_INTERVAL_S, METRICS_DIR_ENV, Live, Metrics
-from proxy.observe import Observer
+from proxy.observability.access_log import AccessLog
+from proxy.observability.metrics import FLUSH_INTERVAL_S, METRICS_DIR_ENV, Live, Metrics
+from proxy.observability.observer import Observer
 
 if TYPE_CHECKING:
     from adapters.base import Call, UpstreamError, UpstreamRequest
-    from proxy.config import Config, ServerConfig
+    from proxy.observability.tracing import Tracing
     from proxy.records import UsageRecord
     from proxy.router import TargetState
     from proxy.runtime import Runtime
-    from proxy.tracing import Tracing
+    from proxy.settings import Config, ServerConfig
 
 log = logging.getLogger("gateway.observability")
 
@@ -247,11 +247,11 @@ async def metrics_endpoint(request: Request) -> Response:
 
 
 def tracing_for(config: Config, tracer_provider: Any = None) -> Tracing | None:
-    """Traces when configured (see proxy.tracing); None costs nothing, not even an import."""
+    """Traces when configured (see proxy.observability.tracing); None costs nothing, not even an import."""
     if (tracer_provider is None and not any(k.startswith("OTEL_") for k in os.environ)
             and "opentelemetry.trace" not in sys.modules):
         return None
-    from proxy.tracing import setup
+    from proxy.observability.tracing import setup
 
     return setup(config.observability.capture_content, tracer_provider)
 
@@ -259,7 +259,7 @@ def tracing_for(config: Config, tracer_provider: Any = None) -> Tracing | None:
 def middleware(tracing: Tracing | None) -> list[Middleware]:
     if tracing is None:
         return []
-    from proxy.tracing import TraceMiddleware
+    from proxy.observability.tracing import TraceMiddleware
 
     return [Middleware(TraceMiddleware, tracing=tracing)]
 

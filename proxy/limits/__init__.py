@@ -44,11 +44,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from proxy.config import Config, KeyConfig, ModelAlias
 from proxy.errors import GatewayError
 from proxy.records import UsageRecord
-from proxy.resp import Encoded, MiniRedis, RedisError
+from proxy.redis_client import Encoded, MiniRedis, RedisError
 from proxy.router import estimated_cost, requested_max_tokens
+from proxy.settings import Config, KeyConfig, ModelAlias
 
 log = logging.getLogger("gateway.limits")
 
@@ -342,12 +342,12 @@ class RedisBackend:
     remote = True
 
     def __init__(self, url: str) -> None:
-        # A purpose-built client (proxy.resp): the script call is on every request's path.
+        # A purpose-built client (proxy.redis_client): the script call is on every request's path.
         self.client = MiniRedis(url)
 
     @staticmethod
     def _acquire_args(checks: list[Check], request_id: str, asks: list[float] | None) -> list[Any]:
-        # What changes per request goes as bytes, so pack() does not remember it (see proxy.resp.pack).
+        # What changes per request goes as bytes, so pack() does not remember it (see proxy.redis_client.pack).
         args: list[Any] = [request_id.encode()]
         for i, c in enumerate(checks):
             # per check: kind, limit, ttl (a budget's: time left in its period), amount, lease asked for

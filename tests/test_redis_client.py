@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from proxy import resp
-from proxy.resp import Encoded, MiniRedis, RedisError, _Incomplete, _parse, pack
+from proxy import redis_client as resp
+from proxy.redis_client import Encoded, MiniRedis, RedisError, _Incomplete, _parse, pack
 from tests.redis_util import RedisCluster, RedisServer
 
 
@@ -73,7 +73,7 @@ def test_pipelined_calls_scripts_and_reconnect():
 
 
 def test_a_silent_server_times_the_call_out_and_drops_the_connection():
-    from proxy.resp import CALL_TIMEOUT_S
+    from proxy.redis_client import CALL_TIMEOUT_S
 
     async def main() -> tuple[float, int]:
         accepted = []

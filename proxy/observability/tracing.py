@@ -38,10 +38,10 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
     from adapters.base import Call, UpstreamError, UpstreamRequest
-    from proxy.config import ProviderConfig
     from proxy.records import UsageRecord
     from proxy.router import TargetState
     from proxy.runtime import Runtime
+    from proxy.settings import ProviderConfig
 
 log = logging.getLogger("gateway.tracing")
 

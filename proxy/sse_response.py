@@ -7,7 +7,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 
 from starlette.types import Receive, Scope, Send
 
-from proxy.server import ON_DISCONNECT, DirectBody, direct_body, start_chunked
+from proxy.uvicorn_protocol import ON_DISCONNECT, DirectBody, direct_body, start_chunked
 
 SSE_HEADERS = {
     "content-type": "text/event-stream; charset=utf-8",

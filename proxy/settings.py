@@ -1,0 +1,118 @@
+"""The loaded configuration as plain dataclasses: what every other module reads.
+
+proxy.config builds these from gateway.toml; this module imports nothing of the project's but the
+adapter-facing settings, so any module can import it without a cycle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from adapters.targets import FALLBACK_REASONS, RETRYABLE_STATUSES, ProviderConfig, Target
+
+__all__ = [  # ProviderConfig and Target are re-exported: every setting is read from here
+    "BUDGET_PERIODS", "FALLBACK_REASONS", "RETRYABLE_STATUSES", "STRATEGIES", "Config", "ConfigError",
+    "KeyConfig", "LimitsConfig", "ModelAlias", "ObservabilityConfig", "ProviderConfig", "ServerConfig",
+    "StorageConfig", "Target",
+]
+
+STRATEGIES = ("priority", "weighted", "round_robin", "latency", "cost", "least_busy")
+
+
+class ConfigError(Exception):
+    def __init__(self, file: str, key: str, reason: str) -> None:
+        super().__init__(f"{file}:{key}: {reason}")
+        self.file = file
+        self.key = key
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_mb: float = 32
+    require_auth: bool = True
+    admin_key: str = ""
+    fuzzy_models: bool = False  # resolve close misspellings of an alias (said in x-gateway-model-resolved)
+    metrics_port: int = 0  # 0 = GET /metrics on the main port; else only on this port
+    metrics_require_admin: bool = False  # /metrics needs `Authorization: Bearer <admin_key>`
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+
+@dataclass(slots=True)
+class StorageConfig:
+    database_url: str = "sqlite:///gateway.db"
+    redis_url: str = ""
+    retention_days: int = 0  # 0 = keep usage rows forever
+    spill_dir: str = "usage-spill"  # usage rows wait here while the database is unreachable
+    prices_file: str = ""  # resolved against the config file's directory; "" = none
+    queue_max_rows: int = 10_000  # usage rows kept in memory before spilling to spill_dir
+    flush_interval_ms: int = 200
+
+
+@dataclass(slots=True)
+class ObservabilityConfig:
+    access_log: bool = True  # one JSON line per request on stdout
+    log_bodies: bool = False  # add the client's request body (the prompt) to access log lines
+    capture_content: bool = False  # prompt and completion text on trace spans (gen_ai.*.messages)
+
+
+@dataclass(slots=True)
+class ModelAlias:
+    name: str
+    targets: list[Target]
+    strategy: str = "priority"
+    fallback_on: tuple[str, ...] = FALLBACK_REASONS
+    max_cost_per_request: float | None = None
+    hedge_after_ms: float | None = None
+    keepalive_s: float = 15.0
+    retry_after_cap_s: float = 5.0
+    rpm: int | None = None  # limits for the alias as a whole, e.g. to protect a provider quota
+    tpm: int | None = None
+    is_glob: bool = field(init=False)  # a pattern such as "openai/*": set from the name, read per request
+
+    def __post_init__(self) -> None:
+        self.is_glob = "*" in self.name or "?" in self.name or "[" in self.name
+
+
+BUDGET_PERIODS = ("day", "month", "total")
+
+
+@dataclass(slots=True)
+class KeyConfig:
+    name: str
+    key_hash: str  # hex sha256 of the secret; the secret itself is never kept
+    models: list[str] = field(default_factory=lambda: ["*"])
+    rpm: int | None = None
+    tpm: int | None = None
+    max_parallel: int | None = None
+    budget_usd: float | None = None
+    budget_period: str = "month"
+    expires_at: datetime | None = None  # UTC
+    metadata: dict[str, Any] = field(default_factory=dict)
+    source: str = "config"  # config | db (managed through the admin API)
+
+
+@dataclass(slots=True)
+class LimitsConfig:
+    rpm: int | None = None
+    tpm: int | None = None
+    on_store_error: str = "allow"  # allow | deny: what to do when Redis cannot be reached
+
+
+@dataclass(slots=True)
+class Config:
+    path: str
+    server: ServerConfig
+    storage: StorageConfig
+    providers: dict[str, ProviderConfig]
+    models: dict[str, ModelAlias]
+    keys: list[KeyConfig]
+    observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
