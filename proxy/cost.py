@@ -1,4 +1,5 @@
-"""USD cost of a request from the target's prices (USD per million tokens)."""
+"""USD cost of a request from the target's prices (USD per million tokens): the one cost formula,
+used for the usage row, for budget reservations and for cost-based routing."""
 
 from __future__ import annotations
 
@@ -23,3 +24,8 @@ def cost_usd(target: Target, usage: Usage) -> float | None:
     if target.per_request is not None:
         total += target.per_request
     return total
+
+
+def estimated_cost(target: Target, prompt_tokens: int, completion_tokens: int) -> float | None:
+    """What a request would cost before it is sent: no cached tokens assumed, so never an underestimate."""
+    return cost_usd(target, Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens))

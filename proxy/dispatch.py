@@ -18,12 +18,13 @@ import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 from adapters.base import Call, Reply, StreamTranslator, UpstreamError, UpstreamRequest
+from proxy.client_request import ClientRequest
+from proxy.cost import estimated_cost
 from proxy.errors import GatewayError
 from proxy.observability.observer import Observer
-from proxy.router import Router, TargetState, estimated_cost, requested_max_tokens
+from proxy.router import Router, TargetState
 from proxy.settings import ModelAlias
 from proxy.upstream import Upstream, UpstreamStream, is_transport_error
 
@@ -107,19 +108,19 @@ class Outcome:
 
 class Dispatch:
     def __init__(self, router: Router, upstreams: dict[str, Upstream], obs: Observer, alias: ModelAlias,
-                 requested: str, endpoint: str, body: dict[str, Any], stream: bool, include_usage: bool,
-                 request_id: str, prompt_estimate: int) -> None:
+                 request: ClientRequest) -> None:
         self.router = router
         self.upstreams = upstreams
         self.obs = obs
         self.alias = alias
-        self.requested = requested
-        self.endpoint = endpoint
-        self.body = body
-        self.stream = stream
-        self.include_usage = include_usage
-        self.request_id = request_id
-        self.prompt_estimate = prompt_estimate
+        self.request = request
+        self.requested = request.model
+        self.endpoint = request.endpoint
+        self.body = request.body
+        self.stream = request.stream
+        self.include_usage = request.include_usage
+        self.request_id = request.request_id
+        self.prompt_estimate = request.prompt_estimate
         self.attempts = 0
         self.last: TargetState | None = None  # the target of the latest attempt
         self.sent: set[int] = set()  # id() of each TargetState an attempt was sent to
@@ -131,7 +132,7 @@ class Dispatch:
     # planning ---------------------------------------------------------------------------------------
 
     def plan(self) -> list[TargetState]:
-        max_tokens = requested_max_tokens(self.body, self.alias.targets[0].default_max_tokens)
+        max_tokens = self.request.completion_allowance(self.alias.targets[0].default_max_tokens)
         plan = self.router.plan(self.alias, self.prompt_estimate, max_tokens)
         if not plan:
             raise GatewayError(503, f"No target of `{self.alias.name}` is available right now (circuit open).",

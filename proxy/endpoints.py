@@ -15,6 +15,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from adapters.base import StreamTranslator, UpstreamError, Usage
+from proxy.client_request import ClientRequest
 from proxy.cost import cost_usd
 from proxy.dispatch import Dispatch, Outcome, stop
 from proxy.errors import GatewayError, error_event
@@ -27,6 +28,7 @@ from proxy.requests import (
     include_usage,
     read_json,
     request_ids,
+    requested_max_tokens,
     require_model,
 )
 from proxy.runtime import Runtime
@@ -79,10 +81,10 @@ async def _proxy(request: Request, endpoint: str) -> Response | SSEResponse:
         if alias.name != record.model and not alias.is_glob:  # a fuzzy match: say so, account to the alias
             headers["x-gateway-model-resolved"] = alias.name
             record.model = alias.name
-        prompt_estimate = estimate_prompt_tokens(body)
-        dispatch = Dispatch(rt.router, rt.upstreams, rt.obs, alias, record.model, endpoint, body, stream,
-                            include_usage(body), rid, prompt_estimate)
-        plan = rt.limits.plan(key, alias, body, prompt_estimate, endpoint, rid)
+        request = ClientRequest(endpoint, record.model, body, rid, header_id, stream, include_usage(body),
+                                estimate_prompt_tokens(body), requested_max_tokens(body))
+        dispatch = Dispatch(rt.router, rt.upstreams, rt.obs, alias, request)
+        plan = rt.limits.plan(key, alias, request)
         run: asyncio.Future[Outcome] | None = None
         ended: asyncio.Future[None] | None = None
         if plan is not None:

@@ -127,3 +127,11 @@ def estimate_prompt_tokens(body: dict[str, Any]) -> int:
     elif isinstance(inputs, list):
         chars += sum(len(i) if isinstance(i, str) else 4 for i in inputs)
     return (chars + 3) // 4
+
+
+def requested_max_tokens(body: dict[str, Any]) -> int | None:
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None

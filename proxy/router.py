@@ -5,8 +5,8 @@ from __future__ import annotations
 import itertools
 import random
 import time
-from typing import Any
 
+from proxy.cost import estimated_cost
 from proxy.settings import Config, ModelAlias, Target
 
 EXPLORE = 0.05  # latency strategy: share of requests that try a random target, so recoveries are noticed
@@ -139,18 +139,3 @@ class Router:
 
     def all_states(self) -> list[tuple[str, TargetState]]:
         return [(name, s) for name, states in self.states.items() for s in states]
-
-
-def estimated_cost(target: Target, prompt_tokens: int, completion_tokens: int) -> float | None:
-    if target.input_per_mtok is None or target.output_per_mtok is None:
-        return None
-    cost = (prompt_tokens * target.input_per_mtok + completion_tokens * target.output_per_mtok) / 1_000_000
-    return cost + (target.per_request or 0.0)
-
-
-def requested_max_tokens(body: dict[str, Any], default: int) -> int:
-    for name in ("max_completion_tokens", "max_tokens"):
-        value = body.get(name)
-        if isinstance(value, int) and value > 0:
-            return value
-    return default

@@ -12,13 +12,21 @@ import httpx
 import openai
 import pytest
 
+from proxy.client_request import ClientRequest
 from proxy.config import parse_config
 from proxy.errors import GatewayError
 from proxy.limits import Limits, MemoryBackend, duration
 from proxy.records import UsageRecord
+from proxy.requests import requested_max_tokens
 from tests.redis_util import shared_redis_url
 
 MSG = [{"role": "user", "content": "hi"}]  # echo: 1 prompt token, "Echo: hi" = 3 completion tokens
+
+
+def chat_request(body: dict, request_id: str) -> ClientRequest:
+    """A chat request as the parse stage makes it, with a prompt estimate of 1 token."""
+    return ClientRequest("chat", "m", body, request_id, request_id, prompt_estimate=1,
+                         max_tokens=requested_max_tokens(body))
 
 
 def limits_config(fake_url: str, redis_url: str, key_extra: str = "", model_extra: str = "", limits: str = "",
@@ -192,7 +200,7 @@ def test_gcra_burst_then_steady_refill():
         out = []
         for i in range(n):
             try:
-                await limits.acquire(key, alias, body, 1, "chat", f"r{clock.now}-{i}")
+                await limits.acquire(key, alias, chat_request(body, f"r{clock.now}-{i}"))
                 out.append(True)
             except Exception:
                 out.append(False)
@@ -214,11 +222,11 @@ def test_tpm_settle_gives_back_unused_tokens():
     key, alias = limits.config.keys[0], limits.config.models["m"]
 
     async def run() -> tuple[str, str]:
-        ticket = await limits.acquire(key, alias, {"messages": MSG, "max_tokens": 499}, 1, "chat", "a")
+        ticket = await limits.acquire(key, alias, chat_request({"messages": MSG, "max_tokens": 499}, "a"))
         before = ticket.headers()["x-ratelimit-remaining-tokens"]
         limits.settle(ticket, UsageRecord("a", 0, "k", "m", "chat", False, prompt_tokens=1, completion_tokens=9))
         await limits.flush()
-        ticket = await limits.acquire(key, alias, {"messages": MSG, "max_tokens": 1}, 1, "chat", "b")
+        ticket = await limits.acquire(key, alias, chat_request({"messages": MSG, "max_tokens": 1}, "b"))
         return before, ticket.headers()["x-ratelimit-remaining-tokens"]
 
     before, after = asyncio.run(run())
@@ -233,14 +241,14 @@ def test_settlements_sent_together_add_up():
     key, alias = limits.config.keys[0], limits.config.models["m"]
 
     async def run() -> str:
-        tickets = [await limits.acquire(key, alias, {"messages": MSG, "max_tokens": 99}, 1, "chat", f"r{i}")
+        tickets = [await limits.acquire(key, alias, chat_request({"messages": MSG, "max_tokens": 99}, f"r{i}"))
                    for i in range(3)]  # 3 x 100 reserved
         for i, ticket in enumerate(tickets):
             limits.settle(ticket, UsageRecord(f"r{i}", 0, "k", "m", "chat", False, prompt_tokens=1,
                                               completion_tokens=i))
         assert len(limits.owed) == 1  # one entry for the one tpm bucket
         await limits.flush()
-        ticket = await limits.acquire(key, alias, {"messages": MSG, "max_tokens": 1}, 1, "chat", "last")
+        ticket = await limits.acquire(key, alias, chat_request({"messages": MSG, "max_tokens": 1}, "last"))
         return ticket.headers()["x-ratelimit-remaining-tokens"]
 
     assert asyncio.run(run()) == "592"  # 600 - (1 + 2 + 3) used - 2 reserved
@@ -259,7 +267,7 @@ def test_a_key_given_new_limits_is_checked_by_them_at_once():
         out = []
         for i in range(n):
             try:
-                await limits.acquire(k, alias, body, 1, "chat", f"r{i}")
+                await limits.acquire(k, alias, chat_request(body, f"r{i}"))
                 out.append(200)
             except GatewayError as e:
                 out.append(e.status)
@@ -268,7 +276,7 @@ def test_a_key_given_new_limits_is_checked_by_them_at_once():
     assert asyncio.run(codes(key, 3)) == [200, 200, 429]
     clock.now += 60  # a quiet minute: the bucket is full again
     assert asyncio.run(codes(dataclasses.replace(key, rpm=5), 6)) == [200] * 5 + [429]
-    assert limits.plan(dataclasses.replace(key, rpm=None), alias, body, 1, "chat", "x") is None
+    assert limits.plan(dataclasses.replace(key, rpm=None), alias, chat_request(body, "x")) is None
 
 
 def test_reset_duration_format():
@@ -308,7 +316,7 @@ async def _through(limits: Limits, key, alias, body: dict, n: int, prefix: str =
     admitted = local = 0
     headers = []
     for i in range(n):
-        plan = limits.plan(key, alias, body, 1, "chat", f"{prefix}{i}")
+        plan = limits.plan(key, alias, chat_request(body, f"{prefix}{i}"))
         ticket = limits.admit_here(plan)
         if ticket is not None:
             local += 1
@@ -507,7 +515,7 @@ def test_overlap_needs_redis_room_and_a_fresh_verdict(monkeypatch):
     async def overlaps(limits: Limits, n: int) -> list[bool]:
         out = []
         for i in range(n):
-            plan = limits.plan(key, alias, body, 1, "chat", f"r{i}")
+            plan = limits.plan(key, alias, chat_request(body, f"r{i}"))
             assert limits.admit_here(plan) is None  # rpm 4: too small a limit to lease from
             out.append(plan.overlap)
             await limits.admit(plan)

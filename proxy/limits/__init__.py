@@ -44,10 +44,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from proxy.client_request import ClientRequest
+from proxy.cost import estimated_cost
 from proxy.errors import GatewayError
 from proxy.records import UsageRecord
 from proxy.redis_client import Encoded, MiniRedis, RedisError
-from proxy.router import estimated_cost, requested_max_tokens
 from proxy.settings import Config, KeyConfig, ModelAlias
 
 log = logging.getLogger("gateway.limits")
@@ -448,14 +449,14 @@ class Limits:
         url = config.storage.redis_url
         return cls(config, RedisBackend(url) if url else MemoryBackend())
 
-    def plan(self, key: KeyConfig | None, alias: ModelAlias, body: dict[str, Any], prompt_tokens: int,
-             endpoint: str, request_id: str) -> Plan | None:
+    def plan(self, key: KeyConfig | None, alias: ModelAlias, request: ClientRequest) -> Plan | None:
         """The checks for one request, or None when nothing limits it (no estimates, no store call)."""
         standing = self._standing(key, alias)
         budgeted = key is not None and key.budget_usd is not None
         if not standing and not budgeted:
             return None
-        max_tokens = requested_max_tokens(body, alias.targets[0].default_max_tokens) if endpoint == "chat" else 0
+        prompt_tokens, request_id = request.prompt_estimate, request.request_id
+        max_tokens = request.completion_allowance(alias.targets[0].default_max_tokens)
         tokens = prompt_tokens + max_tokens
         checks = [check if check.unit != "tokens" else Check(check.scope, "gcra", check.key, check.limit, tokens,
                                                               "tokens", 0.0, check.wire) for check in standing]
@@ -701,9 +702,8 @@ class Limits:
             return "in-process"
         return "up" if await self.backend.ping() else "down"
 
-    async def acquire(self, key: KeyConfig | None, alias: ModelAlias, body: dict[str, Any], prompt_tokens: int,
-                      endpoint: str, request_id: str) -> Ticket | None:
-        plan = self.plan(key, alias, body, prompt_tokens, endpoint, request_id)
+    async def acquire(self, key: KeyConfig | None, alias: ModelAlias, request: ClientRequest) -> Ticket | None:
+        plan = self.plan(key, alias, request)
         return None if plan is None else await self.admit(plan)
 
     def settle(self, ticket: Ticket | None, record: UsageRecord, extra: Sequence[UsageRecord] = ()) -> None:

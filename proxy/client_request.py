@@ -1,0 +1,27 @@
+"""One client request, parsed once: what every stage of the pipeline reads instead of the body."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(slots=True)
+class ClientRequest:
+    """What the parse stage reads from the body, so that no later stage scans it again."""
+
+    endpoint: str  # chat | embeddings
+    model: str  # the model name the client sent
+    body: dict[str, Any]  # the client's JSON, as sent
+    request_id: str  # the usage row's unique id
+    header_id: str  # the x-request-id answered to the client
+    stream: bool = False
+    include_usage: bool = False  # stream_options.include_usage
+    prompt_estimate: int = 0  # tokens in the prompt, estimated from the body
+    max_tokens: int | None = None  # max_completion_tokens or max_tokens, when the client set one
+
+    def completion_allowance(self, default: int) -> int:
+        """The completion tokens to plan for: what the client asked for, else the target's default."""
+        if self.endpoint != "chat":
+            return 0
+        return self.max_tokens if self.max_tokens is not None else default
