@@ -41,3 +41,14 @@ def error_event(err: GatewayError) -> bytes:
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> GatewayError:
     return GatewayError(400, message, "invalid_request_error", code, param)
+
+
+def internal_error() -> GatewayError:
+    """What a client sees for a bug in the gateway: an OpenAI-shaped 500 that says nothing internal."""
+    return GatewayError(500, "The gateway hit an internal error.", "server_error", "internal_error")
+
+
+def client_gone() -> GatewayError:
+    """The client hung up before its answer was ready: the row says 499, as nginx logs it."""
+    return GatewayError(499, "The client closed the connection before the answer was ready.", "client_error",
+                        "client_disconnect")

@@ -10,6 +10,7 @@ from proxy.auth import KeyRing, model_allowed
 from proxy.errors import GatewayError
 from proxy.limits import Limits, MemoryBackend
 from proxy.observability.observer import Observer
+from proxy.pipeline import Pipeline
 from proxy.records import NullSink, UsageSink
 from proxy.router import Router
 from proxy.settings import Config, KeyConfig, ModelAlias
@@ -31,6 +32,7 @@ class Runtime:
         self.router = Router(config)
         self.globs = [a for a in config.models.values() if a.is_glob]  # tried in config order
         self.created = int(time.time())
+        self.pipeline = Pipeline(self)  # last: its stages read the parts above
 
     async def aclose(self) -> None:
         for upstream in self.upstreams.values():

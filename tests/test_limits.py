@@ -16,8 +16,8 @@ from proxy.client_request import ClientRequest
 from proxy.config import parse_config
 from proxy.errors import GatewayError
 from proxy.limits import Limits, MemoryBackend, duration
+from proxy.pipeline.parse import requested_max_tokens
 from proxy.records import UsageRecord
-from proxy.requests import requested_max_tokens
 from tests.redis_util import shared_redis_url
 
 MSG = [{"role": "user", "content": "hi"}]  # echo: 1 prompt token, "Echo: hi" = 3 completion tokens

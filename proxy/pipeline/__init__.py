@@ -1,0 +1,153 @@
+"""The request pipeline: how one request goes from the client to its usage row. Read this first.
+
+Every OpenAI-compatible request (chat completions, embeddings) runs ``Pipeline.handle`` below, whose
+body is the whole path, one stage a line:
+
+    stage           module                          what it does
+    authenticate    proxy.auth (Runtime)            the gateway key: 401 without a usage row
+    parse           proxy.pipeline.parse            body -> ClientRequest, read once; 400 naming the parameter
+    resolve         proxy.runtime                   model name -> ModelAlias (globs, fuzzy); 404 / 403
+    before hooks    proxy.pipeline.hooks            guardrails and middleware (none yet)
+    limits          proxy.limits                    rpm, tpm, max_parallel, budget; 429 / 503
+    cache           proxy.pipeline.cache            a stored answer instead of an upstream call (none yet)
+    dispatch        proxy.dispatch                  targets in order: retries, fallbacks, hedging
+                    proxy.pipeline.stream           streams: first bytes, then relayed as they come
+    after hooks     proxy.pipeline.hooks            see the answer before it is sent (none yet)
+    account         proxy.pipeline.account          the usage row, built once: ledger, limits settle,
+                                                    metrics, access log, traces
+
+Each stage records what it produced in the request's ``Transaction`` (proxy.pipeline.transaction);
+accounting reads it once at the end, however the request ended. The pipeline knows nothing of HTTP:
+proxy.endpoints turns a Starlette request into an ``Inbound`` and the ``Answer`` into a response, and
+a program can call ``handle`` in-process with an ``Inbound`` of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import orjson
+
+from adapters.base import UpstreamError
+from proxy.dispatch import Dispatch, Outcome
+from proxy.errors import GatewayError, client_gone, internal_error
+from proxy.limits import Ticket
+from proxy.pipeline.account import Accounting
+from proxy.pipeline.cache import Cache, NoCache
+from proxy.pipeline.hooks import Hooks, NoHooks
+from proxy.pipeline.parse import parse, request_ids
+from proxy.pipeline.stream import open_stream
+from proxy.pipeline.transaction import Answer, ClientWatch, Inbound, Transaction, WholeAnswer
+from proxy.settings import ModelAlias
+
+if TYPE_CHECKING:
+    from proxy.runtime import Runtime
+
+__all__ = ["Answer", "ClientWatch", "Inbound", "Pipeline", "Transaction", "WholeAnswer"]
+
+log = logging.getLogger("gateway")
+
+
+class Pipeline:
+    """The stages of one loaded config. A config reload builds a new Runtime, and with it a new Pipeline."""
+
+    def __init__(self, runtime: Runtime, hooks: Hooks | None = None, cache: Cache | None = None) -> None:
+        self.runtime = runtime
+        self.hooks: Hooks = hooks or NoHooks()
+        self.cache: Cache = cache or NoCache()
+        self.account = Accounting(runtime)
+
+    async def handle(self, inbound: Inbound) -> Answer:
+        """The whole path of one request. Past authentication, every way out leaves one usage row."""
+        tx = self.authenticate(inbound)
+        if isinstance(tx, WholeAnswer):
+            return tx  # 401
+        self.account.begin(tx)
+        try:
+            tx.body = await inbound.json(self.runtime.config.server.max_body_bytes)
+            tx.request = parse(tx.endpoint, tx.body, tx.request_id, tx.header_id)
+            tx.alias = self.resolve(tx)
+            await self.hooks.before_request(tx)
+            tx.ticket = await self.admit(tx)
+            tx.dispatch = Dispatch(self.runtime.router, self.runtime.upstreams, self.runtime.obs, tx.alias, tx.request)
+            if tx.request.stream:
+                return await open_stream(tx, self.stream_ended)
+            tx.cached = await self.cache.lookup(tx)
+            if tx.cached is None:
+                tx.outcome = await self.call(tx, inbound.watch)
+            await self.hooks.after_response(tx)
+            await self.cache.store(tx)
+            return self.account.answered(tx)
+        except (GatewayError, UpstreamError) as e:
+            return self.account.failed(tx, e)
+        except asyncio.CancelledError:
+            self.account.cancelled(tx)
+            raise
+        except Exception:  # a bug must still answer in OpenAI's shape and leave its usage row
+            log.exception("unhandled error in %s request %s", tx.endpoint, tx.request_id)
+            return self.account.failed(tx, internal_error())
+
+    # the stages -------------------------------------------------------------------------------------
+
+    def authenticate(self, inbound: Inbound) -> Transaction | WholeAnswer:
+        """The request's Transaction, or the 401 answer (no usage row: observers count it)."""
+        header_id, request_id = request_ids(inbound.client_request_id)
+        try:
+            key = self.runtime.authenticate(inbound.authorization)
+        except GatewayError as e:
+            self.runtime.obs.auth_failed(e.code or "invalid_api_key")
+            return WholeAnswer(e.status, {"x-request-id": header_id, **e.headers}, orjson.dumps(e.body()), _nothing)
+        return Transaction(inbound.endpoint, request_id, header_id, key, headers={"x-request-id": header_id})
+
+    def resolve(self, tx: Transaction) -> ModelAlias:
+        """The alias the model name means; a fuzzy match is said in a header and accounted to the alias."""
+        assert tx.request is not None
+        alias = self.runtime.resolve(tx.request.model, tx.key)
+        if alias.name != tx.request.model and not alias.is_glob:
+            tx.headers["x-gateway-model-resolved"] = alias.name
+            tx.request.model = alias.name
+        return alias
+
+    async def admit(self, tx: Transaction) -> Ticket | None:
+        """From this replica's leases with no round trip, else by one limits-store check; 429 past a limit."""
+        assert tx.alias is not None and tx.request is not None
+        limits = self.runtime.limits
+        plan = limits.plan(tx.key, tx.alias, tx.request)
+        if plan is None:
+            return None
+        ticket = limits.admit_here(plan)
+        if ticket is None:
+            ticket = await limits.admit(plan)
+        if ticket is not None:
+            ticket.headers(tx.headers)
+        return ticket
+
+    async def call(self, tx: Transaction, watch: ClientWatch) -> Outcome:
+        """A whole-body dispatch, unless the client hangs up first (or already did): then the upstream
+        call stops (it would be billed for nothing) and the request fails with 499."""
+        assert tx.dispatch is not None
+        if watch.gone:
+            raise client_gone()
+        task = asyncio.current_task()
+        assert task is not None
+        watch.waiting = task
+        try:
+            return await tx.dispatch.run()
+        except asyncio.CancelledError:
+            if not watch.gone:
+                raise  # cancelled from outside: the server is shutting down
+            task.uncancel()
+            tx.prompt_billed = True
+            raise client_gone() from None
+        finally:
+            watch.waiting = None
+
+    async def stream_ended(self, tx: Transaction, status: int, error_type: str | None) -> None:
+        await self.hooks.after_response(tx)
+        self.account.stream_ended(tx, status, error_type)
+
+
+def _nothing() -> None:
+    return None

@@ -1,0 +1,190 @@
+"""The dispatch stage for streams: wait for the first bytes, then relay the rest to the client.
+
+Until the first bytes are ready, a failure can still be retried elsewhere and answered with a real
+HTTP status. If that takes longer than the alias's keepalive_s, the response starts with SSE comments
+so that proxies in between do not cut an idle connection; a final failure is then an error event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
+
+from adapters.base import StreamTranslator, UpstreamError
+from proxy.dispatch import Dispatch, Outcome
+from proxy.errors import GatewayError, error_event, internal_error
+from proxy.pipeline.account import describe
+from proxy.pipeline.transaction import StreamAnswer, Transaction
+from proxy.upstream import TRANSPORT_ERRORS
+from proxy.uvicorn_protocol import DirectBody
+
+log = logging.getLogger("gateway")
+
+
+async def open_stream(tx: Transaction, on_end: Callable[[Transaction, int, str | None], Awaitable[None]]
+                      ) -> StreamAnswer:
+    """Start the dispatch and wait for its first bytes, at most keepalive_s; failures before that raise.
+    ``on_end(tx, status, error_type)`` runs once when the stream is over."""
+    dispatch = tx.dispatch
+    assert dispatch is not None
+    task, ended = _start(dispatch)
+    if not ended.done():
+        timer = asyncio.get_running_loop().call_later(dispatch.alias.keepalive_s, _resolve, ended)
+        try:
+            await ended
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            timer.cancel()
+    if task.done():
+        tx.outcome = task.result()  # raises what the dispatch raised
+        describe(tx.headers, dispatch, tx.outcome, tx.model)
+    overhead = max(0.0, time.perf_counter() - tx.started - dispatch.waited_s)
+    tx.headers["x-gateway-overhead-ms"] = f"{overhead * 1000:.3f}"
+    relay = StreamRelay(tx, task, on_end)
+    return StreamAnswer(tx.headers, relay.chunks, relay.finish)
+
+
+def _start(dispatch: Dispatch) -> tuple[asyncio.Task[Outcome], asyncio.Future[None]]:
+    """The dispatch in a task of its own, and a future that the task resolves itself as it ends: a
+    request waiting on that future resumes one loop step after the outcome is in, where waiting on
+    the task itself through ``asyncio.wait`` takes two."""
+    ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    return asyncio.ensure_future(_run_then_wake(dispatch, ended)), ended
+
+
+async def _run_then_wake(dispatch: Dispatch, ended: asyncio.Future[None]) -> Outcome:
+    try:
+        return await dispatch.run()
+    finally:  # the task's result is set in this same step, before anyone woken here runs
+        _resolve(ended)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class StreamRelay:
+    """Relays one stream to the client and ends it exactly once, however it ends: completed, failed,
+    or abandoned by the client (even before the first chunk was asked for)."""
+
+    def __init__(self, tx: Transaction, task: asyncio.Task[Outcome],
+                 on_end: Callable[[Transaction, int, str | None], Awaitable[None]]) -> None:
+        self.tx = tx
+        self.task = task
+        self.on_end = on_end
+        self.status, self.error_type = 200, None
+        self.finished = False
+        self.direct: DirectBody | None = None
+        self.translator: StreamTranslator | None = None
+        self.pushing_s = 0.0  # time spent in _push during one push
+
+    def _failed(self, e: GatewayError | UpstreamError) -> bytes:
+        self.status = e.status
+        self.error_type = e.reason if isinstance(e, UpstreamError) else (e.code or e.type)
+        return error_event(GatewayError(e.status, e.message, e.type, e.code))
+
+    async def chunks(self, direct: DirectBody | None) -> AsyncGenerator[bytes, None]:
+        """The stream's bytes for the client. With ``direct`` and an upstream that can push, the steady
+        state skips this generator: each read from the upstream is translated and written to the client
+        in the upstream connection's data callback (``_push``), which saves a task switch per read. A
+        client that cannot keep up, the stream's end, and failures come back here, to the plain loop."""
+        task, tx = self.task, self.tx
+        assert tx.dispatch is not None
+        keepalive = tx.dispatch.alias.keepalive_s
+        while not task.done():
+            await asyncio.wait((task,), timeout=keepalive)
+            if not task.done():
+                yield b": keep-alive\n\n"
+        try:
+            tx.outcome = outcome = task.result()
+        except (GatewayError, UpstreamError) as e:
+            yield self._failed(e)
+            return
+        except Exception:  # a bug: still an OpenAI error event for the client and an honest row
+            log.exception("unhandled error in stream request %s", tx.request_id)
+            yield self._failed(internal_error())
+            return
+        start = outcome.stream
+        assert start is not None
+        tr = start.translator
+        tx.ttft_s = time.perf_counter() - tx.started
+        clock = time.perf_counter
+        push = start.response.push if direct is not None else None
+        self.direct, self.translator = direct, tr
+        try:
+            yield start.first
+            if start.rest and not tr.done:  # the rest of the read the first event came in
+                rest, start.rest = start.rest, b""
+                out = tr.feed(rest)
+                if not self._ended_with(out) and out:  # a short answer in one read: rest and end in one write
+                    yield out
+            while not tr.done:
+                if push is not None and direct is not None and direct.ready():
+                    t0, self.pushing_s = clock(), 0.0
+                    await push(self._push)
+                    tx.stream_waited_s += clock() - t0 - self.pushing_s
+                    if tr.done:
+                        break
+                t0 = clock()
+                try:
+                    data = await anext(start.chunks)
+                except StopAsyncIteration:
+                    tx.stream_waited_s += clock() - t0
+                    tail = tr.end()
+                    if tail:
+                        yield tail
+                    break
+                tx.stream_waited_s += clock() - t0
+                out = tr.feed(data)
+                if not self._ended_with(out) and out:
+                    yield out
+            if tr.error is not None:
+                self.status, self.error_type = tr.error.status, tr.error.reason
+        except UpstreamError as e:
+            yield self._failed(e)
+        except TRANSPORT_ERRORS as exc:
+            yield self._failed(outcome.upstream.transport_error(exc))
+
+    def _push(self, data: bytes) -> bool:
+        """The push sink: translate one read and write it to the client; whether to go on pushing."""
+        t0 = time.perf_counter()
+        tr, direct = self.translator, self.direct
+        assert tr is not None and direct is not None
+        out = tr.feed(data)
+        more = not self._ended_with(out) and (direct.write(out) if out else True) and not tr.done
+        self.pushing_s += time.perf_counter() - t0
+        return more
+
+    def _ended_with(self, out: bytes) -> bool:
+        """If the translator has seen the stream's end and the client can take bytes now, write this
+        last piece together with the response's end (one write, not two) and say so."""
+        direct = self.direct
+        if self.translator is not None and self.translator.done and direct is not None and direct.ready():
+            direct.end(out)
+            return True
+        return False
+
+    async def finish(self, disconnected: bool) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        task, tx = self.task, self.tx
+        if not task.done():
+            task.cancel()  # the client left while we were still waiting on the upstream
+            with contextlib.suppress(BaseException):
+                await task
+        if tx.outcome is None and task.done() and not task.cancelled() and task.exception() is None:
+            tx.outcome = task.result()  # answered just as the client left: still close and count it
+        outcome = tx.outcome
+        if outcome is not None and outcome.stream is not None:
+            await outcome.stream.aclose()
+            outcome.state.end()
+        if disconnected and not (outcome and outcome.stream and outcome.stream.translator.done):
+            self.status, self.error_type = 499, "client_disconnect"
+        await self.on_end(tx, self.status, self.error_type)
