@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from adapters.errors import APIError
 from adapters.targets import ProviderConfig, Target
 
 
@@ -80,7 +81,7 @@ class Reply:
     usage: Usage | None
 
 
-class UpstreamError(Exception):
+class UpstreamError(APIError):
     """A failed upstream attempt, already in the shape the client will see.
 
     ``reason`` is one of: timeout, connection, status_5xx, status_429, status_4xx, bad_response.
@@ -98,18 +99,14 @@ class UpstreamError(Exception):
         retry_after: str | None = None,
         upstream_status: int | None = None,
     ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+        super().__init__(status, message, type, code, param, {"retry-after": retry_after} if retry_after else None)
         self.reason = reason
-        self.type = type
-        self.code = code
-        self.param = param
         self.retry_after = retry_after
         self.upstream_status = upstream_status
 
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+    @property
+    def error_type(self) -> str:
+        return self.reason
 
 
 class StreamTranslator:

@@ -1,13 +1,15 @@
-"""OpenAI-format error bodies: every failure a client can see goes through here."""
+"""The gateway's own errors, in OpenAI's error format (see adapters.errors for the shape they share)."""
 
 from __future__ import annotations
 
 import orjson
 from starlette.responses import Response
 
+from adapters.errors import APIError
 
-class GatewayError(Exception):
-    """A failure answered to the client as ``{"error": {message, type, param, code}}``."""
+
+class GatewayError(APIError):
+    """A failure of the gateway's own (bad input, auth, limits), answered as ``{"error": {...}}``."""
 
     def __init__(
         self,
@@ -18,23 +20,14 @@ class GatewayError(Exception):
         param: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type
-        self.code = code
-        self.param = param
-        self.headers = headers or {}
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        super().__init__(status, message, type, code, param, headers)
 
     def response(self, headers: dict[str, str] | None = None) -> Response:
         merged = {**self.headers, **headers} if headers else self.headers
         return Response(orjson.dumps(self.body()), self.status, merged, media_type="application/json")
 
 
-def error_event(err: GatewayError) -> bytes:
+def error_event(err: APIError) -> bytes:
     """The SSE form of an error once a stream has started; OpenAI SDKs raise APIError on it."""
     return b"data: " + orjson.dumps(err.body()) + b"\n\n"
 

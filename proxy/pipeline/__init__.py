@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from adapters.base import UpstreamError
+from adapters.errors import APIError
 from proxy.dispatch import Dispatch, Outcome
 from proxy.errors import GatewayError, client_gone, internal_error
 from proxy.limits import Ticket
@@ -39,13 +39,13 @@ from proxy.pipeline.cache import Cache, NoCache
 from proxy.pipeline.hooks import Hooks, NoHooks
 from proxy.pipeline.parse import parse, request_ids
 from proxy.pipeline.stream import open_stream
-from proxy.pipeline.transaction import Answer, ClientWatch, Inbound, Transaction, WholeAnswer
+from proxy.pipeline.transaction import Answer, ClientWatch, Inbound, StreamAnswer, Transaction, WholeAnswer
 from proxy.settings import ModelAlias
 
 if TYPE_CHECKING:
     from proxy.runtime import Runtime
 
-__all__ = ["Answer", "ClientWatch", "Inbound", "Pipeline", "Transaction", "WholeAnswer"]
+__all__ = ["Answer", "ClientWatch", "Inbound", "Pipeline", "StreamAnswer", "Transaction", "WholeAnswer"]
 
 log = logging.getLogger("gateway")
 
@@ -72,7 +72,7 @@ class Pipeline:
             await self.hooks.before_request(tx)
             tx.ticket = await self.admit(tx)
             tx.dispatch = Dispatch(self.runtime.router, self.runtime.upstreams, self.runtime.obs, tx.alias, tx.request)
-            if tx.request.stream:
+            if tx.request.stream:  # relayed as it comes: after hooks and accounting run at its end
                 return await open_stream(tx, self.stream_ended)
             tx.cached = await self.cache.lookup(tx)
             if tx.cached is None:
@@ -80,7 +80,7 @@ class Pipeline:
             await self.hooks.after_response(tx)
             await self.cache.store(tx)
             return self.account.answered(tx)
-        except (GatewayError, UpstreamError) as e:
+        except APIError as e:  # the gateway's own refusals and upstream failures alike
             return self.account.failed(tx, e)
         except asyncio.CancelledError:
             self.account.cancelled(tx)

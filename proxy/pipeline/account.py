@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from adapters.base import UpstreamError, Usage
+from adapters.base import Usage
+from adapters.errors import APIError
 from proxy.cost import cost_usd
-from proxy.errors import GatewayError
 from proxy.pipeline.transaction import Transaction, WholeAnswer
 from proxy.records import UsageRecord
 from proxy.settings import Target
@@ -44,14 +44,10 @@ class Accounting:
             tx.headers["x-gateway-cost-usd"] = f"{record.cost_usd:.10f}"
         return WholeAnswer(200, tx.headers, reply.body, self._after(tx, record, overhead))
 
-    def failed(self, tx: Transaction, error: GatewayError | UpstreamError) -> WholeAnswer:
+    def failed(self, tx: Transaction, error: APIError) -> WholeAnswer:
         """The client's error answer, in OpenAI's shape, with the status it names."""
-        reason = error.reason if isinstance(error, UpstreamError) else (error.code or error.type)
-        record, overhead = self._record(tx, error.status, reason)
-        if isinstance(error, GatewayError):
-            tx.headers.update(error.headers)
-        elif error.retry_after:
-            tx.headers["retry-after"] = error.retry_after
+        record, overhead = self._record(tx, error.status, error.error_type)
+        tx.headers.update(error.headers)
         return WholeAnswer(error.status, tx.headers, orjson.dumps(error.body()), self._after(tx, record, overhead))
 
     def cancelled(self, tx: Transaction) -> None:

@@ -17,7 +17,8 @@ class Cache(Protocol):
         ...
 
     async def store(self, tx: Transaction) -> None:
-        """Keep ``tx.outcome.reply`` for later requests, if this one may be cached."""
+        """After every whole answer: keep ``tx.outcome.reply`` for later requests if this one may be
+        cached (``tx.outcome`` is None when the answer came from the cache itself)."""
         ...
 
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 
 from adapters.base import StreamTranslator, UpstreamError
+from adapters.errors import APIError
 from proxy.dispatch import Dispatch, Outcome
 from proxy.errors import GatewayError, error_event, internal_error
 from proxy.pipeline.account import describe
@@ -84,10 +85,9 @@ class StreamRelay:
         self.translator: StreamTranslator | None = None
         self.pushing_s = 0.0  # time spent in _push during one push
 
-    def _failed(self, e: GatewayError | UpstreamError) -> bytes:
-        self.status = e.status
-        self.error_type = e.reason if isinstance(e, UpstreamError) else (e.code or e.type)
-        return error_event(GatewayError(e.status, e.message, e.type, e.code))
+    def _failed(self, e: APIError) -> bytes:
+        self.status, self.error_type = e.status, e.error_type
+        return error_event(GatewayError(e.status, e.message, e.type, e.code))  # param is not relayed mid-stream
 
     async def chunks(self, direct: DirectBody | None) -> AsyncGenerator[bytes, None]:
         """The stream's bytes for the client. With ``direct`` and an upstream that can push, the steady
@@ -103,7 +103,7 @@ class StreamRelay:
                 yield b": keep-alive\n\n"
         try:
             tx.outcome = outcome = task.result()
-        except (GatewayError, UpstreamError) as e:
+        except APIError as e:
             yield self._failed(e)
             return
         except Exception:  # a bug: still an OpenAI error event for the client and an honest row
