@@ -1,7 +1,7 @@
 """A minimal Redis client for the limits hot path: one pipelined connection, RESP2, EVALSHA.
 
-redis-py's asyncio client spent about 200 us of CPU per script call here (a third of a governed
-request); the limits need only EVALSHA/EVAL and SET, so this speaks just that: commands are written
+A general client costs several times more CPU per script call than the limits can afford on every
+request, and the limits need only EVALSHA/EVAL and SET, so this speaks just that: commands are written
 back to back on one connection and replies are matched in order. A dropped connection fails the
 calls in flight (the limiter then applies [limits] on_store_error) and the next call reconnects.
 Redis Cluster works from any node's address: a ``MOVED`` reply moves the client to the node it names
