@@ -107,6 +107,8 @@ class Outcome:
 
 
 class Dispatch:
+    """The dispatch stage of one request: its alias's targets tried in the router's order until one answers."""
+
     def __init__(self, router: Router, upstreams: dict[str, Upstream], obs: Observer, alias: ModelAlias,
                  request: ClientRequest) -> None:
         self.router = router
@@ -114,18 +116,11 @@ class Dispatch:
         self.obs = obs
         self.alias = alias
         self.request = request
-        self.requested = request.model
-        self.endpoint = request.endpoint
-        self.body = request.body
-        self.stream = request.stream
-        self.include_usage = request.include_usage
-        self.request_id = request.request_id
-        self.prompt_estimate = request.prompt_estimate
         self.attempts = 0
         self.last: TargetState | None = None  # the target of the latest attempt
         self.sent: set[int] = set()  # id() of each TargetState an attempt was sent to
         # Hedge losers whose request had gone upstream (maybe billed): (call, seconds it ran, outcome if it
-        # finished first). The endpoint writes a usage row for each.
+        # finished first). Accounting writes a usage row for each.
         self.hedge_losers: list[tuple[Call, float, Outcome | None]] = []
         self.waited_s = 0.0  # wall time spent in run(): upstream waits and retry backoff, not our own work
 
@@ -133,14 +128,15 @@ class Dispatch:
 
     def plan(self) -> list[TargetState]:
         max_tokens = self.request.completion_allowance(self.alias.targets[0].default_max_tokens)
-        plan = self.router.plan(self.alias, self.prompt_estimate, max_tokens)
+        prompt = self.request.prompt_estimate
+        plan = self.router.plan(self.alias, prompt, max_tokens)
         if not plan:
             raise GatewayError(503, f"No target of `{self.alias.name}` is available right now (circuit open).",
                                "service_unavailable_error", "no_healthy_upstream",
                                headers={"retry-after": "1"})
         cap = self.alias.max_cost_per_request
         if cap is not None:
-            plan = [s for s in plan if (estimated_cost(s.target, self.prompt_estimate, max_tokens) or 0.0) <= cap]
+            plan = [s for s in plan if (estimated_cost(s.target, prompt, max_tokens) or 0.0) <= cap]
             if not plan:
                 raise GatewayError(400, f"Every target of `{self.alias.name}` would cost more than the alias's "
                                    f"max_cost_per_request of ${cap} for this request (prompt plus max_tokens).",
@@ -263,20 +259,21 @@ class Dispatch:
     def _call(self, state: TargetState) -> tuple[Upstream, Call]:
         target = state.target
         if not target.model:  # glob alias: forward the name the client asked for
-            target = dataclasses.replace(target, model=self.requested)
+            target = dataclasses.replace(target, model=self.request.model)
         upstream = self.upstreams[target.provider]
-        call = Call(self.requested if self.alias.is_glob else self.alias.name, target, upstream.provider,
-                    self.body, self.stream, self.include_usage, self.request_id)
+        request = self.request
+        call = Call(request.model if self.alias.is_glob else self.alias.name, target, upstream.provider,
+                    request.body, request.stream, request.include_usage, request.request_id)
         return upstream, call
 
     async def _attempt(self, state: TargetState) -> Outcome:
         upstream, call = self._call(state)
         adapter = upstream.adapter
         target = call.target
-        if self.stream:
+        if self.request.stream:
             start = await self._open_stream(upstream, call, state)
             return Outcome(state, upstream, call, stream=start)
-        if self.endpoint == "chat":
+        if self.request.endpoint == "chat":
             req = self._started(state, call, adapter.chat_request(call))
             raw = await upstream.fetch(req, target.connect_timeout_s, target.timeout_s)
             return Outcome(state, upstream, call, reply=adapter.chat_response(call, raw))
@@ -339,9 +336,8 @@ async def _close(response: UpstreamStream | None) -> None:
 
 
 async def stop(task: asyncio.Future[Outcome]) -> Outcome | None:
-    """Stop a run no one will use (a hedge loser, a call started ahead of a refusing limits check);
-    its outcome if it had finished meanwhile, with an opened stream closed. A cancel of the caller
-    itself still propagates (asyncio.wait does not swallow it)."""
+    """Stop a run no one will use (a hedge race's loser); its outcome if it had finished meanwhile,
+    with an opened stream closed. A cancel of the caller itself still propagates."""
     task.cancel()
     await asyncio.wait((task,))
     if task.cancelled() or task.exception() is not None:

@@ -152,13 +152,14 @@ def hedge_rows(record: UsageRecord, dispatch: Dispatch) -> list[UsageRecord]:
     the request's id plus ``-hedge``, status 499 (cancelled by the gateway), error_type ``hedge_lost``,
     and its usage if it had finished, else its estimated prompt tokens."""
     rows = []
+    prompt = dispatch.request.prompt_estimate
     for n, (call, seconds, outcome) in enumerate(dispatch.hedge_losers):
         row = UsageRecord(request_id=f"{record.request_id}-hedge" + (f"{n + 1}" if n else ""),
                           created_at=record.created_at, key_name=record.key_name, model=record.model,
                           endpoint=record.endpoint, stream=record.stream, provider=call.target.provider,
                           upstream_model=call.target.model, status=499, latency_ms=seconds * 1000, attempts=1,
                           error_type="hedge_lost")
-        billed = outcome_usage(outcome, dispatch.prompt_estimate) if outcome is not None else None
-        _set_usage(row, *(billed or (call.target, Usage(prompt_tokens=dispatch.prompt_estimate, estimated=True))))
+        billed = outcome_usage(outcome, prompt) if outcome is not None else None
+        _set_usage(row, *(billed or (call.target, Usage(prompt_tokens=prompt, estimated=True))))
         rows.append(row)
     return rows
