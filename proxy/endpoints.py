@@ -17,9 +17,9 @@ from starlette.types import Receive, Scope, Send
 from adapters.base import StreamTranslator, UpstreamError, Usage
 from proxy.client_request import ClientRequest
 from proxy.cost import cost_usd
-from proxy.dispatch import Dispatch, Outcome, stop
+from proxy.dispatch import Dispatch, Outcome
 from proxy.errors import GatewayError, error_event
-from proxy.limits import Plan, Ticket
+from proxy.limits import Ticket
 from proxy.records import UsageRecord
 from proxy.requests import (
     check_chat,
@@ -67,7 +67,6 @@ async def _proxy(request: Request, endpoint: str) -> Response | SSEResponse:
     rt.active += 1
     dispatch: Dispatch | None = None
     ticket: Ticket | None = None
-    verdict: asyncio.Future[Ticket | None] | None = None  # a limits verdict still on its way
     try:
         body = await read_json(request, rt.config.server.max_body_bytes)
         record.model = require_model(body)
@@ -85,49 +84,18 @@ async def _proxy(request: Request, endpoint: str) -> Response | SSEResponse:
                                 estimate_prompt_tokens(body), requested_max_tokens(body))
         dispatch = Dispatch(rt.router, rt.upstreams, rt.obs, alias, request)
         plan = rt.limits.plan(key, alias, request)
-        run: asyncio.Future[Outcome] | None = None
-        ended: asyncio.Future[None] | None = None
-        if plan is not None:
-            ticket = rt.limits.admit_here(plan)  # from this replica's leases: no round trip
+        if plan is not None:  # admitted from this replica's leases, else by one store call
+            ticket = rt.limits.admit_here(plan)
+            if ticket is None:
+                ticket = await rt.limits.admit(plan)
             if ticket is not None:
                 ticket.headers(headers)
-        if plan is not None and ticket is None:
-            # With ample room at the last verdict, the store's round trip hides behind the upstream's: a
-            # whole-body request makes its call in this task while the verdict is on its way (a refusal
-            # stops the call through the watch); a stream's call runs in its own task as usual.
-            if plan.overlap and not stream:
-                verdict = rt.limits.admit_soon(plan, watch.refuse)
-            elif plan.overlap:
-                run, ended = _start(dispatch)
-            if verdict is None:
-                try:
-                    if run is not None:  # let the dispatch task run first: the upstream request leaves before
-                        await asyncio.sleep(0)  # the limits call is built (~25 us at c=1, on the first byte's path)
-                    ticket = await rt.limits.admit(plan)
-                except BaseException:
-                    if run is not None:
-                        await _abandon(run, record, body)
-                        rt.limits.charge(plan, record)
-                    raise
-                if ticket is not None:
-                    ticket.headers(headers)
         if stream:
-            return await _stream(rt, dispatch, record, started, headers, ticket, run, ended)
-        if verdict is None:
-            outcome = await _unless_client_leaves(watch, record, dispatch)
-        else:
-            assert plan is not None
-            result, ticket = await _called_while_checked(rt, watch, record, dispatch, plan, verdict)
-            if ticket is not None:
-                ticket.headers(headers)
-            if isinstance(result, Exception):
-                raise result
-            outcome = result
+            return await _stream(rt, dispatch, record, started, headers, ticket)
+        outcome = await _unless_client_leaves(watch, record, dispatch)
     except (GatewayError, UpstreamError) as e:
         return _fail(rt, record, started, e, headers, dispatch, ticket)
     except asyncio.CancelledError:
-        if verdict is not None:
-            _forget(verdict)
         _cancelled(rt, record, started, dispatch, ticket)
         raise
     except Exception:  # a bug must still answer in OpenAI shape and leave its usage row
@@ -148,29 +116,18 @@ async def _proxy(request: Request, endpoint: str) -> Response | SSEResponse:
 
 class ClientWatch:
     """The ``ON_DISCONNECT`` hook of one whole-body request: notes a hang-up at any point, and while a
-    task waits on the upstream (``waiting``), cancels that wait. ``refuse`` does the same for a limits
-    verdict that refuses the request while its upstream call runs."""
+    task waits on the upstream (``waiting``), cancels that wait."""
 
-    __slots__ = ("gone", "refused", "waiting")
+    __slots__ = ("gone", "waiting")
 
     def __init__(self) -> None:
         self.gone = False
-        self.refused = False
         self.waiting: asyncio.Task | None = None
 
     def __call__(self) -> None:
         self.gone = True
         if self.waiting is not None:
             self.waiting.cancel()
-
-    def refuse(self) -> None:
-        self.refused = True
-        if self.waiting is not None:
-            self.waiting.cancel()
-
-
-class _Refused(Exception):
-    """A limits verdict refused the request while its upstream call ran, and stopped the call."""
 
 
 async def _unless_client_leaves(watch: ClientWatch, record: UsageRecord, dispatch: Dispatch) -> Outcome:
@@ -185,11 +142,9 @@ async def _unless_client_leaves(watch: ClientWatch, record: UsageRecord, dispatc
     try:
         return await dispatch.run()
     except asyncio.CancelledError:
-        if not (watch.gone or watch.refused):
+        if not watch.gone:
             raise  # cancelled from outside (server shutdown)
         task.uncancel()
-        if watch.refused:
-            raise _Refused from None
         _bill_prompt(record, dispatch)
         raise _gone() from None
     finally:
@@ -199,28 +154,6 @@ async def _unless_client_leaves(watch: ClientWatch, record: UsageRecord, dispatc
 def _gone() -> GatewayError:
     return GatewayError(499, "The client closed the connection before the answer was ready.", "client_error",
                         "client_disconnect")
-
-
-async def _called_while_checked(rt: Runtime, watch: ClientWatch, record: UsageRecord, dispatch: Dispatch,
-                                plan: Plan, verdict: asyncio.Future[Ticket | None]
-                                ) -> tuple[Outcome | Exception, Ticket | None]:
-    """The upstream call of a whole-body request whose limits verdict is still on its way, then the
-    verdict: (the outcome, or the failure to raise once the ticket is known; the ticket). The verdict
-    decides first: a refused request answers 429 (503 if the store is down under "deny") whatever its
-    call did, and what an answered call spent goes into its row and counts against the key."""
-    result: Outcome | Exception
-    try:
-        result = await _unless_client_leaves(watch, record, dispatch)
-    except Exception as e:  # reported once the verdict is in: a refusal comes first
-        result = e
-    try:
-        ticket = await verdict
-    except GatewayError:
-        if isinstance(result, Outcome):
-            _settle_outcome(record, result.call.target, result, dispatch.body)
-        rt.limits.charge(plan, record)
-        raise
-    return result, ticket
 
 
 class AccountedResponse(Response):
@@ -332,24 +265,10 @@ def _cancelled(rt: Runtime, record: UsageRecord, started: float, dispatch: Dispa
     _finish(rt, record, started, dispatch, ticket, {})()
 
 
-def _forget(verdict: asyncio.Future[Ticket | None]) -> None:
-    """A limits verdict nobody will read: cancelled if still on its way, its refusal marked as seen."""
-    if not verdict.cancel() and not verdict.cancelled():
-        verdict.exception()
-
-
 def _bill_prompt(record: UsageRecord, dispatch: Dispatch) -> None:
     """A call stopped before its answer: if the upstream had the request, its prompt may be billed."""
     if dispatch.last is not None:
         _settle(record, dispatch.last.target, None, dispatch.body, 0)
-
-
-async def _abandon(run: asyncio.Future[Outcome], record: UsageRecord, body: dict) -> None:
-    """Stop an upstream call started ahead of the limits verdict that then refused the request. If
-    the call had already got an answer, its usage goes into the refused request's row: it was spent."""
-    outcome = await stop(run)
-    if outcome is not None:
-        _settle_outcome(record, outcome.call.target, outcome, body)
 
 
 def _settle_outcome(record: UsageRecord, target: Target, outcome: Outcome | None, body: dict) -> None:
@@ -398,12 +317,11 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 
 async def _stream(rt: Runtime, dispatch: Dispatch, record: UsageRecord, started: float,
-                  headers: dict[str, str], ticket: Ticket | None,
-                  run: asyncio.Future[Outcome] | None, ended: asyncio.Future[None] | None) -> Response | SSEResponse:
+                  headers: dict[str, str], ticket: Ticket | None) -> Response | SSEResponse:
     # Until the first bytes are ready, failures can still be retried elsewhere and answered with a
     # real HTTP status. If that takes longer than keepalive_s, the response starts with SSE comments
     # so proxies in between do not cut an idle connection; a final failure is then an error event.
-    task, ended = (run, ended) if run is not None and ended is not None else _start(dispatch)
+    task, ended = _start(dispatch)
     if not ended.done():
         timer = asyncio.get_running_loop().call_later(dispatch.alias.keepalive_s, _resolve, ended)
         try:
