@@ -246,7 +246,7 @@ def test_settlements_sent_together_add_up():
         for i, ticket in enumerate(tickets):
             limits.settle(ticket, UsageRecord(f"r{i}", 0, "k", "m", "chat", False, prompt_tokens=1,
                                               completion_tokens=i))
-        assert len(limits.owed) == 1  # one entry for the one tpm bucket
+        assert len(limits.settlements.owed) == 1  # one entry for the one tpm bucket
         await limits.flush()
         ticket = await limits.acquire(key, alias, chat_request({"messages": MSG, "max_tokens": 1}, "last"))
         return ticket.headers()["x-ratelimit-remaining-tokens"]
@@ -349,7 +349,7 @@ def test_steady_traffic_is_admitted_from_leases_and_counted_exactly():
         limits = Limits(config, RedisBackend(shared_redis_url()))
         # each reserves 1 prompt + 9 max_tokens and settles to 1 + 3 used
         result = await _through(limits, key, alias, {"messages": MSG, "max_tokens": 9}, n, used=3)
-        assert limits.leases and any(lease.left for lease in limits.leases.values())  # some room still held
+        assert limits.leases.held() > 0  # some room still held
         await limits.aclose()  # gives it back
         return result
 
@@ -367,10 +367,9 @@ def test_steady_traffic_is_admitted_from_leases_and_counted_exactly():
 
 
 def test_leases_left_unused_go_back_after_a_while(monkeypatch):
-    from proxy import limits as limits_module
-    from proxy.limits import RedisBackend
+    from proxy.limits import RedisBackend, leases
 
-    monkeypatch.setattr(limits_module, "LEASE_HOLD_S", 0.05)
+    monkeypatch.setattr(leases, "LEASE_HOLD_S", 0.05)
     config, store, name = _lease_setup(rpm=100_000)
     key, alias = config.keys[0], config.models["m"]
     bucket = f"{{llm-gateway}}:rpm:key:{name}"
@@ -382,7 +381,7 @@ def test_leases_left_unused_go_back_after_a_while(monkeypatch):
         assert admitted == 50 and local > 0
         held = float(store.get(bucket))
         await asyncio.sleep(0.3)  # past LEASE_HOLD_S and the settle batch, with the replica still up
-        assert not any(lease.left for lease in limits.leases.values())
+        assert limits.leases.held() == 0
         await limits.backend.aclose()
         return held
 
@@ -392,13 +391,16 @@ def test_leases_left_unused_go_back_after_a_while(monkeypatch):
 
 
 def test_near_its_limit_a_key_is_checked_request_by_request():
-    """No lease is granted that would leave less than a quarter of the window free: near a limit,
-    every request goes to Redis, so other replicas are not refused early for room held here."""
+    """No lease is granted that would leave less than LEASE_FREE_SHARE of the window free: near a
+    limit, every request goes to Redis, so other replicas are not refused early for room held here."""
     from proxy.limits import RedisBackend
+    from proxy.limits.checks import WINDOW_S
+    from proxy.limits.leases import LEASE_FREE_SHARE
 
     config, store, name = _lease_setup(rpm=100_000)
     key, alias = config.keys[0], config.models["m"]
-    _ahead(store, f"{{llm-gateway}}:rpm:key:{name}", 44.5)  # 0.5 s of the window, 833 requests, left before 45 s
+    # 0.5 s of the window, 833 requests, left before leases stop
+    _ahead(store, f"{{llm-gateway}}:rpm:key:{name}", WINDOW_S * (1 - LEASE_FREE_SHARE) - 0.5)
 
     async def run() -> tuple[int, int]:
         limits = Limits(config, RedisBackend(shared_redis_url()))
@@ -425,7 +427,7 @@ def test_a_lease_serves_only_the_limit_it_was_taken_under():
     async def run() -> tuple[int, int]:
         limits = Limits(config, RedisBackend(shared_redis_url()))
         admitted, local, _ = await _through(limits, key, alias, body, 50)
-        assert admitted == 50 and local > 0 and any(lease.left for lease in limits.leases.values())
+        assert admitted == 50 and local > 0 and limits.leases.held() > 0
         admitted, local, _ = await _through(limits, dataclasses.replace(key, rpm=3), alias, body, 6, prefix="n")
         await limits.aclose()
         return admitted, local
@@ -471,7 +473,8 @@ def test_a_busy_key_is_served_from_leases_and_counted_exactly(make_gateway, fake
 def test_replicas_with_leases_never_admit_more_than_the_limit():
     """Two replicas take turns on one key near its limit: together they admit at most the limit (plus
     what refills meanwhile), and at most their last leases fewer."""
-    from proxy.limits import LEASE_LIMIT_SHARE, RedisBackend
+    from proxy.limits import RedisBackend
+    from proxy.limits.leases import LEASE_LIMIT_SHARE
 
     rpm = 3000
     config, store, name = _lease_setup(rpm=rpm)
