@@ -18,7 +18,7 @@ from proxy.errors import GatewayError
 from proxy.limits import Limits, MemoryBackend, duration
 from proxy.records import UsageRecord
 from proxy.requests import requested_max_tokens
-from tests.redis_util import shared_redis_url
+from tests.redis_util import RedisServer, shared_redis_url
 
 MSG = [{"role": "user", "content": "hi"}]  # echo: 1 prompt token, "Echo: hi" = 3 completion tokens
 
@@ -440,10 +440,18 @@ def test_a_lease_serves_only_the_limit_it_was_taken_under():
 def test_a_busy_key_is_served_from_leases_and_counted_exactly(make_gateway, fake_openai):
     """Through the gateway: a burst on a key with large limits makes far fewer script calls than
     requests, every response still carries the rate-limit headers, and once the gateway has shut down
-    Redis holds exactly what the requests used."""
+    Redis holds exactly what the requests used. On a redis-server of its own: script calls are
+    counted server-wide, and other tests' scripts must not count."""
+    server = RedisServer().start()
+    try:
+        _busy_key_through_the_gateway(make_gateway, fake_openai, server.url)
+    finally:
+        server.stop()
+
+
+def _busy_key_through_the_gateway(make_gateway, fake_openai, url: str) -> None:
     import redis
 
-    url = shared_redis_url()
     text, secret, model = limits_config(fake_openai.url, url, key_extra="rpm = 100000\ntpm = 10000000")
     name = secret.removeprefix("sk-")
     store = redis.Redis.from_url(url)
@@ -498,6 +506,41 @@ def test_replicas_with_leases_never_admit_more_than_the_limit():
     assert local > 0  # leases were in play
     assert admitted <= rpm + refilled
     assert admitted >= rpm - 2 * LEASE_LIMIT_SHARE * rpm
+
+
+def test_a_check_that_finds_its_script_gone_sends_it_again_and_counts_once():
+    """After a Redis restart or SCRIPT FLUSH the cached script is gone (NOSCRIPT): the check sends it
+    in full and the request is still checked and counted, once. On a redis-server of its own, since
+    SCRIPT FLUSH empties the script cache of every client."""
+    import tomllib
+
+    import redis
+
+    from proxy.limits import RedisBackend
+
+    server = RedisServer().start()
+    config = parse_config(tomllib.loads(GCRA_TOML.replace("rpm = 60", "rpm = 1000").replace("tpm = 600\n", "")),
+                          "t.toml", {})
+    key, alias = config.keys[0], config.models["m"]
+    store = redis.Redis.from_url(server.url)
+    bucket = "{llm-gateway}:rpm:key:k"
+    body = {"messages": MSG, "max_tokens": 1}
+
+    async def run() -> str:
+        limits = Limits(config, RedisBackend(server.url))
+        await limits.acquire(key, alias, chat_request(body, "first"))  # acquire: no leases asked for
+        first = float(store.get(bucket))
+        store.script_flush()
+        ticket = await limits.acquire(key, alias, chat_request(body, "second"))
+        assert float(store.get(bucket)) == pytest.approx(first + 60 / 1000, abs=1e-3)  # counted, once
+        await limits.aclose()
+        return ticket.headers()["x-ratelimit-remaining-requests"]
+
+    try:
+        # 998 within one request's step (60 ms at rpm 1000) of the first request, 999 on a slow machine
+        assert asyncio.run(run()) in ("998", "999")
+    finally:
+        server.stop()
 
 
 def test_a_redis_url_with_user_password_and_database_is_honoured(make_gateway, fake_openai):
