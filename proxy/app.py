@@ -101,8 +101,6 @@ def create_app(config: Config, tracer_provider: Any = None) -> Starlette | FastP
         warn_unpriced(config)
         # Limits are app-level too: counters must survive config reloads.
         limits = app.state.limits = Limits.from_config(config)
-        limits.on_denied = lambda scope: app.state.runtime.obs.ratelimited(scope)
-        limits.on_store_error = lambda scope: app.state.runtime.obs.limits_store_error()
         app.state.background = set()
         managed = app.state.managed_keys = ManagedKeys(KeyStore(config.storage.database_url))
         app.state.on_runtime = [lambda rt: apply_keys(rt, managed)]  # applied to every new Runtime
@@ -112,6 +110,7 @@ def create_app(config: Config, tracer_provider: Any = None) -> Starlette | FastP
         await seed_budgets(config, limits, app.state.runtime.all_keys)
         # Metrics, access log and traces: app-level like the ledger, attached to every later Runtime.
         observer = await observability.start(app, config, ledger, tracing)
+        limits.observer = observer  # refusals and store errors count from here on
 
         def keys_changed(_: object) -> None:
             apply_keys(app.state.runtime, managed)

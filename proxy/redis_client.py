@@ -305,27 +305,6 @@ class MiniRedis:
                 raise
         return await self.call("EVAL", source, len(keys), *keys, *args)  # also caches it server-side
 
-    def script_now(self, source: str, keys: list[str], args: list[Any]) -> asyncio.Future[Any] | None:
-        """EVALSHA written on the open connection without waiting: the future of its raw reply (an error
-        reply is a RedisError value), or None when no connection is open (use ``run_script``). Pass the
-        reply through ``script_result``."""
-        protocol = self.protocol
-        if protocol is None or protocol.closed:
-            return None
-        return self._queue(protocol, ("EVALSHA", _sha(source), len(keys), *keys, *args))
-
-    @staticmethod
-    def resend(reply: Any) -> bool:
-        """Whether a raw reply from ``script_now`` says the script did not run and must go again the
-        way ``run_script`` sends it: not cached on the server, or its slot served by another node."""
-        return isinstance(reply, RedisError) and str(reply).startswith(("NOSCRIPT", "MOVED ", "ASK "))
-
-    def script_result(self, reply: Any) -> Any:
-        """The result of a ``script_now`` reply that need not be resent; an error reply raises."""
-        if isinstance(reply, RedisError):
-            raise reply
-        return reply
-
     async def aclose(self) -> None:
         if self.protocol is not None:
             self.protocol.fail(ConnectionError("client closed"))

@@ -1,0 +1,145 @@
+"""The limiter: plans a request's checks, admits it from leases or by one store call, and settles it."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from proxy.client_request import ClientRequest
+from proxy.limits.checks import Denial, Plan, Ticket, period_of
+from proxy.limits.leases import Leases
+from proxy.limits.memory import MemoryBackend
+from proxy.limits.planner import Planner, budget_key
+from proxy.limits.redis_backend import RedisBackend
+from proxy.limits.refusals import rejection, store_unavailable
+from proxy.limits.settlements import Settlements
+from proxy.limits.store import Backend, StoreUnavailable
+from proxy.observability.observer import Observer
+from proxy.records import UsageRecord
+from proxy.settings import Config, KeyConfig, ModelAlias
+
+log = logging.getLogger("gateway.limits")
+
+
+class Limits:
+    """Every limit of the gateway over one store. ``config`` is reassigned on reload; the state (the
+    store's counts, this replica's leases) outlives it."""
+
+    __slots__ = ("backend", "config", "leases", "observer", "planner", "settlements")
+
+    def __init__(self, config: Config, backend: Backend, observer: Observer | None = None) -> None:
+        self.config = config
+        self.backend = backend
+        self.observer = observer or Observer()  # told of refusals and store errors
+        self.settlements = Settlements(backend, self._store_error)
+        self.leases = Leases(self.settlements)
+        self.planner = Planner(backend)
+
+    @classmethod
+    def from_config(cls, config: Config, observer: Observer | None = None) -> Limits:
+        url = config.storage.redis_url
+        return cls(config, RedisBackend(url) if url else MemoryBackend(), observer)
+
+    def plan(self, key: KeyConfig | None, alias: ModelAlias, request: ClientRequest) -> Plan | None:
+        """The checks for one request, or None when nothing limits it (no estimates, no store call)."""
+        return self.planner.plan(self.config, key, alias, request)
+
+    def admit_here(self, plan: Plan) -> Ticket | None:
+        """A Ticket if this replica's leases hold room for every check of the plan; else None, and the
+        plan must go to the store by ``admit`` (asking for leases where its checks see steady traffic)."""
+        return self.leases.admit(plan)
+
+    async def admit(self, plan: Plan) -> Ticket | None:
+        """Check and reserve in one store call: a Ticket, None when the store is down and
+        ``on_store_error = "allow"``, or a GatewayError (429, or 503 under ``"deny"``)."""
+        try:
+            denial, results, grants = await self.backend.acquire(plan.checks, plan.request_id, plan.asks)
+        except StoreUnavailable as exc:
+            return self._unavailable(plan, exc)
+        except BaseException:  # cancelled: a lease granted meanwhile is lost (it refills like any use)
+            self.leases.granted(plan, None, None)
+            raise
+        return self._verdict(plan, denial, results, grants)
+
+    async def acquire(self, key: KeyConfig | None, alias: ModelAlias, request: ClientRequest) -> Ticket | None:
+        """``plan`` then ``admit``, for callers that do not try the leases first."""
+        plan = self.plan(key, alias, request)
+        return None if plan is None else await self.admit(plan)
+
+    def _unavailable(self, plan: Plan, exc: StoreUnavailable) -> None:
+        self.leases.granted(plan, None, None)
+        self._store_error()
+        log.warning("limits store unavailable (%s): %s", self.config.limits.on_store_error, exc)
+        if self.config.limits.on_store_error == "deny":
+            raise store_unavailable() from None
+        return None
+
+    def _verdict(self, plan: Plan, denial: Denial | None, results: list[float],
+                 grants: list[float] | None) -> Ticket:
+        self.leases.granted(plan, None if denial else results, grants)
+        if denial is not None:
+            self.observer.ratelimited(denial.check.scope)
+            raise rejection(denial)
+        return Ticket(plan.request_id, plan.checks, results, plan.tokens, plan.cost)
+
+    def _store_error(self) -> None:
+        self.observer.limits_store_error()
+
+    def settle(self, ticket: Ticket | None, record: UsageRecord, extra_records: Sequence[UsageRecord] = ()) -> None:
+        """Replace reservations with what the request really used (``extra_records``: rows of hedge
+        losers it also spent); the store hears of it in the background."""
+        if ticket is None or ticket.settled:
+            return
+        ticket.settled = True
+        used_tokens = record.prompt_tokens + record.completion_tokens
+        cost = record.cost_usd or 0.0
+        for row in extra_records:
+            used_tokens += row.prompt_tokens + row.completion_tokens
+            cost += row.cost_usd or 0.0
+        urgent = settling = False
+        settlements = self.settlements
+        for check in ticket.checks:
+            if check.kind == "parallel":
+                settlements.release(check, ticket.request_id)
+                urgent = settling = True
+                continue
+            if check.unit == "tokens":
+                delta = used_tokens - ticket.reserved_tokens
+                if self.leases.absorb(check, delta):
+                    continue
+            elif check.unit == "usd":
+                delta = cost - ticket.reserved_cost
+            else:
+                continue
+            settlements.owe(check, delta)
+            settling = True
+        if settling:
+            settlements.send_soon(urgent)
+
+    async def flush(self) -> None:
+        """Send every pending correction now."""
+        await self.settlements.flush()
+
+    async def store_state(self) -> str:
+        """For /readyz: "in-process", or whether the Redis store answers a PING right now."""
+        if not self.backend.remote:
+            return "in-process"
+        return "up" if await self.backend.ping() else "down"
+
+    async def seed_budgets(self, spend_by_key: dict[str, float], keys: list[KeyConfig]) -> None:
+        """Start each budgeted key's spend from the ledger, unless a replica already did."""
+        now = datetime.now(UTC)
+        for key in keys:
+            if key.budget_usd is None:
+                continue
+            period_id, _, ttl = period_of(key.budget_period, now)
+            with contextlib.suppress(StoreUnavailable):
+                await self.backend.seed(budget_key(key.name, period_id), spend_by_key.get(key.name, 0.0), ttl)
+
+    async def aclose(self) -> None:
+        self.leases.give_back_all()
+        self.settlements.stop()
+        await self.settlements.flush()
+        await self.backend.aclose()

@@ -1,0 +1,81 @@
+"""Which checks a request must pass: its key's, its model's and the global limits, and its key's budget."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from proxy.client_request import ClientRequest
+from proxy.cost import estimated_cost
+from proxy.limits.checks import PARALLEL_STALE_S, PREFIX, Check, Plan, all_gcra, period_of
+from proxy.limits.store import Backend
+from proxy.settings import Config, KeyConfig, ModelAlias
+
+STANDING_MAX = 10_000  # sets of limits whose checks are kept for reuse; all are dropped when full
+
+
+def budget_key(key_name: str, period_id: str) -> str:
+    """The store key of a key's spend in one budget period."""
+    return f"{PREFIX}spend:key:{key_name}:{period_id}"
+
+
+class Planner:
+    """Builds a request's checks; the ones that stay the same for many requests are built once."""
+
+    __slots__ = ("backend", "standing")
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        # (every limit value of a key and alias) -> their rpm, tpm and max_parallel checks
+        self.standing: dict[tuple[object, ...], list[Check]] = {}
+
+    def plan(self, config: Config, key: KeyConfig | None, alias: ModelAlias, request: ClientRequest) -> Plan | None:
+        """The checks for one request, or None when nothing limits it (no estimates, no store call)."""
+        standing = self._standing(config, key, alias)
+        budgeted = key is not None and key.budget_usd is not None
+        if not standing and not budgeted:
+            return None
+        prompt_tokens = request.prompt_estimate
+        max_tokens = request.completion_allowance(alias.targets[0].default_max_tokens)
+        tokens = prompt_tokens + max_tokens
+        checks = [check if check.unit != "tokens" else Check(check.scope, "gcra", check.key, check.limit, tokens,
+                                                              "tokens", 0.0, check.wire) for check in standing]
+        cost = 0.0
+        if key is not None and key.budget_usd is not None:
+            cost = max((estimated_cost(t, prompt_tokens, max_tokens) or 0.0) for t in alias.targets)
+            period_id, _, ttl = period_of(key.budget_period, datetime.now(UTC))
+            checks.append(Check("budget", "budget", budget_key(key.name, period_id), key.budget_usd, cost, "usd", ttl))
+        leasable = self.backend.remote and not budgeted and all_gcra(checks)
+        return Plan(checks, tokens, cost, request.request_id, leasable)
+
+    def _standing(self, config: Config, key: KeyConfig | None, alias: ModelAlias) -> list[Check]:
+        """The rpm, tpm and max_parallel checks of a key and alias (a tpm one with no amount yet), built
+        once per set of limits and shared by the requests under them. Found by the limits' values, so a
+        reload or a key given new limits gets checks of its own."""
+        limits = config.limits
+        found: tuple[object, ...] = (limits.rpm, limits.tpm, alias.name, alias.rpm, alias.tpm)
+        if key is not None:
+            found += (key.name, key.rpm, key.tpm, key.max_parallel)
+        checks = self.standing.get(found)
+        if checks is None:
+            if len(self.standing) >= STANDING_MAX:
+                self.standing.clear()
+            checks = self.standing[found] = _standing_checks(key, alias, limits.rpm, limits.tpm)
+            for check in checks:
+                check.wire = self.backend.wire(check)
+        return checks
+
+
+def _standing_checks(key: KeyConfig | None, alias: ModelAlias, rpm: int | None, tpm: int | None) -> list[Check]:
+    checks: list[Check] = []
+    scopes = [("global", "global", rpm, tpm), ("model", f"model:{alias.name}", alias.rpm, alias.tpm)]
+    if key is not None:
+        scopes.append(("key", f"key:{key.name}", key.rpm, key.tpm))
+    for scope, name, scope_rpm, scope_tpm in scopes:
+        if scope_rpm:
+            checks.append(Check(scope, "gcra", f"{PREFIX}rpm:{name}", scope_rpm, 1, "requests"))
+        if scope_tpm:
+            checks.append(Check(scope, "gcra", f"{PREFIX}tpm:{name}", scope_tpm, 0, "tokens"))
+    if key is not None and key.max_parallel:
+        checks.append(Check("parallel", "parallel", f"{PREFIX}inflight:key:{key.name}", key.max_parallel, 1,
+                            "requests", PARALLEL_STALE_S))
+    return checks
