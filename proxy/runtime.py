@@ -17,10 +17,12 @@ from proxy.upstream import make_upstream
 
 
 class Runtime:
-    def __init__(self, config: Config, sink: UsageSink | None = None, limits: Limits | None = None) -> None:
+    def __init__(self, config: Config, sink: UsageSink | None = None, limits: Limits | None = None,
+                 observer: Observer | None = None) -> None:
         self.config = config
         self.sink: UsageSink = sink or NullSink()  # outlives reloads: passed on to the next Runtime
-        self.obs = Observer()  # replaced by the app when metrics, logs or traces are on
+        # Metrics, logs and traces outlive reloads too, so counters never reset; a no-op without them.
+        self.obs = observer if observer is not None else Observer()
         # Limit state outlives reloads too; a reload hands the same Limits the new config.
         self.limits = limits or Limits(config, MemoryBackend())
         self.limits.config = config
@@ -31,6 +33,7 @@ class Runtime:
         self.router = Router(config)
         self.globs = [a for a in config.models.values() if a.is_glob]  # tried in config order
         self.created = int(time.time())
+        self.obs.attach(self)  # last: the observer reads the models and providers set up above
 
     async def aclose(self) -> None:
         for upstream in self.upstreams.values():

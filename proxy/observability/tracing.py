@@ -17,12 +17,13 @@ provider. Otherwise nothing of this runs: no middleware, no hooks, opentelemetry
 
 How: an ASGI middleware opens the server span and keeps the request's trace state in a context
 variable; the ``attempt_started`` hook opens the attempt's span and adds its traceparent to the
-upstream request; ``attempt_finished`` closes it. Response id and finish reasons are read off the bytes the
-client gets, with two regex scans per chunk.
+upstream request; ``attempt_finished`` closes it. Response id and finish reasons are read off the bytes
+the client gets, with two regex scans per chunk, rather than parsing every chunk again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from proxy.observability.content import MAX_CAPTURE_BYTES, content_attributes
+from proxy.observability.observer import Observer
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -154,7 +156,7 @@ class TracedRequest:
             self.captured_bytes += len(chunk)
 
 
-class Tracing:
+class Tracing(Observer):
     def __init__(self, provider: Any, capture_content: bool, own: bool) -> None:
         from opentelemetry import trace
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -167,14 +169,19 @@ class Tracing:
         self._trace = trace
         self._propagator = TraceContextTextMapPropagator()  # traceparent/tracestate only: no baggage upstream
 
-    def start(self) -> None:
+    async def start(self) -> None:
         if self.provider is None:
             self.provider = _sdk_provider()
         self.tracer = self.provider.get_tracer("llm-gateway")
 
-    def shutdown(self) -> None:
-        if self.own and self.provider is not None:
-            self.provider.shutdown()  # flushes the spans still batched
+    async def aclose(self) -> None:
+        """Flush the spans still batched, when the provider is ours to shut down."""
+        if not self.own or self.provider is None:
+            return
+        try:
+            await asyncio.to_thread(self.provider.shutdown)  # exporting may block on the network
+        except Exception as e:
+            log.warning("could not flush traces at shutdown: %s", e)
 
     def attach(self, runtime: Runtime) -> None:
         """Learn the providers of a new runtime (the first one, and each one a reload builds)."""
@@ -309,7 +316,7 @@ class Tracing:
         span.end()
         _discard(req.open, span)
 
-    def request_finished(self, record: UsageRecord) -> None:
+    def request_finished(self, record: UsageRecord, overhead_s: float) -> None:
         req = _CURRENT.get()
         if req is not None:
             req.record = record
