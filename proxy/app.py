@@ -99,18 +99,19 @@ def create_app(config: Config, tracer_provider: Any = None) -> Starlette | FastP
         ledger = app.state.ledger = Ledger.from_config(config.storage)
         await ledger.start()
         warn_unpriced(config)
+        # Metrics, access log and traces: app-level like the ledger, built before what reports to them.
+        metrics = app.state.metrics = observability.metrics_for(config, ledger)
+        observer = observability.observer_for(config, metrics, tracing)
         # Limits are app-level too: counters must survive config reloads.
-        limits = app.state.limits = Limits.from_config(config)
+        limits = app.state.limits = Limits.from_config(config, observer=observer)
         app.state.background = set()
         managed = app.state.managed_keys = ManagedKeys(KeyStore(config.storage.database_url))
         app.state.on_runtime = [lambda rt: apply_keys(rt, managed)]  # applied to every new Runtime
-        app.state.runtime = Runtime(config, sink=ledger, limits=limits)
+        app.state.runtime = Runtime(config, sink=ledger, limits=limits, observer=observer)
         await managed.start()
         apply_keys(app.state.runtime, managed)
         await seed_budgets(config, limits, app.state.runtime.all_keys)
-        # Metrics, access log and traces: app-level like the ledger, attached to every later Runtime.
-        observer = await observability.start(app, config, ledger, tracing)
-        limits.observer = observer  # refusals and store errors count from here on
+        await observer.start()
 
         def keys_changed(_: object) -> None:
             apply_keys(app.state.runtime, managed)
@@ -146,9 +147,9 @@ def create_app(config: Config, tracer_provider: Any = None) -> Starlette | FastP
 class FastPath:
     """The proxy endpoints straight from the server, everything else through Starlette.
 
-    Starlette's middleware stack, router and response-send wrappers cost about a tenth of a proxied
-    request's CPU; the two hot POST routes need none of them. Only used when no middleware (such as
-    tracing) must see every request.
+    Starlette's middleware stack, router and response-send wrappers are a real share of a proxied
+    request's CPU, and the two hot POST routes need none of them. Only used when no middleware (such
+    as tracing) must see every request.
     """
 
     HOT = {"/v1/chat/completions": endpoints.chat_completions, "/chat/completions": endpoints.chat_completions,

@@ -33,7 +33,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ["GATEWAY_PORT"] = str(port)  # where each worker records its pid for `gateway reload`
     metrics_dir, created = None, False
     if args.workers > 1:  # workers publish metric snapshots here; whichever answers /metrics sums them
-        from proxy.observability.metrics import prepare_dir
+        from proxy.observability.aggregate import prepare_dir
 
         metrics_dir, created = prepare_dir()
     try:
@@ -52,7 +52,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     finally:
         if created and metrics_dir:
-            from proxy.observability.metrics import remove_dir
+            from proxy.observability.aggregate import remove_dir
 
             remove_dir(metrics_dir)
     return 0

@@ -32,14 +32,13 @@ async def reload(app: Any) -> bool:
     old: Runtime = app.state.runtime
     try:
         config = await asyncio.to_thread(load_config, old.config.path)
-        new = Runtime(config, sink=old.sink, limits=app.state.limits)
+        new = Runtime(config, sink=old.sink, limits=app.state.limits, observer=old.obs)
     except ConfigError as e:
         log.error("reload refused, still serving the previous config: %s", e)
         return False
     except Exception as e:  # anything else about the new file: refuse it the same way
         log.error("reload refused, still serving the previous config: %s: %s", type(e).__name__, e)
         return False
-    new.obs = old.obs
     for hook in getattr(app.state, "on_runtime", []):
         hook(new)
     if config.storage != old.config.storage:

@@ -18,12 +18,14 @@ from proxy.upstream import make_upstream
 
 
 class Runtime:
-    def __init__(self, config: Config, sink: UsageSink | None = None, limits: Limits | None = None) -> None:
+    def __init__(self, config: Config, sink: UsageSink | None = None, limits: Limits | None = None,
+                 observer: Observer | None = None) -> None:
         self.config = config
         self.sink: UsageSink = sink or NullSink()  # outlives reloads: passed on to the next Runtime
-        self.obs = Observer()  # replaced by the app when metrics, logs or traces are on
+        # Metrics, logs and traces outlive reloads too, so counters never reset; a no-op without them.
+        self.obs = observer if observer is not None else Observer()
         # Limit state outlives reloads too; a reload hands the same Limits the new config.
-        self.limits = limits or Limits(config, MemoryBackend())
+        self.limits = limits or Limits(config, MemoryBackend(), self.obs)
         self.limits.config = config
         self.keys = KeyRing(config.keys)
         self.all_keys = config.keys  # config keys plus managed ones, once the app merges them in
@@ -32,7 +34,8 @@ class Runtime:
         self.router = Router(config)
         self.globs = [a for a in config.models.values() if a.is_glob]  # tried in config order
         self.created = int(time.time())
-        self.pipeline = Pipeline(self)  # last: its stages read the parts above
+        self.pipeline = Pipeline(self)
+        self.obs.attach(self)  # last: the observer reads the models and providers set up above
 
     async def aclose(self) -> None:
         for upstream in self.upstreams.values():

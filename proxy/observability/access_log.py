@@ -12,31 +12,60 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from typing import Any
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from proxy.observability.observer import Observer
 from proxy.records import UsageRecord
 
+if TYPE_CHECKING:
+    from adapters.base import Call, UpstreamError
+    from proxy.router import TargetState
+
 MAX_MODEL_CHARS = 200  # the alias is client text until resolved: keep a hostile one from bloating lines
-
-
 FLUSH_S = 0.05  # lines reach stdout within this long
 BATCH_BYTES = 4096  # PIPE_BUF: a write this size or smaller is atomic, so workers never interleave
 
+# log_bodies: the request body, handed from the attempt (possibly in a dispatch task) to the request's end.
+_BODY: ContextVar[list[Any] | None] = ContextVar("gateway_log_body", default=None)
 
-class AccessLog:
+
+class AccessLog(Observer):
     """Lines are gathered for up to FLUSH_S and written together (one syscall for many requests),
     never more than BATCH_BYTES per write unless a single line is longer."""
 
-    def __init__(self, fd: int = 1) -> None:
+    def __init__(self, fd: int = 1, log_bodies: bool = False) -> None:
         self.fd = fd
+        self.log_bodies = log_bodies
         self.dropped = 0  # lines lost to a broken or full stdout
         self._second = -1
         self._prefix = ""
         self._batch: list[bytes] = []
         self._size = 0
         self._timer: asyncio.TimerHandle | None = None
+
+    # --- hooks ---------------------------------------------------------------------------------------
+
+    def request_started(self, endpoint: str) -> None:
+        if self.log_bodies:
+            _BODY.set([None])
+
+    def attempt_finished(self, state: TargetState, call: Call, seconds: float, error: UpstreamError | None) -> None:
+        if self.log_bodies:
+            holder = _BODY.get()
+            if holder is not None:
+                holder[0] = call.body  # parsed after request_started: an attempt is where it is known
+
+    def request_finished(self, record: UsageRecord, overhead_s: float) -> None:
+        holder = _BODY.get() if self.log_bodies else None
+        self.write(record, overhead_s, holder[0] if holder else None)
+
+    async def aclose(self) -> None:
+        self.flush()
+
+    # --- lines ---------------------------------------------------------------------------------------
 
     def line(self, r: UsageRecord, overhead_s: float, body: Any = None) -> bytes:
         ttft = r.ttft_ms

@@ -11,40 +11,39 @@ was answered, and at most ``MAX_GLOB_MODELS`` of them; otherwise the glob itself
 provider and key are configured names, ``none`` when there is none. Request ids and client text never
 become labels.
 
-With ``gateway serve --workers N`` each worker writes a snapshot of its state to
-``$GATEWAY_METRICS_DIR/worker-<pid>.json`` every ``FLUSH_INTERVAL_S`` and whichever worker answers a
-scrape adds them up: counters and histograms over every worker that ever ran in this serve (so they
-never go backwards when a worker is replaced), gauges over the workers still alive. Process metrics
-are summed the same way (CPU seconds, memory, open fds); ``process_start_time_seconds`` is the oldest
-live worker's. Other workers' numbers are at most ``FLUSH_INTERVAL_S`` old; the answering worker
-publishes its own before reading the others, so no counter ever goes down from one scrape to the next,
-whichever worker answers each.
+With ``gateway serve --workers N`` every worker publishes its numbers and a scrape answers with their
+sum (see proxy.observability.aggregate).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
-import shutil
-import tempfile
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import orjson
 from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from proxy.records import UsageRecord
+from proxy.observability import aggregate
+from proxy.observability.aggregate import HistSum, Totals
+from proxy.observability.endpoint import MetricsServer
+from proxy.observability.observer import Observer
 
-METRICS_DIR_ENV = "GATEWAY_METRICS_DIR"
-FLUSH_INTERVAL_S = 1.0
+if TYPE_CHECKING:
+    from adapters.base import Call, UpstreamError
+    from proxy.records import UsageRecord
+    from proxy.router import TargetState
+    from proxy.runtime import Runtime
+    from proxy.settings import ServerConfig
+
 MAX_GLOB_MODELS = 500
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
@@ -87,22 +86,14 @@ class Series:
         self.cost = 0.0
 
 
-@dataclass(slots=True)
-class Live:
-    """Values read at scrape time rather than kept up to date on the request path."""
+class Metrics(Observer):
+    """This process's metric state. ``sink`` (the usage ledger) and the current runtime's routers are
+    read at scrape time rather than kept up to date on the request path."""
 
-    inflight: int = 0
-    queue_rows: int = 0
-    spilled_rows: int = 0  # counter
-    write_errors: int = 0  # counter
-    circuits: list[tuple[str, str, int]] = field(default_factory=list)  # (provider, target, open)
-
-
-class Metrics:
-    """Per-process metric state for one app; ``live`` supplies the scrape-time values."""
-
-    def __init__(self, live: Callable[[], Live], metrics_dir: str | None = None) -> None:
-        self.live = live
+    def __init__(self, server: ServerConfig, sink: Any = None, metrics_dir: str | None = None) -> None:
+        self.sink = sink
+        self.runtime: Runtime | None = None
+        self.inflight = 0
         self.series: dict[tuple[str, str, str, str, int], Series] = {}
         self.overhead: dict[str, Hist] = {}
         self.upstream: dict[str, Hist] = {}
@@ -116,19 +107,44 @@ class Metrics:
         self.globs: tuple[str, ...] = ()
         self.glob_models: set[str] = set()
         self.dir = Path(metrics_dir) if metrics_dir else None
+        self.port = server.metrics_port
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_GatewayCollector(self))
         if self.dir is None:
             # One process: the client library's own collectors, unchanged.
             for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
                 self.registry.register(collector)
+        self._server = MetricsServer(self, server.host, server.metrics_port) if server.metrics_port else None
+        self._publisher: asyncio.Task[None] | None = None
 
-    # --- configuration -----------------------------------------------------------------------------
+    # --- lifecycle -----------------------------------------------------------------------------------
 
-    def set_models(self, aliases: Iterable[str], globs: Iterable[str]) -> None:
-        """The configured alias names (from the current config; called again after a reload)."""
-        self.aliases = frozenset(aliases)
-        self.globs = tuple(globs)
+    def attach(self, runtime: Runtime) -> None:
+        """The configured alias names label requests; the runtime's router tells which circuits are open."""
+        self.runtime = runtime
+        self.aliases = frozenset(a.name for a in runtime.config.models.values() if not a.is_glob)
+        self.globs = tuple(a.name for a in runtime.globs)
+
+    async def start(self) -> None:
+        if self.dir is not None:
+            aggregate.write_snapshot(self.dir, self.snapshot())
+            self._publisher = asyncio.create_task(aggregate.publish(self.dir, self.snapshot),
+                                                  name="metrics-publisher")
+        if self._server is not None:
+            await self._server.start(reuse_port=self.dir is not None)
+
+    async def aclose(self) -> None:
+        if self._server is not None:
+            await self._server.aclose()
+        if self._publisher is not None:
+            self._publisher.cancel()
+            with contextlib.suppress(BaseException):
+                await self._publisher
+        if self.dir is not None:
+            with contextlib.suppress(OSError):
+                aggregate.write_snapshot(self.dir, self.snapshot())  # this worker's final numbers stay in the sum
+
+    # --- hooks (hot path) ----------------------------------------------------------------------------
 
     def model_label(self, name: str, answered: bool) -> str:
         if name in self.aliases:
@@ -143,9 +159,12 @@ class Metrics:
             return name
         return glob
 
-    # --- hot path ----------------------------------------------------------------------------------
+    def request_started(self, endpoint: str) -> None:
+        self.inflight += 1
 
-    def request_finished(self, r: UsageRecord, overhead_s: float) -> None:
+    def request_finished(self, record: UsageRecord, overhead_s: float) -> None:
+        self.inflight -= 1
+        r = record
         provider = r.provider or "none"
         model = r.model if r.model in self.aliases else self.model_label(r.model, r.status == 200)
         key = (r.endpoint, model, provider, r.key_name or "none", r.status)
@@ -165,10 +184,10 @@ class Metrics:
         h.observe(overhead_s)
         # A stream that failed after its first byte never went back through attempt_finished.
         if r.ttft_ms is not None and r.error_type in UPSTREAM_REASONS:
-            self.upstream_error(provider, r.error_type)  # type: ignore[arg-type]
+            self._upstream_error(provider, r.error_type)  # type: ignore[arg-type]
 
-    def hedge_lost(self, r: UsageRecord) -> None:
-        """A hedge loser's row: not a request of its own, but its tokens and cost were spent."""
+    def hedge_lost(self, record: UsageRecord) -> None:
+        r = record
         provider = r.provider or "none"
         model = r.model if r.model in self.aliases else self.model_label(r.model, False)
         key = (r.endpoint, model, provider, r.key_name or "none", r.status)
@@ -188,15 +207,16 @@ class Metrics:
         elif r.cost_usd is None and (r.prompt_tokens or r.completion_tokens):
             self.unpriced[(model, provider)] = self.unpriced.get((model, provider), 0) + 1
 
-    def attempt_finished(self, provider: str, seconds: float, reason: str | None) -> None:
+    def attempt_finished(self, state: TargetState, call: Call, seconds: float, error: UpstreamError | None) -> None:
+        provider = state.target.provider
         h = self.upstream.get(provider)
         if h is None:
             h = self.upstream[provider] = Hist(DURATION_BUCKETS)
         h.observe(seconds)
-        if reason is not None and reason in UPSTREAM_REASONS:
-            self.upstream_error(provider, reason)
+        if error is not None and error.reason in UPSTREAM_REASONS:
+            self._upstream_error(provider, error.reason)
 
-    def upstream_error(self, provider: str, reason: str) -> None:
+    def _upstream_error(self, provider: str, reason: str) -> None:
         k = (provider, reason)
         self.upstream_errors[k] = self.upstream_errors.get(k, 0) + 1
 
@@ -223,7 +243,7 @@ class Metrics:
 
     def snapshot(self) -> dict[str, Any]:
         """This process's numbers as plain JSON-able data: what a worker writes, what a scrape reads."""
-        live = self.live()
+        sink = self.sink
         snap: dict[str, Any] = {
             "pid": os.getpid(),
             "series": [[*k, s.requests, s.duration.counts, s.duration.sum, s.ttft.counts if s.ttft else None,
@@ -237,201 +257,77 @@ class Metrics:
             "auth_failures": self.auth_failures,
             "unpriced": [[m, p, n] for (m, p), n in self.unpriced.items()],
             "cache": self.cache_total,
-            "inflight": live.inflight,
-            "queue_rows": live.queue_rows,
-            "spilled_rows": live.spilled_rows,
-            "write_errors": live.write_errors,
-            "circuits": live.circuits,
+            "inflight": self.inflight,
+            "queue_rows": getattr(sink, "queue_depth", 0),
+            "spilled_rows": getattr(sink, "spilled_rows_total", 0),
+            "write_errors": getattr(sink, "write_errors_total", 0),
+            "circuits": self._circuits(),
         }
         if self.dir is not None:
-            snap["process"] = _process_samples()
+            snap["process"] = aggregate.process_samples()
         return snap
 
-    # --- several workers ---------------------------------------------------------------------------
-
-    def write_snapshot(self, snap: dict[str, Any] | None = None) -> None:
-        """Publish this worker's numbers for the others (atomic rename: readers never see half a file)."""
-        assert self.dir is not None
-        path = self.dir / f"worker-{os.getpid()}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(orjson.dumps(snap or self.snapshot()))
-        os.replace(tmp, path)
+    def _circuits(self) -> list[tuple[str, str, int]]:
+        """(provider, target, open) per target; one target can serve several aliases."""
+        circuits: dict[tuple[str, str], int] = {}
+        if self.runtime is not None:
+            for _, state in self.runtime.router.all_states():
+                k = (state.target.provider, state.label)
+                circuits[k] = max(circuits.get(k, 0), 1 if state.circuit_open else 0)
+        return [(p, t, v) for (p, t), v in circuits.items()]
 
     def gathered(self) -> Iterator[tuple[dict[str, Any], bool]]:
-        """(snapshot, alive) for this process (fresh) and every other worker's last file."""
-        snap = self.snapshot()
+        """(snapshot, alive) for this process and, with several workers, each other worker's last one."""
         if self.dir is None:
-            yield snap, True
-            return
-        # Published before it is served: a later scrape answered by another worker then reads at least
-        # these numbers, so counters never appear to go backwards between two scrapes.
-        with contextlib.suppress(OSError):
-            self.write_snapshot(snap)
-        yield snap, True
-        me = f"worker-{os.getpid()}.json"
-        for path in sorted(self.dir.glob("worker-*.json")):
-            if path.name == me:
-                continue
-            try:
-                snap = orjson.loads(path.read_bytes())
-            except (OSError, orjson.JSONDecodeError):
-                continue  # removed or replaced while we looked: its numbers come with the next scrape
-            yield snap, _alive(int(snap.get("pid", 0)))
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _process_samples() -> list[list[Any]]:
-    out = []
-    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
-        for family in collector.collect():
-            for s in family.samples:
-                out.append([family.name, family.type, family.documentation, s.name, s.labels, s.value])
-    return out
-
-
-# --- exposition -------------------------------------------------------------------------------------
-
-
-def _cumulative(counts: list[int], bounds: tuple[float, ...]) -> list[tuple[str, float]]:
-    out, total = [], 0
-    for bound, n in zip(bounds, counts, strict=False):
-        total += n
-        out.append((floatToGoString(bound), total))
-    out.append(("+Inf", total + counts[-1]))
-    return out
-
-
-def _add(into: list[int], counts: list[int]) -> None:
-    for i, n in enumerate(counts):
-        into[i] += n
-
-
-class _HistAcc:
-    __slots__ = ("counts", "sum")
-
-    def __init__(self, size: int) -> None:
-        self.counts = [0] * size
-        self.sum = 0.0
-
-    def add(self, counts: list[int], total: float) -> None:
-        _add(self.counts, counts)
-        self.sum += total
+            yield self.snapshot(), True
+        else:
+            yield from aggregate.gather(self.dir, self.snapshot())
 
 
 class _GatewayCollector(Collector):
+    """Every gateway metric family: its name, help text and labels are the public contract."""
+
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
-        requests: dict[tuple, float] = {}
-        duration: dict[tuple, _HistAcc] = {}
-        ttft: dict[tuple, _HistAcc] = {}
-        tokens: dict[tuple, float] = {}
-        cost: dict[tuple, float] = {}
-        overhead: dict[tuple, _HistAcc] = {}
-        upstream: dict[tuple, _HistAcc] = {}
-        upstream_errors: dict[tuple, float] = {}
-        ratelimited: dict[tuple, float] = {}
-        auth_failures: dict[tuple, float] = {(code,): 0.0 for code in AUTH_FAILURE_CODES}
-        unpriced: dict[tuple, float] = {}
-        cache: dict[tuple, float] = {}
-        circuits: dict[tuple, float] = {}
-        counters = {"spilled_rows": 0.0, "write_errors": 0.0, "limits_store_errors": 0.0}
-        gauges = {"inflight": 0.0, "queue_rows": 0.0}
-        process: dict[tuple, list[Any]] = {}
-        nd, nt = len(DURATION_BUCKETS) + 1, len(TTFT_BUCKETS) + 1
-
-        for snap, alive in self.metrics.gathered():
-            for endpoint, model, provider, key, status, n, dc, ds, tc, ts, p, c, ca, r, usd in snap["series"]:
-                k = (endpoint, model, provider, str(status))
-                requests[k] = requests.get(k, 0) + n
-                _acc(duration, (endpoint, model, provider), nd).add(dc, ds)
-                if tc is not None:
-                    _acc(ttft, (model, provider), nt).add(tc, ts)
-                for kind, v in (("prompt", p), ("completion", c), ("cached", ca), ("reasoning", r)):
-                    if v:
-                        tokens[(model, provider, kind)] = tokens.get((model, provider, kind), 0) + v
-                if usd:
-                    cost[(model, provider, key)] = cost.get((model, provider, key), 0.0) + usd
-            n_over = len(OVERHEAD_BUCKETS) + 1
-            for endpoint, (counts, total) in snap["overhead"].items():
-                _acc(overhead, (endpoint,), n_over).add(counts, total)
-            for provider, (counts, total) in snap["upstream"].items():
-                _acc(upstream, (provider,), nd).add(counts, total)
-            for provider, reason, n in snap["upstream_errors"]:
-                upstream_errors[(provider, reason)] = upstream_errors.get((provider, reason), 0) + n
-            for scope, n in snap["ratelimited"].items():
-                ratelimited[(scope,)] = ratelimited.get((scope,), 0) + n
-            for code, n in snap.get("auth_failures", {}).items():
-                auth_failures[(code,)] = auth_failures.get((code,), 0) + n
-            for model, provider, n in snap.get("unpriced", ()):
-                unpriced[(model, provider)] = unpriced.get((model, provider), 0) + n
-            for result, n in snap["cache"].items():
-                cache[(result,)] = cache.get((result,), 0) + n
-            for name in counters:
-                counters[name] += snap.get(name, 0)
-            for family, kind, doc, sample, labels, value in snap.get("process", ()):
-                _merge_process(process, family, kind, doc, sample, labels, value, alive)
-            if not alive:
-                continue
-            for name in gauges:
-                gauges[name] += snap[name]
-            for provider, target, is_open in snap["circuits"]:
-                circuits[(provider, target)] = max(circuits.get((provider, target), 0), is_open)
-
+        t = Totals(self.metrics.gathered())
         yield _counter("gateway_requests", "Requests answered, by final HTTP status.",
-                       ("endpoint", "model", "provider", "status"), requests)
+                       ("endpoint", "model", "provider", "status"), t.requests)
         yield _histogram("gateway_request_duration_seconds", "Whole request time, to the last byte sent.",
-                         ("endpoint", "model", "provider"), duration, DURATION_BUCKETS)
+                         ("endpoint", "model", "provider"), t.duration, DURATION_BUCKETS)
         yield _histogram("gateway_time_to_first_token_seconds", "Streams: time until the first content was sent.",
-                         ("model", "provider"), ttft, TTFT_BUCKETS)
+                         ("model", "provider"), t.ttft, TTFT_BUCKETS)
         yield _histogram("gateway_overhead_seconds", "The gateway's own time per request, excluding upstream waits.",
-                         ("endpoint",), overhead, OVERHEAD_BUCKETS)
+                         ("endpoint",), t.overhead, OVERHEAD_BUCKETS)
         yield _histogram("gateway_upstream_duration_seconds",
                          "One upstream attempt: until the whole answer (or a stream's first content) arrived.",
-                         ("provider",), upstream, DURATION_BUCKETS)
+                         ("provider",), t.upstream, DURATION_BUCKETS)
         yield _counter("gateway_upstream_errors", "Failed upstream attempts, including streams cut after their start.",
-                       ("provider", "reason"), upstream_errors)
+                       ("provider", "reason"), t.upstream_errors)
         yield _counter("gateway_tokens", "Tokens by type; cached is part of prompt, reasoning part of completion.",
-                       ("model", "provider", "type"), tokens)
+                       ("model", "provider", "type"), t.tokens)
         yield _counter("gateway_cost_usd", "Cost of requests in US dollars, from target prices.",
-                       ("model", "provider", "key"), cost)
-        yield _counter("gateway_ratelimited", "Requests refused by a rate limit or budget.", ("scope",), ratelimited)
+                       ("model", "provider", "key"), t.cost)
+        yield _counter("gateway_ratelimited", "Requests refused by a rate limit or budget.", ("scope",), t.ratelimited)
         yield _counter("gateway_unpriced_requests", "Requests whose tokens have no price configured (their usage "
-                       "rows carry cost_usd null).", ("model", "provider"), unpriced)
+                       "rows carry cost_usd null).", ("model", "provider"), t.unpriced)
+        auth_failures = {(code,): 0.0 for code in AUTH_FAILURE_CODES} | t.auth_failures
         yield _counter("gateway_auth_failures", "Requests refused for a missing, wrong or expired gateway key "
                        "(401; they leave no usage row).", ("code",), auth_failures)
         yield _counter("gateway_limits_store_errors", "Rate-limit checks that could not reach Redis "
-                       "(handled per [limits] on_store_error).", (), {(): counters["limits_store_errors"]})
-        yield _counter("gateway_cache_requests", "Response cache lookups.", ("result",), cache)
-        yield _gauge("gateway_inflight_requests", "Requests in progress.", (), {(): gauges["inflight"]})
+                       "(handled per [limits] on_store_error).", (), {(): t.counters["limits_store_errors"]})
+        yield _counter("gateway_cache_requests", "Response cache lookups.", ("result",), t.cache)
+        yield _gauge("gateway_inflight_requests", "Requests in progress.", (), {(): t.gauges["inflight"]})
         yield _gauge("gateway_circuit_open", "1 while the target's circuit breaker is open (in any worker).",
-                     ("provider", "target"), circuits)
+                     ("provider", "target"), t.circuits)
         yield _gauge("gateway_usage_queue_rows", "Usage rows waiting to be written to the database.", (),
-                     {(): gauges["queue_rows"]})
+                     {(): t.gauges["queue_rows"]})
         yield _counter("gateway_usage_spilled_rows", "Usage rows spilled to disk while the database was unavailable.",
-                       (), {(): counters["spilled_rows"]})
+                       (), {(): t.counters["spilled_rows"]})
         yield _counter("gateway_usage_write_errors", "Failed usage database writes (the rows are retried).", (),
-                       {(): counters["write_errors"]})
-        yield from _process_families(process)
-
-
-def _acc(into: dict[tuple, _HistAcc], key: tuple, size: int) -> _HistAcc:
-    acc = into.get(key)
-    if acc is None:
-        acc = into[key] = _HistAcc(size)
-    return acc
+                       {(): t.counters["write_errors"]})
+        yield from t.process_families()
 
 
 def _counter(name: str, doc: str, labels: tuple[str, ...], values: dict[tuple, float]) -> CounterMetricFamily:
@@ -448,7 +344,7 @@ def _gauge(name: str, doc: str, labels: tuple[str, ...], values: dict[tuple, flo
     return family
 
 
-def _histogram(name: str, doc: str, labels: tuple[str, ...], values: dict[tuple, _HistAcc],
+def _histogram(name: str, doc: str, labels: tuple[str, ...], values: dict[tuple, HistSum],
                bounds: tuple[float, ...]) -> HistogramMetricFamily:
     family = HistogramMetricFamily(name, doc, labels=labels)
     for k, acc in sorted(values.items()):
@@ -456,55 +352,10 @@ def _histogram(name: str, doc: str, labels: tuple[str, ...], values: dict[tuple,
     return family
 
 
-# Process samples of several workers: CPU time and counters add up over every worker that ran, sizes
-# over the live ones; these take the extreme instead.
-_PROCESS_MIN = {"process_start_time_seconds"}
-_PROCESS_MAX = {"process_max_fds", "python_info"}
-
-
-def _merge_process(into: dict[tuple, list[Any]], family: str, kind: str, doc: str, sample: str,
-                   labels: dict[str, str], value: float, alive: bool) -> None:
-    if kind != "counter" and not alive:
-        return
-    key = (family, kind, doc, sample, tuple(sorted(labels.items())))
-    have = into.get(key)
-    if have is None:
-        into[key] = [value]
-    elif family in _PROCESS_MIN:
-        have[0] = min(have[0], value)
-    elif family in _PROCESS_MAX:
-        have[0] = max(have[0], value)
-    else:
-        have[0] += value
-
-
-def _process_families(process: dict[tuple, list[Any]]) -> Iterator[Metric]:
-    families: dict[str, Metric] = {}
-    for (family, kind, doc, sample, labels), (value,) in sorted(process.items()):
-        metric = families.get(family)
-        if metric is None:
-            metric = families[family] = Metric(family, doc, kind)
-        metric.add_sample(sample, dict(labels), value)
-    yield from families.values()
-
-
-# --- the metrics directory of `gateway serve --workers N` ---------------------------------------------
-
-
-def prepare_dir() -> tuple[str, bool]:
-    """Make sure ``$GATEWAY_METRICS_DIR`` names an empty directory before workers start; returns
-    (path, created). A directory given by the operator is kept, only our old snapshots are removed."""
-    given = os.environ.get(METRICS_DIR_ENV)
-    if given:
-        Path(given).mkdir(parents=True, exist_ok=True)
-        for old in Path(given).glob("worker-*.json"):
-            with contextlib.suppress(OSError):
-                old.unlink()
-        return given, False
-    path = tempfile.mkdtemp(prefix="gateway-metrics-")
-    os.environ[METRICS_DIR_ENV] = path
-    return path, True
-
-
-def remove_dir(path: str) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+def _cumulative(counts: list[int], bounds: tuple[float, ...]) -> list[tuple[str, float]]:
+    out, total = [], 0
+    for bound, n in zip(bounds, counts, strict=False):
+        total += n
+        out.append((floatToGoString(bound), total))
+    out.append(("+Inf", total + counts[-1]))
+    return out

@@ -17,12 +17,13 @@ provider. Otherwise nothing of this runs: no middleware, no hooks, opentelemetry
 
 How: an ASGI middleware opens the server span and keeps the request's trace state in a context
 variable; the ``attempt_started`` hook opens the attempt's span and adds its traceparent to the
-upstream request; ``attempt_finished`` closes it. Response id and finish reasons are read off the bytes the
-client gets, with two regex scans per chunk.
+upstream request; ``attempt_finished`` closes it. Response id and finish reasons are read off the bytes
+the client gets, with two regex scans per chunk, rather than parsing every chunk again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -32,7 +33,8 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import orjson
+from proxy.observability.content import MAX_CAPTURE_BYTES, content_attributes
+from proxy.observability.observer import Observer
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -49,7 +51,6 @@ LLM_PATHS = {"/v1/chat/completions": "chat", "/chat/completions": "chat", "/v1/e
              "/embeddings": "embeddings"}
 _ID = re.compile(rb'"id":\s*"([^"\\]{1,200})"')
 _FINISH = re.compile(rb'"finish_reason":\s*"([A-Za-z_]{1,40})"')
-MAX_CAPTURE_BYTES = 1 << 20  # capture_content: stream bytes kept to rebuild the completion text
 
 # gen_ai.provider.name by provider kind; OpenAI-compatible hosts the conventions name get their own.
 _KIND_NAMES = {"openai": "openai", "anthropic": "anthropic", "gemini": "gcp.gemini", "azure": "azure.ai.openai"}
@@ -155,7 +156,7 @@ class TracedRequest:
             self.captured_bytes += len(chunk)
 
 
-class Tracing:
+class Tracing(Observer):
     def __init__(self, provider: Any, capture_content: bool, own: bool) -> None:
         from opentelemetry import trace
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -168,14 +169,19 @@ class Tracing:
         self._trace = trace
         self._propagator = TraceContextTextMapPropagator()  # traceparent/tracestate only: no baggage upstream
 
-    def start(self) -> None:
+    async def start(self) -> None:
         if self.provider is None:
             self.provider = _sdk_provider()
         self.tracer = self.provider.get_tracer("llm-gateway")
 
-    def shutdown(self) -> None:
-        if self.own and self.provider is not None:
-            self.provider.shutdown()  # flushes the spans still batched
+    async def aclose(self) -> None:
+        """Flush the spans still batched, when the provider is ours to shut down."""
+        if not self.own or self.provider is None:
+            return
+        try:
+            await asyncio.to_thread(self.provider.shutdown)  # exporting may block on the network
+        except Exception as e:
+            log.warning("could not flush traces at shutdown: %s", e)
 
     def attach(self, runtime: Runtime) -> None:
         """Learn the providers of a new runtime (the first one, and each one a reload builds)."""
@@ -230,7 +236,7 @@ class Tracing:
         if req.status:
             span.set_attribute("http.response.status_code", req.status)
         if self.capture_content:
-            span.set_attributes(self._content(req))
+            span.set_attributes(content_attributes(req.body, req.captured))
         if status >= 500 or req.failed:
             span.set_status(self._trace.Status(self._trace.StatusCode.ERROR))
         if req.winner is not None:
@@ -259,17 +265,6 @@ class Tracing:
             out["gen_ai.response.id"] = req.response_id
         if req.finish_reasons:
             out["gen_ai.response.finish_reasons"] = tuple(req.finish_reasons)
-        return out
-
-    def _content(self, req: TracedRequest) -> dict[str, str]:
-        out = {}
-        if req.body is not None and isinstance(req.body.get("messages"), list):
-            out["gen_ai.input.messages"] = orjson.dumps([_message(m) for m in req.body["messages"]
-                                                         if isinstance(m, dict)]).decode()
-        if req.captured:
-            outputs = _outputs(b"".join(req.captured))
-            if outputs:
-                out["gen_ai.output.messages"] = orjson.dumps(outputs).decode()
         return out
 
     # --- attempt spans ------------------------------------------------------------------------------
@@ -321,7 +316,7 @@ class Tracing:
         span.end()
         _discard(req.open, span)
 
-    def request_finished(self, record: UsageRecord) -> None:
+    def request_finished(self, record: UsageRecord, overhead_s: float) -> None:
         req = _CURRENT.get()
         if req is not None:
             req.record = record
@@ -384,62 +379,3 @@ def _usage(r: UsageRecord) -> dict[str, int]:
     if not (r.prompt_tokens or r.completion_tokens):
         return {}
     return {"gen_ai.usage.input_tokens": r.prompt_tokens, "gen_ai.usage.output_tokens": r.completion_tokens}
-
-
-def _parts(content: Any) -> list[dict[str, Any]]:
-    if isinstance(content, str):
-        return [{"type": "text", "content": content}]
-    parts = []
-    for p in content if isinstance(content, list) else ():
-        if isinstance(p, dict) and p.get("type") == "text":
-            parts.append({"type": "text", "content": p.get("text", "")})
-        elif isinstance(p, dict):
-            parts.append({"type": str(p.get("type", "unknown"))})  # images, audio, files: the kind only
-    return parts
-
-
-def _message(m: dict[str, Any]) -> dict[str, Any]:
-    """An OpenAI chat message in the conventions' {role, parts} shape."""
-    if m.get("role") == "tool":
-        return {"role": "tool", "parts": [{"type": "tool_call_response", "id": m.get("tool_call_id"),
-                                           "result": m.get("content")}]}
-    parts = _parts(m.get("content"))
-    for tc in m.get("tool_calls") or ():
-        if not isinstance(tc, dict):
-            continue
-        fn = tc.get("function") if isinstance(tc.get("function"), dict) else {}
-        parts.append({"type": "tool_call", "id": tc.get("id"), "name": fn.get("name"),
-                      "arguments": fn.get("arguments")})
-    out = {"role": m.get("role"), "parts": parts}
-    if "finish_reason" in m:
-        out["finish_reason"] = m["finish_reason"]
-    return out
-
-
-def _outputs(raw: bytes) -> list[dict[str, Any]]:
-    """The completion as the client got it: a whole JSON answer, or SSE chunks joined per choice."""
-    if not raw.lstrip().startswith((b"data:", b":")):
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return []
-        return [_message({**(c.get("message") or {}), "finish_reason": c.get("finish_reason")})
-                for c in data.get("choices") or () if isinstance(c, dict)]
-    texts: dict[int, list[str]] = {}
-    finish: dict[int, str | None] = {}
-    for line in raw.splitlines():
-        if not line.startswith(b"data:") or line[5:].strip() == b"[DONE]":
-            continue
-        try:
-            event = orjson.loads(line[5:])
-        except orjson.JSONDecodeError:
-            continue
-        for c in event.get("choices") or () if isinstance(event, dict) else ():
-            i = c.get("index", 0)
-            content = (c.get("delta") or {}).get("content")
-            if content:
-                texts.setdefault(i, []).append(content)
-            if c.get("finish_reason"):
-                finish[i] = c["finish_reason"]
-    return [{"role": "assistant", "parts": [{"type": "text", "content": "".join(texts.get(i, []))}],
-             "finish_reason": finish.get(i)} for i in sorted(set(texts) | set(finish))]
