@@ -35,7 +35,7 @@ from proxy.runtime import Runtime
 from proxy.settings import Target
 from proxy.sse_response import SSEResponse
 from proxy.upstream import TRANSPORT_ERRORS
-from proxy.uvicorn_protocol import ON_DISCONNECT, DirectBody, write_whole
+from proxy.uvicorn_protocol import DirectBody, on_disconnect, write_whole
 
 JSON = "application/json"
 log = logging.getLogger("gateway")
@@ -60,7 +60,8 @@ async def _proxy(request: Request, endpoint: str) -> Response | SSEResponse:
         rt.obs.auth_failed(e.code or "invalid_api_key")  # no usage row: counted here only
         return e.response(headers)
 
-    watch = request.scope[ON_DISCONNECT] = ClientWatch()  # the serving protocol calls it on a hang-up
+    watch = ClientWatch()
+    on_disconnect(request.scope, watch)  # the serving protocol calls it on a hang-up, if it can
     record = UsageRecord(request_id=rid, created_at=time.time(), key_name=key.name if key else None,
                          model="", endpoint=endpoint, stream=False)
     rt.obs.request_started(endpoint)
@@ -147,7 +148,7 @@ async def _proxy(request: Request, endpoint: str) -> Response | SSEResponse:
 
 
 class ClientWatch:
-    """The ``ON_DISCONNECT`` hook of one whole-body request: notes a hang-up at any point, and while a
+    """The ``on_disconnect`` callback of one whole-body request: notes a hang-up at any point, and while a
     task waits on the upstream (``waiting``), cancels that wait. ``refuse`` does the same for a limits
     verdict that refuses the request while its upstream call runs."""
 
@@ -227,8 +228,8 @@ class AccountedResponse(Response):
     """A whole JSON answer that runs its bookkeeping (in the event loop) after sending, and even if
     sending fails (the client is gone): a usage row is never lost to a broken connection.
 
-    Served by GatewayHttpProtocol, head and body are written by ``write_whole`` straight from the
-    header dict; Starlette's raw headers are only built for any other server."""
+    Where the server offers the ``gateway.direct_write`` extension, head and body are written by
+    ``write_whole`` straight from the header dict; Starlette's raw headers are only built otherwise."""
 
     def __init__(self, after: Callable[[], None], body: bytes, status: int, headers: dict[str, str]) -> None:
         # Not Response.__init__: its init_headers work is done by write_whole or, failing that, in __call__.
@@ -241,7 +242,7 @@ class AccountedResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            if not write_whole(send, self.status_code, self.fields, JSON, self.body):
+            if not write_whole(scope, self.status_code, self.fields, JSON, self.body):
                 self.init_headers(self.fields)
                 await super().__call__(scope, receive, send)
         finally:

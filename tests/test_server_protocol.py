@@ -13,7 +13,17 @@ from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, Re
 
 from proxy.endpoints import AccountedResponse
 from proxy.sse_response import SSEResponse
-from proxy.uvicorn_protocol import _NAME_OK, _VALUE_OK, DirectBody, HeadWithBody, start_chunked, write_whole
+from proxy.uvicorn_protocol import (
+    _NAME_OK,
+    _VALUE_OK,
+    DIRECT_WRITE,
+    ON_DISCONNECT,
+    ClientLeft,
+    DirectBody,
+    HeadWithBody,
+    start_chunked,
+    write_whole,
+)
 
 MSGS = [{"role": "user", "content": "hello"}]
 
@@ -105,20 +115,24 @@ def _cycle(method: str = "POST", keep_alive: bool = True, defaults: list[tuple[b
     return cycle, transport
 
 
+def _scope(cycle: RequestResponseCycle) -> dict:
+    """The scope GatewayHttpProtocol gives the app for ``cycle``: with both extensions."""
+    return {"type": "http", "extensions": {DIRECT_WRITE: cycle, ON_DISCONNECT: ClientLeft()}}
+
+
 def _answer(direct: bool, keep_alive: bool, status: int, headers: dict[str, str]) -> tuple:
     """What the client gets for one AccountedResponse, and the state the request cycle is left in:
-    through write_whole (``direct``), or through uvicorn's ``send`` as any other server would be used."""
+    through write_whole (``direct``: the scope has the extensions), or through uvicorn's ``send`` as
+    under any other server."""
     async def main() -> tuple:
         done: list[str] = []
         cycle, transport = _cycle(keep_alive=keep_alive, on_response=lambda: done.append("next request"),
                                   defaults=[(b"server", b"uvicorn"), (b"date", b"Wed, 02 Dec 2026 02:30:00 GMT")])
 
-        async def plain_send(message: dict) -> None:  # no __self__: not recognisably our protocol's
-            await cycle.send(message)  # type: ignore[arg-type]
-
         response = AccountedResponse(lambda: done.append("accounted"), b'{"ok":true}', status, dict(headers))
+        scope = _scope(cycle) if direct else {"type": "http"}
         try:
-            await response({"type": "http"}, None, cycle.send if direct else plain_send)  # type: ignore[arg-type]
+            await response(scope, None, cycle.send)  # type: ignore[arg-type]
         except (RuntimeError, UnicodeEncodeError) as exc:
             done.append(f"{type(exc).__name__}: {exc}")
         await asyncio.sleep(0)
@@ -154,7 +168,7 @@ def test_write_whole_takes_the_answers_it_can_write_and_leaves_the_rest() -> Non
         for method, headers in [("POST", {"x-a": "1"}), ("HEAD", {"x-a": "1"}), ("POST", {"connection": "close"}),
                                 ("POST", {"x-a": "\x00"})]:
             cycle, transport = _cycle(method)
-            taken = write_whole(cycle.send, 200, headers, "application/json", b"{}")
+            taken = write_whole(_scope(cycle), 200, headers, "application/json", b"{}")
             out.append(taken)
             assert (transport.writes == [b"HTTP/1.1 200 OK\r\nx-a: 1\r\ncontent-length: 2\r\n"
                                          b"content-type: application/json\r\n\r\n{}"]) == taken
@@ -171,7 +185,7 @@ def test_a_whole_answer_follows_a_held_100_continue() -> None:
         cycle.body, cycle.more_body = bytearray(b"{}"), False
         cycle.message_event.set()
         await cycle.receive()  # writes "100 Continue" through HeadWithBody, which holds it
-        assert write_whole(cycle.send, 200, {}, "application/json", b"{}")
+        assert write_whole(_scope(cycle), 200, {}, "application/json", b"{}")
         await asyncio.sleep(0)  # the held bytes' flush finds nothing left
         return transport.writes
 
@@ -185,7 +199,7 @@ def test_start_chunked_takes_the_streams_it_can_start_and_leaves_the_rest() -> N
         cases = [("POST", {"x-a": "1"}), ("HEAD", {"x-a": "1"}), ("POST", {"transfer-encoding": "gzip"})]
         for method, headers in cases:
             cycle, transport = _cycle(method)
-            taken = start_chunked(cycle.send, 200, headers)
+            taken = start_chunked(_scope(cycle), 200, headers)
             await asyncio.sleep(0)  # a head alone goes out at the end of the step
             out.append((taken, cycle.chunked_encoding, transport.writes))
         return out
@@ -203,9 +217,6 @@ def _stream(direct: bool, keep_alive: bool, headers: dict[str, str], ends_itself
         cycle, transport = _cycle(keep_alive=keep_alive, defaults=[(b"server", b"uvicorn")],
                                   on_response=lambda: closed.append("next request"))
 
-        async def plain_send(message: dict) -> None:
-            await cycle.send(message)  # type: ignore[arg-type]
-
         async def never() -> dict:
             await asyncio.Event().wait()
             return {}
@@ -222,7 +233,8 @@ def _stream(direct: bool, keep_alive: bool, headers: dict[str, str], ends_itself
 
         response = SSEResponse(dict(headers), events, on_close)
         try:
-            await response({"type": "http"}, never, cycle.send if direct else plain_send)  # type: ignore[arg-type]
+            scope = _scope(cycle) if direct else {"type": "http"}
+            await response(scope, never, cycle.send)  # type: ignore[arg-type]
         except RuntimeError as exc:
             closed.append(str(exc))  # type: ignore[arg-type]
         await asyncio.sleep(0)
