@@ -44,6 +44,91 @@ class Recorder:
         return self.closed
 
 
+def _uvicorn_lacks() -> list[str]:
+    """What proxy/uvicorn_protocol.py relies on in uvicorn and the installed version lacks."""
+    import inspect
+
+    from uvicorn.protocols.http import httptools_impl
+
+    lacks = [f"httptools_impl.{name}" for name in ("STATUS_LINE", "HttpToolsProtocol", "RequestResponseCycle",
+                                                   "HEADER_RE", "HEADER_VALUE_RE")
+             if not hasattr(httptools_impl, name)]
+    if lacks:
+        return lacks
+    params = ["scope", "transport", "flow", "logger", "access_logger", "access_log", "default_headers",
+              "message_event", "expect_100_continue", "keep_alive", "on_response"]
+    if list(inspect.signature(RequestResponseCycle.__init__).parameters)[1:] != params:
+        return [f"RequestResponseCycle({', '.join(params)})"]
+    for method in ("on_headers_complete", "connection_lost", "on_response_complete"):
+        if not hasattr(httptools_impl.HttpToolsProtocol, method):
+            lacks.append(f"HttpToolsProtocol.{method}")
+    cycle, transport = _cycle(keep_alive=False)
+    for name in ("scope", "transport", "flow", "access_log", "default_headers", "message_event", "on_response",
+                 "disconnected", "keep_alive", "waiting_for_100_continue", "response_started", "response_complete",
+                 "chunked_encoding"):
+        if not hasattr(cycle, name):
+            lacks.append(f"RequestResponseCycle.{name}")
+    if not hasattr(cycle.flow, "write_paused"):
+        lacks.append("FlowControl.write_paused")
+    if not lacks:
+        async def start() -> None:
+            cycle.scope.update(type="http", headers=[], http_version="1.1", path="/")  # type: ignore[typeddict-item]
+            await cycle.send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[arg-type]
+            cycle.transport.flush()  # type: ignore[attr-defined]
+
+        asyncio.run(start())
+        if b"connection: close\r\n" not in b"".join(transport.writes):
+            lacks.append("send writing 'connection: close' for a request cycle that is not keep-alive (as since 0.53)")
+    return lacks
+
+
+def test_installed_uvicorn_has_what_the_protocol_relies_on() -> None:
+    """GatewayHttpProtocol and the direct writes use uvicorn internals, not its public API: a uvicorn
+    outside the range pinned in pyproject.toml may lack them."""
+    import uvicorn
+
+    lacks = _uvicorn_lacks()
+    assert not lacks, (f"uvicorn {uvicorn.__version__} lacks what proxy/uvicorn_protocol.py relies on: "
+                       f"{'; '.join(lacks)}. Use a uvicorn in the range pinned in pyproject.toml, or adapt "
+                       "the module to this version and widen the range.")
+
+
+def test_the_protocol_puts_its_extensions_in_each_scope() -> None:
+    """Fed a request, GatewayHttpProtocol hands the app a scope with both extensions, whose cycle
+    writes through a HeadWithBody, and tells the registered callback of a hang-up."""
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from proxy.uvicorn_protocol import GatewayHttpProtocol, on_disconnect
+
+    async def main() -> tuple[dict, list[str]]:
+        seen: dict = {}
+        told: list[str] = []
+        started = asyncio.Event()
+
+        async def app(scope, receive, send) -> None:
+            seen.update(scope)
+            on_disconnect(scope, lambda: told.append("left"))
+            started.set()
+            await asyncio.Event().wait()  # the client leaves before an answer
+
+        config = uvicorn.Config(app, http=GatewayHttpProtocol, log_level="warning")
+        protocol = GatewayHttpProtocol(config, ServerState(), {})
+        protocol.connection_made(FakeTransport())  # type: ignore[arg-type]
+        protocol.data_received(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
+        await asyncio.wait_for(started.wait(), 5)
+        protocol.connection_lost(None)
+        for task in protocol.tasks:
+            task.cancel()
+        return seen, told
+
+    scope, told = asyncio.run(main())
+    cycle = scope["extensions"][DIRECT_WRITE]
+    assert isinstance(cycle, RequestResponseCycle) and isinstance(cycle.transport, HeadWithBody)
+    assert isinstance(scope["extensions"][ON_DISCONNECT], ClientLeft)
+    assert told == ["left"]
+
+
 def test_head_and_body_written_together() -> None:
     async def main() -> list[bytes]:
         rec = Recorder()
