@@ -70,12 +70,13 @@ class SSEResponse:
             if watcher is not None:
                 watcher.cancel()
             # Shielded: a cancelled request still closes the upstream and writes its usage row.
-            await asyncio.shield(asyncio.ensure_future(self._close()))
+            await asyncio.shield(asyncio.ensure_future(self._close(scope)))
 
-    async def _close(self) -> None:
+    async def _close(self, scope: Scope) -> None:
         if self.body is not None:
             await self.body.aclose()
         await self.on_close(self.disconnected and not self.completed)
+        on_disconnect(scope, None)  # the scope would hold this response, and the body's DirectBody the scope
 
     def _client_left(self) -> None:
         self.disconnected = True

@@ -9,12 +9,13 @@ out alone at the end of that step, so nothing waits on it.
 
 Every request's scope carries two extensions, the way a server advertises ``http.response.pathsend``:
 
-``scope["extensions"]["gateway.direct_write"]``: uvicorn's ``RequestResponseCycle`` of the request,
-opaque to the app. Through it ``write_whole`` sends a whole answer in one write, ``start_chunked``
-starts a stream, and ``direct_body`` writes a stream's bytes from any callback (an upstream
-connection's data callback), none of them going through ``send``. It is only valid together with the
-server's own ``send``: a middleware that wraps ``send`` must remove it (``NoDirectWrites`` does), or
-the response would bypass that middleware.
+``scope["extensions"]["gateway.direct_write"]``: a weak reference to the request's uvicorn
+``RequestResponseCycle``, opaque to the app (weak, because the cycle holds the scope: a reference loop
+would leave every request's objects to the garbage collector). Through it ``write_whole`` sends a
+whole answer in one write, ``start_chunked`` starts a stream, and ``direct_body`` writes a stream's
+bytes from any callback (an upstream connection's data callback), none of them through ``send``. It
+is only valid with the server's own ``send``: a middleware that wraps ``send`` must remove it
+(``NoDirectWrites`` does), or the response would bypass that middleware.
 
 ``scope["extensions"]["gateway.on_disconnect"]``: a ``ClientLeft``. ``on_disconnect`` registers a
 callable with it that the protocol calls from ``connection_lost`` if the client hangs up before the
@@ -31,12 +32,13 @@ versions they were checked against (tests/test_server_protocol.py fails if one g
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
-DIRECT_WRITE = "gateway.direct_write"  # extension: the request's uvicorn cycle, for the helpers below
+DIRECT_WRITE = "gateway.direct_write"  # extension: a weak reference to the request's uvicorn cycle
 ON_DISCONNECT = "gateway.on_disconnect"  # extension: a ClientLeft, to be told of a hang-up
 
 # Translation tables that keep every byte uvicorn's HEADER_RE (names) and HEADER_VALUE_RE (values) let
@@ -155,24 +157,26 @@ class ClientLeft:
             callback()
 
 
-def on_disconnect(scope: Any, callback: Callable[[], None]) -> bool:
+def on_disconnect(scope: Any, callback: Callable[[], None] | None) -> bool:
     """Have the server call ``callback`` once if the client hangs up before the response is complete
-    (at once if it already has); it replaces any callback registered before for this request. False
-    if the server offers no such hook: then only ``receive()`` tells of a hang-up."""
+    (at once if it already has); it replaces any callback registered before for this request, and
+    None withdraws it. False if the server offers no such hook: then only ``receive()`` tells of a
+    hang-up."""
     extensions = scope.get("extensions")
     hook = extensions.get(ON_DISCONNECT) if extensions else None
     if hook is None:
         return False
-    if hook.left:
-        callback()
-    else:
+    if not hook.left:
         hook.callback = callback
+    elif callback is not None:
+        callback()
     return True
 
 
 def _cycle(scope: Any) -> RequestResponseCycle | None:
     extensions = scope.get("extensions")
-    return extensions.get(DIRECT_WRITE) if extensions else None
+    ref = extensions.get(DIRECT_WRITE) if extensions else None
+    return ref() if ref is not None else None
 
 
 def direct_body(scope: Any) -> DirectBody | None:
@@ -300,6 +304,6 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if cycle is not None and cycle.transport is self.transport:  # a new cycle, not an upgrade's
             cycle.transport = HeadWithBody(self.transport)  # type: ignore[assignment]
             scope: Any = cycle.scope
-            ours = {DIRECT_WRITE: cycle, ON_DISCONNECT: ClientLeft()}
+            ours = {DIRECT_WRITE: weakref.ref(cycle), ON_DISCONNECT: ClientLeft()}
             extensions = scope.get("extensions")
             scope["extensions"] = {**extensions, **ours} if extensions else ours

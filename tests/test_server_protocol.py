@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import weakref
 
 import pytest
 from uvicorn.protocols.http.flow_control import FlowControl
@@ -93,40 +94,87 @@ def test_installed_uvicorn_has_what_the_protocol_relies_on() -> None:
                        "the module to this version and widen the range.")
 
 
-def test_the_protocol_puts_its_extensions_in_each_scope() -> None:
-    """Fed a request, GatewayHttpProtocol hands the app a scope with both extensions, whose cycle
-    writes through a HeadWithBody, and tells the registered callback of a hang-up."""
+def _serve_one(app, request: bytes = b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n", leave: bool = False) -> FakeTransport:
+    """``request`` through a GatewayHttpProtocol on a fake connection, served by ``app`` until it
+    returns; with ``leave``, the client hangs up once the app has started."""
     import uvicorn
     from uvicorn.server import ServerState
 
-    from proxy.uvicorn_protocol import GatewayHttpProtocol, on_disconnect
+    from proxy.uvicorn_protocol import GatewayHttpProtocol
 
-    async def main() -> tuple[dict, list[str]]:
-        seen: dict = {}
-        told: list[str] = []
-        started = asyncio.Event()
-
-        async def app(scope, receive, send) -> None:
-            seen.update(scope)
-            on_disconnect(scope, lambda: told.append("left"))
-            started.set()
-            await asyncio.Event().wait()  # the client leaves before an answer
-
-        config = uvicorn.Config(app, http=GatewayHttpProtocol, log_level="warning")
+    async def main() -> FakeTransport:
+        config = uvicorn.Config(app, http=GatewayHttpProtocol, log_level="warning", access_log=False)
         protocol = GatewayHttpProtocol(config, ServerState(), {})
-        protocol.connection_made(FakeTransport())  # type: ignore[arg-type]
-        protocol.data_received(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
-        await asyncio.wait_for(started.wait(), 5)
-        protocol.connection_lost(None)
-        for task in protocol.tasks:
-            task.cancel()
-        return seen, told
+        transport = FakeTransport()
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        protocol.data_received(request)
+        await asyncio.sleep(0)
+        if leave:
+            protocol.connection_lost(None)
+        await asyncio.wait_for(asyncio.gather(*protocol.tasks), 5)
+        if not leave:
+            protocol.connection_lost(None)
+        return transport
 
-    scope, told = asyncio.run(main())
-    cycle = scope["extensions"][DIRECT_WRITE]
-    assert isinstance(cycle, RequestResponseCycle) and isinstance(cycle.transport, HeadWithBody)
-    assert isinstance(scope["extensions"][ON_DISCONNECT], ClientLeft)
-    assert told == ["left"]
+    return asyncio.run(main())
+
+
+def test_the_protocol_puts_its_extensions_in_each_scope() -> None:
+    """Fed a request, GatewayHttpProtocol hands the app a scope with both extensions, whose cycle
+    writes through a HeadWithBody, and tells the registered callback of a hang-up."""
+    from proxy.uvicorn_protocol import on_disconnect
+
+    seen: list = []
+
+    async def app(scope, receive, send) -> None:
+        left = asyncio.Event()
+        on_disconnect(scope, left.set)
+        cycle = scope["extensions"][DIRECT_WRITE]()
+        seen.extend([type(cycle), type(cycle.transport), type(scope["extensions"][ON_DISCONNECT])])
+        await asyncio.wait_for(left.wait(), 5)  # the client leaves before an answer
+        seen.append("left")
+
+    _serve_one(app, leave=True)
+    assert seen == [RequestResponseCycle, HeadWithBody, ClientLeft, "left"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_served_request_leaves_no_reference_loop(stream: bool) -> None:
+    """The scope's extensions do not keep its request cycle alive: once served, a request's objects
+    go when the last reference does, not at the garbage collector's next pass."""
+    import gc
+
+    from proxy.uvicorn_protocol import direct_body
+
+    cycles: list = []
+
+    class Relay:  # keeps its DirectBody, as StreamRelay does
+        direct: DirectBody | None = None
+
+        async def events(self, body: DirectBody | None):
+            assert body is not None
+            self.direct = body
+            yield b"data: 1\n\n"
+            body.end(b"data: [DONE]\n\n")
+
+    async def on_close(disconnected: bool) -> None:
+        pass
+
+    async def app(scope, receive, send) -> None:
+        cycles.append(weakref.ref(scope["extensions"][DIRECT_WRITE]()))
+        if stream:
+            assert direct_body(scope) is not None
+            await SSEResponse({}, Relay().events, on_close)(scope, receive, send)
+        else:
+            assert write_whole(scope, 200, {"x-a": "1"}, "application/json", b"{}")
+
+    gc.disable()
+    try:
+        transport = _serve_one(app, b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        assert transport.closed and transport.writes[-1].endswith(b"0\r\n\r\n" if stream else b"\r\n\r\n{}")
+        assert len(cycles) == 1 and cycles[0]() is None
+    finally:
+        gc.enable()
 
 
 def test_head_and_body_written_together() -> None:
@@ -202,7 +250,7 @@ def _cycle(method: str = "POST", keep_alive: bool = True, defaults: list[tuple[b
 
 def _scope(cycle: RequestResponseCycle) -> dict:
     """The scope GatewayHttpProtocol gives the app for ``cycle``: with both extensions."""
-    return {"type": "http", "extensions": {DIRECT_WRITE: cycle, ON_DISCONNECT: ClientLeft()}}
+    return {"type": "http", "extensions": {DIRECT_WRITE: weakref.ref(cycle), ON_DISCONNECT: ClientLeft()}}
 
 
 def _answer(direct: bool, keep_alive: bool, status: int, headers: dict[str, str]) -> tuple:
