@@ -288,6 +288,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     """``uvicorn --http`` for ``gateway serve``: httptools, with ``HeadWithBody`` per request cycle
     and the ``gateway.direct_write`` and ``gateway.on_disconnect`` extensions in each scope."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.config.access_log is False:  # uvicorn asks the logger instead, which others may give handlers
+            self.access_log = False
+
     def connection_lost(self, exc: Exception | None) -> None:
         cycle = self.cycle
         hook = None

@@ -24,8 +24,10 @@ class ServerThread:
         self.sock.bind(("127.0.0.1", port))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
+        # No access log, as under `gateway serve`: with one, uvicorn must log each response's start,
+        # so the protocol's direct writes stand aside and the tests would not exercise them.
         config = uvicorn.Config(app, loop="asyncio", http=http, log_level="warning", lifespan="on",
-                                timeout_graceful_shutdown=2)
+                                access_log=False, timeout_graceful_shutdown=2)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self._run, daemon=True)
 
