@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -26,6 +27,7 @@ from proxy.ledger import Ledger
 from proxy.limits import Limits, seed_budgets
 from proxy.prices import warn_unpriced
 from proxy.runtime import Runtime
+from proxy.uvicorn_protocol import NoDirectWrites
 
 log = logging.getLogger("gateway")
 
@@ -135,9 +137,12 @@ def create_app(config: Config, tracer_provider: Any = None) -> Starlette | FastP
                 await ledger.close()
                 await observer.aclose()
 
+    middleware = observability.middleware(tracing)
+    if middleware:  # they see responses through send: no response may be written around it
+        middleware.insert(0, Middleware(NoDirectWrites))
     app = Starlette(
         routes=routes(),
-        middleware=observability.middleware(tracing),
+        middleware=middleware,
         lifespan=lifespan,
         exception_handlers={HTTPException: http_error, Exception: server_error},
     )

@@ -3,6 +3,7 @@ and the pipeline's ``Answer`` into a response. The request's path itself is in p
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +17,7 @@ from proxy.pipeline import Answer, ClientWatch, WholeAnswer
 from proxy.requests import read_json
 from proxy.runtime import Runtime
 from proxy.sse_response import SSEResponse
-from proxy.uvicorn_protocol import ON_DISCONNECT, write_whole
+from proxy.uvicorn_protocol import on_disconnect, write_whole
 
 JSON = "application/json"
 
@@ -32,7 +33,7 @@ async def embeddings(request: Request) -> Response | SSEResponse:
 class HttpInbound:
     """One HTTP request as the pipeline reads it."""
 
-    __slots__ = ("request", "endpoint", "authorization", "client_request_id", "watch")
+    __slots__ = ("request", "endpoint", "authorization", "client_request_id", "watch", "hooked", "watcher")
 
     def __init__(self, request: Request, endpoint: str) -> None:
         headers = request.headers
@@ -41,15 +42,32 @@ class HttpInbound:
         self.authorization = headers.get("authorization")
         self.client_request_id = headers.get("x-request-id")
         self.watch = ClientWatch()
-        request.scope[ON_DISCONNECT] = self.watch  # the serving protocol calls it on a hang-up
+        self.hooked = on_disconnect(request.scope, self.watch)  # our protocol calls it on a hang-up
+        self.watcher: asyncio.Task[None] | None = None
 
     async def json(self, limit: int) -> dict[str, Any]:
-        return await read_json(self.request, limit)
+        body = await read_json(self.request, limit)
+        if not self.hooked:  # another server: only receive() tells of a hang-up, once the body is read
+            self.watcher = asyncio.ensure_future(self._watch_receive())
+        return body
+
+    async def _watch_receive(self) -> None:
+        while (await self.request.receive())["type"] != "http.disconnect":
+            pass
+        self.watch()
+
+    def answered(self) -> None:
+        if self.watcher is not None:
+            self.watcher.cancel()  # the response takes over from here (SSEResponse watches on its own)
 
 
 async def _serve(request: Request, endpoint: str) -> Response | SSEResponse:
     runtime: Runtime = request.app.state.runtime
-    return respond(await runtime.pipeline.handle(HttpInbound(request, endpoint)))
+    inbound = HttpInbound(request, endpoint)
+    try:
+        return respond(await runtime.pipeline.handle(inbound))
+    finally:
+        inbound.answered()
 
 
 def respond(answer: Answer) -> Response | SSEResponse:
@@ -76,7 +94,7 @@ class AccountedResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            if not write_whole(send, self.status_code, self.fields, JSON, self.body):
+            if not write_whole(scope, self.status_code, self.fields, JSON, self.body):
                 self.init_headers(self.fields)
                 await super().__call__(scope, receive, send)
         finally:

@@ -1,9 +1,7 @@
 """A minimal HTTP/1.1 client for upstream calls: keep-alive pool, httptools parser, one write per request.
 
-Why not a general-purpose client: a proxy's own cost is dominated by its client. Measured here at 16
-concurrent requests, one proxied request costs about 2,770 us of CPU through httpx, 870 us through
-httpx on an aiohttp transport, 270 us through aiohttp, and a fraction of that through this module,
-which does only what an upstream LLM API needs: POST a body, read a JSON body or a stream, reuse
+Why not a general-purpose client: most of a proxy's own CPU goes to its HTTP client, and this one
+does only what an upstream LLM API needs: POST a body, read a JSON body or a stream, reuse
 connections, honour timeouts, and close the connection when the caller abandons a stream.
 
 Failures raise ``OSError`` subclasses (``ConnectionError`` for disconnects and malformed answers,
@@ -25,18 +23,14 @@ import httptools
 IDLE_KEEP_S = 30.0  # drop pooled connections idle for longer (servers often close at 5-75 s)
 MAX_IDLE = 1000  # pooled connections per host
 HIGH_WATER = 1 << 20  # pause reading a stream once this much is buffered and unread (not a whole-body read)
-# A relayed stream is in a burst when a read holds more than one of the upstream's chunks (it wrote
-# faster than we read), or comes less than BURST_GAP_S after the previous read: relaying it read by
-# read then pays for nothing. Each piece costs a read and a write (10-14 us of system time here)
-# whatever its size, so the connection rests BURST_REST_S before the next read and the burst goes
-# out in fewer, larger pieces (a 200-event burst: ~55 reads and writes became ~8, and the stream's CPU
-# halved). The chunk count catches a burst on a busy loop, whose reads come further apart than
-# BURST_GAP_S (a 200-event stream at c=16: 7.9 reads and 10.7 writes with the gap alone, 6.6 and 9.4).
-# A real model's tokens come milliseconds apart, one per read, and never wait; the first event never
-# waits (pacing starts once it is found: HttpStream.relaying); an event of a burst waits at most
-# BURST_REST_S (the loop's timers have 1 ms resolution). Whole-body answers are never paced.
+# Each relayed piece costs a read and a write whatever its size, so a burst (a read holding more than
+# one of the upstream's chunks, or coming less than BURST_GAP_S after the previous one) is relayed in
+# fewer, larger pieces: the connection rests BURST_REST_S before reading again. The chunk count
+# catches a burst on a busy loop, whose reads come further apart than the gap. A real model's tokens
+# come milliseconds apart and never wait; neither do a stream's first event (pacing starts at
+# HttpStream.relaying) and whole-body answers; an event of a burst waits at most BURST_REST_S.
 BURST_GAP_S = 0.0003
-BURST_REST_S = 0.001
+BURST_REST_S = 0.001  # the shortest rest: the loop's timers have 1 ms resolution
 _ssl_context: ssl.SSLContext | None = None
 
 
@@ -200,9 +194,8 @@ class _Conn(asyncio.Protocol):
         self.paused = False  # by flow control: the client is slower than the upstream
         self.resting = False  # between the reads of a burst (see BURST_GAP_S)
         self.relayed_at = 0.0  # perf_counter of the last read of a relayed stream
-        # httptools calls on_body once per chunk of a chunked body; as a bound list.append that is a
-        # C call, not a Python frame (a read holding a burst of 200 chunks: 23 against 70 us to parse).
-        # The pieces go to the response once per read, and before the response completes.
+        # httptools calls on_body once per chunk of a chunked body: a bound list.append makes that a C
+        # call, not a Python frame. The pieces go to the response once per read, before it completes.
         self.parts: list[bytes] = []
         self.on_body = self.parts.append
         self.parser = httptools.HttpResponseParser(self)  # after on_body: the parser looks it up once

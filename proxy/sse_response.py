@@ -7,7 +7,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 
 from starlette.types import Receive, Scope, Send
 
-from proxy.uvicorn_protocol import ON_DISCONNECT, DirectBody, direct_body, start_chunked
+from proxy.uvicorn_protocol import DirectBody, direct_body, on_disconnect, start_chunked
 
 SSE_HEADERS = {
     "content-type": "text/event-stream; charset=utf-8",
@@ -18,13 +18,14 @@ SSE_HEADERS = {
 
 class SSEResponse:
     """Streams what ``body(direct)`` yields; ``direct`` is a ``DirectBody`` when the server allows
-    writing body bytes outside ``send`` (else None), for a body that can push some of its bytes
-    itself between yields. ``on_close(disconnected)`` runs exactly once afterwards, however the stream
-    ended (completed, failed, client gone), and runs to its end even if the request is cancelled.
+    writing body bytes outside ``send`` (the ``gateway.direct_write`` extension; else None), for a
+    body that can push some of its bytes itself between yields. ``on_close(disconnected)`` runs
+    exactly once afterwards, however the stream ended (completed, failed, client gone), and runs to
+    its end even if the request is cancelled.
 
-    A hang-up is noticed at once, even while waiting on the upstream: served by GatewayHttpProtocol,
-    through its ``ON_DISCONNECT`` hook; otherwise by a task that waits on ``receive()``. (An anyio
-    task group for that cost about 45 µs of CPU per stream; the task about 15 µs; the hook nothing.)"""
+    A hang-up is noticed at once, even while waiting on the upstream: through the server's
+    ``gateway.on_disconnect`` extension where there is one, since a hook costs nothing per stream;
+    otherwise by a task that waits on ``receive()``."""
 
     def __init__(self, headers: dict[str, str], body: Callable[[DirectBody | None], AsyncGenerator[bytes, None]],
                  on_close: Callable[[bool], Awaitable[None]]) -> None:
@@ -40,19 +41,16 @@ class SSEResponse:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.task = task = asyncio.current_task()
         assert task is not None
-        direct = direct_body(send)
+        direct = direct_body(scope)
         self.body = body = self.make_body(direct)
         watcher = None
-        if direct is not None:  # our own server protocol: it reports a hang-up, no task need watch
-            scope[ON_DISCONNECT] = self._client_left
-            self.disconnected = direct.cycle.disconnected
-        else:
+        if not on_disconnect(scope, self._client_left):  # no hook from the server: a task watches instead
             watcher = asyncio.ensure_future(self._watch(receive, task))
         self.streaming = True
         try:
             if self.disconnected:
                 return  # gone before the first byte: nothing to send, only to close and account
-            if not start_chunked(send, 200, self.headers):  # our protocol: the head without uvicorn's per-header work
+            if not start_chunked(scope, 200, self.headers):  # the head without uvicorn's per-header work
                 raw = [(k.encode(), v.encode()) for k, v in self.headers.items()]
                 await send({"type": "http.response.start", "status": 200, "headers": raw})
             async for chunk in body:
@@ -66,18 +64,19 @@ class SSEResponse:
         except asyncio.CancelledError:
             if not (self.streaming and self.disconnected):
                 raise  # cancelled from outside (server shutdown): not ours to swallow
-            task.uncancel()  # our own cancel, from _watch: the client is gone
+            task.uncancel()  # our own cancel, from _client_left or _watch: the client is gone
         finally:
             self.streaming = False
             if watcher is not None:
                 watcher.cancel()
             # Shielded: a cancelled request still closes the upstream and writes its usage row.
-            await asyncio.shield(asyncio.ensure_future(self._close()))
+            await asyncio.shield(asyncio.ensure_future(self._close(scope)))
 
-    async def _close(self) -> None:
+    async def _close(self, scope: Scope) -> None:
         if self.body is not None:
             await self.body.aclose()
         await self.on_close(self.disconnected and not self.completed)
+        on_disconnect(scope, None)  # the scope would hold this response, and the body's DirectBody the scope
 
     def _client_left(self) -> None:
         self.disconnected = True

@@ -1,36 +1,45 @@
-"""uvicorn's httptools protocol, with each response's head sent together with its first body bytes.
+"""uvicorn's httptools protocol, with each response's head sent together with its first body bytes,
+and two ASGI scope extensions that let the gateway's responses skip the per-message ASGI work.
 
 uvicorn writes the status line and headers as soon as the app sends ``http.response.start`` and the
-body with the next message: two sends, two TCP segments and, on the client's side, two wake-ups per
-response (measured: 5-7% of the gateway's CPU per proxied request, and 0.1-0.4 ms of a stream's time
-to first token on this machine). Here each request cycle writes through a ``HeadWithBody`` that
-holds the head until the first body write joins it; a head whose body is not ready within the same
-event-loop step (a stream still waiting on its upstream) goes out alone at the end of that step, so
-nothing waits on it.
+body with the next message: two writes, and two wake-ups for the client. Here each request cycle
+writes through a ``HeadWithBody`` that holds the head until the first body write joins it; a head
+whose body is not ready within the same event-loop step (a stream still waiting on its upstream) goes
+out alone at the end of that step, so nothing waits on it.
 
-For streams, ``DirectBody`` writes body bytes without an ASGI ``send`` (a coroutine, a message dict
-and uvicorn's checks per chunk), so a relay can forward an upstream's bytes from the upstream
-connection's own data callback.
+Every request's scope carries two extensions, the way a server advertises ``http.response.pathsend``:
 
-A whole-body answer of the proxy endpoints goes out through ``write_whole``: its head is built from the
-header dict in one pass and written with the body in one write, where the ASGI path turns each header
-into a bytes pair (Starlette) and then checks each with two regex searches (uvicorn). Measured by
-instruction count (callgrind, c=16): each response header cost about 9,000 instructions that way, and
-a governed answer carries 16.
+``scope["extensions"]["gateway.direct_write"]``: a weak reference to the request's uvicorn
+``RequestResponseCycle``, opaque to the app (weak, because the cycle holds the scope: a reference loop
+would leave every request's objects to the garbage collector). Through it ``write_whole`` sends a
+whole answer in one write, ``start_chunked`` starts a stream, and ``direct_body`` writes a stream's
+bytes from any callback (an upstream connection's data callback), none of them through ``send``. It
+is only valid with the server's own ``send``: a middleware that wraps ``send`` must remove it
+(``NoDirectWrites`` does), or the response would bypass that middleware.
 
-It also tells a request that its client hung up before the response was complete: the app puts a
-callable under ``ON_DISCONNECT`` in the request's scope, and the protocol calls it from
-``connection_lost``. That costs nothing per request, unlike a task watching ``receive()``.
+``scope["extensions"]["gateway.on_disconnect"]``: a ``ClientLeft``. ``on_disconnect`` registers a
+callable with it that the protocol calls from ``connection_lost`` if the client hangs up before the
+response is complete, which costs nothing per request, unlike a task waiting on ``receive()``. It stays
+valid behind any middleware.
+
+Under any other server neither extension is there and the helpers say so (None or False): the
+responses then go through ``send``, and a hang-up is noticed through ``receive()``.
+
+The helpers copy what uvicorn's ``send`` does with its internals, so pyproject.toml pins the uvicorn
+versions they were checked against (tests/test_server_protocol.py fails if one goes missing).
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
-ON_DISCONNECT = "gateway.on_disconnect"  # scope key: called once if the client leaves mid-request
+DIRECT_WRITE = "gateway.direct_write"  # extension: a weak reference to the request's uvicorn cycle
+ON_DISCONNECT = "gateway.on_disconnect"  # extension: a ClientLeft, to be told of a hang-up
 
 # Translation tables that keep every byte uvicorn's HEADER_RE (names) and HEADER_VALUE_RE (values) let
 # through and change every byte they refuse: a header passes if translating leaves it as it was. Names
@@ -92,8 +101,10 @@ class HeadWithBody:
 
 class DirectBody:
     """Body bytes of a started chunked response, written as uvicorn's ``send`` would write them but from
-    any callback. Only ``ready`` while that is safe; ``send`` stays the way to wait for a slow client.
-    ``end`` ends the response with its last piece; a response not ended that way ends with ``send``."""
+    any callback, so a relay can forward an upstream's bytes from that connection's data callback
+    without a coroutine and a message per chunk. Only ``ready`` while that is safe; ``send`` stays the
+    way to wait for a slow client. ``end`` ends the response with its last piece; a response not ended
+    that way ends with ``send``."""
 
     __slots__ = ("cycle",)
 
@@ -115,8 +126,8 @@ class DirectBody:
 
     def end(self, data: bytes) -> None:
         """Write the last piece and the chunked terminator in one write and complete the response, as
-        ``send`` with ``more_body`` False would: one write and one client wake-up less per stream
-        than a last piece and an empty final message. (Nothing is written if the client is gone.)"""
+        ``send`` with ``more_body`` False would, which saves the client a wake-up for an empty final
+        message. (Nothing is written if the client is gone.)"""
         c = self.cycle
         if c.disconnected:
             return
@@ -128,22 +139,58 @@ class DirectBody:
         c.on_response()
 
 
-def direct_body(send: Any) -> DirectBody | None:
-    """A ``DirectBody`` when ``send`` is the ``send`` of a request served by ``GatewayHttpProtocol``
-    with no middleware in between, else None: then every chunk goes through ``send``. (A request of
-    ours is one whose cycle writes through a ``HeadWithBody``; only that protocol calls the scope's
-    ``ON_DISCONNECT`` hook.)"""
-    cycle = getattr(send, "__self__", None)
-    if isinstance(cycle, RequestResponseCycle) and isinstance(cycle.transport, HeadWithBody):
-        return DirectBody(cycle)
-    return None
+class ClientLeft:
+    """The ``gateway.on_disconnect`` extension of one request: ``left`` once the client hung up before
+    the response was complete, and the callable to tell then (see ``on_disconnect``)."""
+
+    __slots__ = ("callback", "left")
+
+    def __init__(self) -> None:
+        self.callback: Callable[[], None] | None = None
+        self.left = False
+
+    def client_left(self) -> None:
+        """Called by the protocol when the connection is lost mid-request; calls the callback once."""
+        self.left = True
+        callback, self.callback = self.callback, None
+        if callback is not None:
+            callback()
 
 
-def _startable(send: Any, status: int) -> RequestResponseCycle | None:
-    """The request cycle behind ``send`` if it is one of ``GatewayHttpProtocol``'s whose response can
-    start now with a head built here, else None."""
-    cycle = getattr(send, "__self__", None)
-    if not (isinstance(cycle, RequestResponseCycle) and isinstance(cycle.transport, HeadWithBody)):
+def on_disconnect(scope: Any, callback: Callable[[], None] | None) -> bool:
+    """Have the server call ``callback`` once if the client hangs up before the response is complete
+    (at once if it already has); it replaces any callback registered before for this request, and
+    None withdraws it. False if the server offers no such hook: then only ``receive()`` tells of a
+    hang-up."""
+    extensions = scope.get("extensions")
+    hook = extensions.get(ON_DISCONNECT) if extensions else None
+    if hook is None:
+        return False
+    if not hook.left:
+        hook.callback = callback
+    elif callback is not None:
+        callback()
+    return True
+
+
+def _cycle(scope: Any) -> RequestResponseCycle | None:
+    extensions = scope.get("extensions")
+    ref = extensions.get(DIRECT_WRITE) if extensions else None
+    return ref() if ref is not None else None
+
+
+def direct_body(scope: Any) -> DirectBody | None:
+    """A ``DirectBody`` when the request's scope has the ``gateway.direct_write`` extension, else
+    None: then every chunk goes through ``send``."""
+    cycle = _cycle(scope)
+    return DirectBody(cycle) if cycle is not None else None
+
+
+def _startable(scope: Any, status: int) -> RequestResponseCycle | None:
+    """The request cycle of the ``gateway.direct_write`` extension if the response can start now
+    with a head built here, else None."""
+    cycle = _cycle(scope)
+    if cycle is None:
         return None
     if (cycle.response_started or cycle.disconnected or cycle.flow.write_paused or cycle.access_log
             or cycle.scope["method"] == "HEAD" or status < 200 or status in (204, 304)):
@@ -178,12 +225,14 @@ def _head(cycle: RequestResponseCycle, status: int, headers: dict[str, str], enc
     return b"".join(head)
 
 
-def write_whole(send: Any, status: int, headers: dict[str, str], content_type: str, body: bytes) -> bool:
-    """Send a complete response (``headers`` plus content-length and content-type) and end the request
-    cycle, exactly as uvicorn's ``send`` would for Starlette's ``Response``, when ``send`` is a cycle of
-    ``GatewayHttpProtocol`` that can take it now; else False, and nothing was done (the caller then
-    goes through ``send``, which also raises uvicorn's errors for a header it refuses)."""
-    cycle = _startable(send, status)
+def write_whole(scope: Any, status: int, headers: dict[str, str], content_type: str, body: bytes) -> bool:
+    """Send a complete response (``headers`` plus content-length and content-type) in one write and
+    end the request cycle, exactly as uvicorn's ``send`` would for Starlette's ``Response``, when the
+    scope has the ``gateway.direct_write`` extension and the response can start now; else False, and
+    nothing was done (the caller then goes through ``send``, which also raises uvicorn's errors for a
+    header it refuses). Building the head from the dict here skips the per-header work of the ASGI
+    path: Starlette's bytes pairs and uvicorn's two regex searches per header."""
+    cycle = _startable(scope, status)
     if cycle is None or content_type.startswith("text/"):  # Starlette would add a charset
         return False
     framing = b"content-length: %d\r\ncontent-type: %s\r\n" % (len(body), content_type.encode("latin-1"))
@@ -202,12 +251,13 @@ def write_whole(send: Any, status: int, headers: dict[str, str], content_type: s
     return True
 
 
-def start_chunked(send: Any, status: int, headers: dict[str, str]) -> bool:
+def start_chunked(scope: Any, status: int, headers: dict[str, str]) -> bool:
     """Start a chunked response (a stream) with ``headers`` (UTF-8, as ``SSEResponse`` encodes them),
-    as uvicorn's ``send`` of ``http.response.start`` would, when ``send`` is a cycle of
-    ``GatewayHttpProtocol`` that can take it now; else False, and nothing was done. The body then goes
-    through ``send`` or a ``DirectBody``; the head waits in ``HeadWithBody`` for its first bytes."""
-    cycle = _startable(send, status)
+    as uvicorn's ``send`` of ``http.response.start`` would, when the scope has the
+    ``gateway.direct_write`` extension and the response can start now; else False, and nothing was
+    done. The body then goes through ``send`` or a ``DirectBody``; the head waits in ``HeadWithBody``
+    for its first bytes."""
+    cycle = _startable(scope, status)
     if cycle is None:
         return False
     head = _head(cycle, status, headers, "utf-8", b"")
@@ -220,19 +270,45 @@ def start_chunked(send: Any, status: int, headers: dict[str, str]) -> bool:
     return True
 
 
+class NoDirectWrites:
+    """ASGI middleware for the outside of a stack whose middleware wrap ``send``: it removes the
+    ``gateway.direct_write`` extension, so every response goes through them."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        extensions = scope.get("extensions")
+        if extensions and DIRECT_WRITE in extensions:
+            scope = {**scope, "extensions": {k: v for k, v in extensions.items() if k != DIRECT_WRITE}}
+        await self.app(scope, receive, send)
+
+
 class GatewayHttpProtocol(HttpToolsProtocol):
     """``uvicorn --http`` for ``gateway serve``: httptools, with ``HeadWithBody`` per request cycle
-    and the scope's ``ON_DISCONNECT`` hook."""
+    and the ``gateway.direct_write`` and ``gateway.on_disconnect`` extensions in each scope."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.config.access_log is False:  # uvicorn asks the logger instead, which others may give handlers
+            self.access_log = False
 
     def connection_lost(self, exc: Exception | None) -> None:
         cycle = self.cycle
-        hook = cycle.scope.pop(ON_DISCONNECT, None) if cycle is not None and not cycle.response_complete else None
+        hook = None
+        if cycle is not None and not cycle.response_complete:
+            extensions = cycle.scope.get("extensions")
+            hook = extensions.get(ON_DISCONNECT) if extensions else None
         super().connection_lost(exc)
-        if hook is not None:
-            hook()
+        if hook is not None:  # after uvicorn marked the cycle disconnected: sends are dropped from now on
+            hook.client_left()
 
     def on_headers_complete(self) -> None:
-        super().on_headers_complete()
+        super().on_headers_complete()  # builds the cycle and creates its task, which has not run yet
         cycle = self.cycle
-        if cycle is not None and cycle.transport is self.transport:
+        if cycle is not None and cycle.transport is self.transport:  # a new cycle, not an upgrade's
             cycle.transport = HeadWithBody(self.transport)  # type: ignore[assignment]
+            scope: Any = cycle.scope
+            ours = {DIRECT_WRITE: weakref.ref(cycle), ON_DISCONNECT: ClientLeft()}
+            extensions = scope.get("extensions")
+            scope["extensions"] = {**extensions, **ours} if extensions else ours

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import weakref
 
 import pytest
 from uvicorn.protocols.http.flow_control import FlowControl
@@ -13,7 +14,17 @@ from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, Re
 
 from proxy.endpoints import AccountedResponse
 from proxy.sse_response import SSEResponse
-from proxy.uvicorn_protocol import _NAME_OK, _VALUE_OK, DirectBody, HeadWithBody, start_chunked, write_whole
+from proxy.uvicorn_protocol import (
+    _NAME_OK,
+    _VALUE_OK,
+    DIRECT_WRITE,
+    ON_DISCONNECT,
+    ClientLeft,
+    DirectBody,
+    HeadWithBody,
+    start_chunked,
+    write_whole,
+)
 
 MSGS = [{"role": "user", "content": "hello"}]
 
@@ -32,6 +43,138 @@ class Recorder:
 
     def is_closing(self) -> bool:
         return self.closed
+
+
+def _uvicorn_lacks() -> list[str]:
+    """What proxy/uvicorn_protocol.py relies on in uvicorn and the installed version lacks."""
+    import inspect
+
+    from uvicorn.protocols.http import httptools_impl
+
+    lacks = [f"httptools_impl.{name}" for name in ("STATUS_LINE", "HttpToolsProtocol", "RequestResponseCycle",
+                                                   "HEADER_RE", "HEADER_VALUE_RE")
+             if not hasattr(httptools_impl, name)]
+    if lacks:
+        return lacks
+    params = ["scope", "transport", "flow", "logger", "access_logger", "access_log", "default_headers",
+              "message_event", "expect_100_continue", "keep_alive", "on_response"]
+    if list(inspect.signature(RequestResponseCycle.__init__).parameters)[1:] != params:
+        return [f"RequestResponseCycle({', '.join(params)})"]
+    for method in ("on_headers_complete", "connection_lost", "on_response_complete"):
+        if not hasattr(httptools_impl.HttpToolsProtocol, method):
+            lacks.append(f"HttpToolsProtocol.{method}")
+    cycle, transport = _cycle(keep_alive=False)
+    for name in ("scope", "transport", "flow", "access_log", "default_headers", "message_event", "on_response",
+                 "disconnected", "keep_alive", "waiting_for_100_continue", "response_started", "response_complete",
+                 "chunked_encoding"):
+        if not hasattr(cycle, name):
+            lacks.append(f"RequestResponseCycle.{name}")
+    if not hasattr(cycle.flow, "write_paused"):
+        lacks.append("FlowControl.write_paused")
+    if not lacks:
+        async def start() -> None:
+            cycle.scope.update(type="http", headers=[], http_version="1.1", path="/")  # type: ignore[typeddict-item]
+            await cycle.send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[arg-type]
+            cycle.transport.flush()  # type: ignore[attr-defined]
+
+        asyncio.run(start())
+        if b"connection: close\r\n" not in b"".join(transport.writes):
+            lacks.append("send writing 'connection: close' for a request cycle that is not keep-alive (as since 0.53)")
+    return lacks
+
+
+def test_installed_uvicorn_has_what_the_protocol_relies_on() -> None:
+    """GatewayHttpProtocol and the direct writes use uvicorn internals, not its public API: a uvicorn
+    outside the range pinned in pyproject.toml may lack them."""
+    import uvicorn
+
+    lacks = _uvicorn_lacks()
+    assert not lacks, (f"uvicorn {uvicorn.__version__} lacks what proxy/uvicorn_protocol.py relies on: "
+                       f"{'; '.join(lacks)}. Use a uvicorn in the range pinned in pyproject.toml, or adapt "
+                       "the module to this version and widen the range.")
+
+
+def _serve_one(app, request: bytes = b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n", leave: bool = False) -> FakeTransport:
+    """``request`` through a GatewayHttpProtocol on a fake connection, served by ``app`` until it
+    returns; with ``leave``, the client hangs up once the app has started."""
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from proxy.uvicorn_protocol import GatewayHttpProtocol
+
+    async def main() -> FakeTransport:
+        config = uvicorn.Config(app, http=GatewayHttpProtocol, log_level="warning", access_log=False)
+        protocol = GatewayHttpProtocol(config, ServerState(), {})
+        transport = FakeTransport()
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        protocol.data_received(request)
+        await asyncio.sleep(0)
+        if leave:
+            protocol.connection_lost(None)
+        await asyncio.wait_for(asyncio.gather(*protocol.tasks), 5)
+        if not leave:
+            protocol.connection_lost(None)
+        return transport
+
+    return asyncio.run(main())
+
+
+def test_the_protocol_puts_its_extensions_in_each_scope() -> None:
+    """Fed a request, GatewayHttpProtocol hands the app a scope with both extensions, whose cycle
+    writes through a HeadWithBody, and tells the registered callback of a hang-up."""
+    from proxy.uvicorn_protocol import on_disconnect
+
+    seen: list = []
+
+    async def app(scope, receive, send) -> None:
+        left = asyncio.Event()
+        on_disconnect(scope, left.set)
+        cycle = scope["extensions"][DIRECT_WRITE]()
+        seen.extend([type(cycle), type(cycle.transport), type(scope["extensions"][ON_DISCONNECT])])
+        await asyncio.wait_for(left.wait(), 5)  # the client leaves before an answer
+        seen.append("left")
+
+    _serve_one(app, leave=True)
+    assert seen == [RequestResponseCycle, HeadWithBody, ClientLeft, "left"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_served_request_leaves_no_reference_loop(stream: bool) -> None:
+    """The scope's extensions do not keep its request cycle alive: once served, a request's objects
+    go when the last reference does, not at the garbage collector's next pass."""
+    import gc
+
+    from proxy.uvicorn_protocol import direct_body
+
+    cycles: list = []
+
+    class Relay:  # keeps its DirectBody, as StreamRelay does
+        direct: DirectBody | None = None
+
+        async def events(self, body: DirectBody | None):
+            assert body is not None
+            self.direct = body
+            yield b"data: 1\n\n"
+            body.end(b"data: [DONE]\n\n")
+
+    async def on_close(disconnected: bool) -> None:
+        pass
+
+    async def app(scope, receive, send) -> None:
+        cycles.append(weakref.ref(scope["extensions"][DIRECT_WRITE]()))
+        if stream:
+            assert direct_body(scope) is not None
+            await SSEResponse({}, Relay().events, on_close)(scope, receive, send)
+        else:
+            assert write_whole(scope, 200, {"x-a": "1"}, "application/json", b"{}")
+
+    gc.disable()
+    try:
+        transport = _serve_one(app, b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        assert transport.closed and transport.writes[-1].endswith(b"0\r\n\r\n" if stream else b"\r\n\r\n{}")
+        assert len(cycles) == 1 and cycles[0]() is None
+    finally:
+        gc.enable()
 
 
 def test_head_and_body_written_together() -> None:
@@ -105,20 +248,24 @@ def _cycle(method: str = "POST", keep_alive: bool = True, defaults: list[tuple[b
     return cycle, transport
 
 
+def _scope(cycle: RequestResponseCycle) -> dict:
+    """The scope GatewayHttpProtocol gives the app for ``cycle``: with both extensions."""
+    return {"type": "http", "extensions": {DIRECT_WRITE: weakref.ref(cycle), ON_DISCONNECT: ClientLeft()}}
+
+
 def _answer(direct: bool, keep_alive: bool, status: int, headers: dict[str, str]) -> tuple:
     """What the client gets for one AccountedResponse, and the state the request cycle is left in:
-    through write_whole (``direct``), or through uvicorn's ``send`` as any other server would be used."""
+    through write_whole (``direct``: the scope has the extensions), or through uvicorn's ``send`` as
+    under any other server."""
     async def main() -> tuple:
         done: list[str] = []
         cycle, transport = _cycle(keep_alive=keep_alive, on_response=lambda: done.append("next request"),
                                   defaults=[(b"server", b"uvicorn"), (b"date", b"Wed, 02 Dec 2026 02:30:00 GMT")])
 
-        async def plain_send(message: dict) -> None:  # no __self__: not recognisably our protocol's
-            await cycle.send(message)  # type: ignore[arg-type]
-
         response = AccountedResponse(lambda: done.append("accounted"), b'{"ok":true}', status, dict(headers))
+        scope = _scope(cycle) if direct else {"type": "http"}
         try:
-            await response({"type": "http"}, None, cycle.send if direct else plain_send)  # type: ignore[arg-type]
+            await response(scope, None, cycle.send)  # type: ignore[arg-type]
         except (RuntimeError, UnicodeEncodeError) as exc:
             done.append(f"{type(exc).__name__}: {exc}")
         await asyncio.sleep(0)
@@ -154,7 +301,7 @@ def test_write_whole_takes_the_answers_it_can_write_and_leaves_the_rest() -> Non
         for method, headers in [("POST", {"x-a": "1"}), ("HEAD", {"x-a": "1"}), ("POST", {"connection": "close"}),
                                 ("POST", {"x-a": "\x00"})]:
             cycle, transport = _cycle(method)
-            taken = write_whole(cycle.send, 200, headers, "application/json", b"{}")
+            taken = write_whole(_scope(cycle), 200, headers, "application/json", b"{}")
             out.append(taken)
             assert (transport.writes == [b"HTTP/1.1 200 OK\r\nx-a: 1\r\ncontent-length: 2\r\n"
                                          b"content-type: application/json\r\n\r\n{}"]) == taken
@@ -171,7 +318,7 @@ def test_a_whole_answer_follows_a_held_100_continue() -> None:
         cycle.body, cycle.more_body = bytearray(b"{}"), False
         cycle.message_event.set()
         await cycle.receive()  # writes "100 Continue" through HeadWithBody, which holds it
-        assert write_whole(cycle.send, 200, {}, "application/json", b"{}")
+        assert write_whole(_scope(cycle), 200, {}, "application/json", b"{}")
         await asyncio.sleep(0)  # the held bytes' flush finds nothing left
         return transport.writes
 
@@ -185,7 +332,7 @@ def test_start_chunked_takes_the_streams_it_can_start_and_leaves_the_rest() -> N
         cases = [("POST", {"x-a": "1"}), ("HEAD", {"x-a": "1"}), ("POST", {"transfer-encoding": "gzip"})]
         for method, headers in cases:
             cycle, transport = _cycle(method)
-            taken = start_chunked(cycle.send, 200, headers)
+            taken = start_chunked(_scope(cycle), 200, headers)
             await asyncio.sleep(0)  # a head alone goes out at the end of the step
             out.append((taken, cycle.chunked_encoding, transport.writes))
         return out
@@ -203,9 +350,6 @@ def _stream(direct: bool, keep_alive: bool, headers: dict[str, str], ends_itself
         cycle, transport = _cycle(keep_alive=keep_alive, defaults=[(b"server", b"uvicorn")],
                                   on_response=lambda: closed.append("next request"))
 
-        async def plain_send(message: dict) -> None:
-            await cycle.send(message)  # type: ignore[arg-type]
-
         async def never() -> dict:
             await asyncio.Event().wait()
             return {}
@@ -222,7 +366,8 @@ def _stream(direct: bool, keep_alive: bool, headers: dict[str, str], ends_itself
 
         response = SSEResponse(dict(headers), events, on_close)
         try:
-            await response({"type": "http"}, never, cycle.send if direct else plain_send)  # type: ignore[arg-type]
+            scope = _scope(cycle) if direct else {"type": "http"}
+            await response(scope, never, cycle.send)  # type: ignore[arg-type]
         except RuntimeError as exc:
             closed.append(str(exc))  # type: ignore[arg-type]
         await asyncio.sleep(0)
