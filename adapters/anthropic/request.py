@@ -48,7 +48,7 @@ class RequestTranslator:
         """Raise the 400 for a field Anthropic cannot honour; return (the caller drops it) if allowed."""
         if not self.drop:
             raise invalid_request(f"{what} is not supported by model {self.call.alias!r} (an Anthropic model)", param,
-                          "unsupported_parameter")
+                                  "unsupported_parameter")
 
     def translate(self) -> dict[str, Any]:
         src = self.src
@@ -104,7 +104,7 @@ class RequestTranslator:
         budget = THINKING_BUDGETS.get(effort) if isinstance(effort, str) else None
         if budget is None:
             raise invalid_request(f"'reasoning_effort' must be one of none, {', '.join(THINKING_BUDGETS)}",
-                          "reasoning_effort")
+                                  "reasoning_effort")
         if asked is None:
             return {"type": "enabled", "budget_tokens": budget}, budget + self.call.target.default_max_tokens
         budget = min(budget, asked - 1)
@@ -147,7 +147,7 @@ class RequestTranslator:
             schema = spec.get("schema") if isinstance(spec, dict) else None
             if not isinstance(schema, dict):
                 raise invalid_request("'response_format.json_schema.schema' must be an object",
-                              "response_format.json_schema.schema")
+                                      "response_format.json_schema.schema")
             out["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
             return
         self.unsupported("response_format", f"'response_format' of type {kind!r} (use json_schema)")
@@ -256,7 +256,7 @@ class RequestTranslator:
             return [{"type": "text", "text": content}]
         if not isinstance(content, list):
             raise invalid_request(f"messages[{i}].content must be a string or an array", f"messages[{i}].content",
-                          "invalid_type")
+                                  "invalid_type")
         blocks = []
         for j, part in enumerate(content):
             block = self.user_part(part, f"messages[{i}].content[{j}]")
@@ -320,7 +320,7 @@ class RequestTranslator:
         call_id = m.get("tool_call_id")
         if not isinstance(call_id, str) or not call_id:
             raise invalid_request(f"messages[{i}].tool_call_id is required", f"messages[{i}].tool_call_id",
-                          "missing_required_parameter")
+                                  "missing_required_parameter")
         content = m.get("content")
         result: dict[str, Any] = {"type": "tool_result", "tool_use_id": call_id}
         if isinstance(content, str):
@@ -352,7 +352,7 @@ def image_block(image: Any, param: str) -> dict[str, Any]:
         media_type, data = _split_data_url(url, f"{param}.image_url")
         if media_type not in IMAGE_TYPES:
             raise invalid_request(f"{param}: image type {media_type!r} is not supported; use one of "
-                          f"{', '.join(IMAGE_TYPES)}", f"{param}.image_url")
+                                  f"{', '.join(IMAGE_TYPES)}", f"{param}.image_url")
         return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
     if url.startswith(("https://", "http://")):
         return {"type": "image", "source": {"type": "url", "url": url}}
