@@ -32,11 +32,11 @@ class Usage:
         prompt_details = usage.get("prompt_tokens_details") or {}
         completion_details = usage.get("completion_tokens_details") or {}
         return cls(
-            prompt_tokens=_int(usage.get("prompt_tokens")),
-            completion_tokens=_int(usage.get("completion_tokens")),
-            cached_tokens=_int(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else 0,
+            prompt_tokens=int_or_zero(usage.get("prompt_tokens")),
+            completion_tokens=int_or_zero(usage.get("completion_tokens")),
+            cached_tokens=int_or_zero(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else 0,
             reasoning_tokens=(
-                _int(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else 0
+                int_or_zero(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else 0
             ),
         )
 
@@ -50,7 +50,8 @@ class Usage:
         }
 
 
-def _int(value: Any) -> int:
+def int_or_zero(value: Any) -> int:
+    """A token count from provider JSON: an int (not a bool), else 0."""
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
@@ -179,6 +180,11 @@ def upstream_status_error(
                              upstream_status=status)
     return UpstreamError(502, f"upstream {provider.name} returned {status}: {message}", "status_5xx",
                          "upstream_error", code or "upstream_error", param, retry_after, status)
+
+
+def invalid_request(message: str, param: str | None, code: str = "invalid_value") -> UpstreamError:
+    """The 400 for a client request a provider cannot take, naming the field (``param``)."""
+    return UpstreamError(400, message, "status_4xx", "invalid_request_error", code, param)
 
 
 def bad_response(provider: ProviderConfig, what: str) -> UpstreamError:

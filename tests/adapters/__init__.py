@@ -1,0 +1,1 @@
+"""Direct unit tests of the pure translation code in ``adapters``: no server, no network."""
