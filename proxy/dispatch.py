@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from adapters.base import Call, Reply, StreamTranslator, UpstreamError, UpstreamRequest
+from adapters.sse_decoder import first_event_end
 from proxy.client_request import ClientRequest
 from proxy.cost import estimated_cost
 from proxy.errors import GatewayError
@@ -302,7 +303,7 @@ class Dispatch:
                             break
                     # One event at a time until one gives the client something: when a read holds a
                     # burst of events, the first token goes out before the burst is translated.
-                    cut = _event_end(rest)
+                    cut = first_event_end(rest)
                     first = translator.feed(rest[:cut])
                     rest = rest[cut:]
                 if translator.error is not None:
@@ -321,12 +322,6 @@ class Dispatch:
             if isinstance(exc, Exception) and is_transport_error(exc):
                 raise upstream.transport_error(exc) from None
             raise
-
-
-def _event_end(data: bytes) -> int:
-    """Where the first server-sent event in ``data`` ends (after its blank line), or its length."""
-    ends = [i + n for i, n in ((data.find(b"\n\n"), 2), (data.find(b"\r\n\r\n"), 4)) if i >= 0]
-    return min(ends) if ends else len(data)
 
 
 async def _close(response: UpstreamStream | None) -> None:
