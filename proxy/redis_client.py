@@ -42,35 +42,43 @@ class _Incomplete(Exception):
     pass
 
 
-_BULK: dict[str, bytes] = {}  # RESP bulk strings of str arguments seen before (commands, key names, limits)
 BULK_CACHE_MAX = 4096
 
 
-def pack(args: tuple[Any, ...]) -> bytes:
-    """One RESP command. A str argument is taken to recur (a key name, a limit) and its encoding is
-    remembered; pass what changes per call (request ids, amounts) as bytes or numbers, and a run of
-    arguments sent on every call as one ``Encoded`` (the limits script's per-check constants)."""
-    out = [b""]
-    count = len(args)
-    for arg in args:
-        if type(arg) is Encoded:
-            out.append(arg.data)
-            count += arg.count - 1
-            continue
-        if type(arg) is str:
-            bulk = _BULK.get(arg)
-            if bulk is None:
-                if len(_BULK) >= BULK_CACHE_MAX:
-                    _BULK.clear()
-                data = arg.encode()
-                bulk = _BULK[arg] = b"$%d\r\n%s\r\n" % (len(data), data)
-            out.append(bulk)
-        else:
-            data = arg if isinstance(arg, bytes) else str(arg).encode()
-            size = len(data)
-            out += (_BULK_HEADS[size] if size < HEADS_MAX else b"$%d\r\n" % size, data, b"\r\n")
-    out[0] = _ARRAY_HEADS[count] if count < HEADS_MAX else b"*%d\r\n" % count
-    return b"".join(out)
+class Packer:
+    """RESP encoding that remembers the bulk strings of str arguments, which recur call after call."""
+
+    __slots__ = ("bulks",)
+
+    def __init__(self) -> None:
+        self.bulks: dict[str, bytes] = {}  # key names, script hashes, limits: encoded once
+
+    def pack(self, args: tuple[Any, ...]) -> bytes:
+        """One RESP command. A str argument is taken to recur (a key name, a limit) and its encoding is
+        remembered; pass what changes per call (request ids, amounts) as bytes or numbers, and a run of
+        arguments sent on every call as one ``Encoded`` (the limits script's per-check constants)."""
+        out = [b""]
+        count = len(args)
+        bulks = self.bulks
+        for arg in args:
+            if type(arg) is Encoded:
+                out.append(arg.data)
+                count += arg.count - 1
+                continue
+            if type(arg) is str:
+                bulk = bulks.get(arg)
+                if bulk is None:
+                    if len(bulks) >= BULK_CACHE_MAX:
+                        bulks.clear()
+                    data = arg.encode()
+                    bulk = bulks[arg] = b"$%d\r\n%s\r\n" % (len(data), data)
+                out.append(bulk)
+            else:
+                data = arg if isinstance(arg, bytes) else str(arg).encode()
+                size = len(data)
+                out += (_BULK_HEADS[size] if size < HEADS_MAX else b"$%d\r\n" % size, data, b"\r\n")
+        out[0] = _ARRAY_HEADS[count] if count < HEADS_MAX else b"*%d\r\n" % count
+        return b"".join(out)
 
 
 class Encoded:
@@ -81,12 +89,12 @@ class Encoded:
 
     def __init__(self, *args: Any) -> None:
         self.count = len(args)
-        self.data = pack(args).split(b"\r\n", 1)[1]  # without the array head
+        self.data = Packer().pack(args).split(b"\r\n", 1)[1]  # without the array head
 
 
 HEADS_MAX = 256
-_ARRAY_HEADS = [b"*%d\r\n" % n for n in range(HEADS_MAX)]  # formatting them cost more than the rest of an argument
-_BULK_HEADS = [b"$%d\r\n" % n for n in range(HEADS_MAX)]
+_ARRAY_HEADS = tuple(b"*%d\r\n" % n for n in range(HEADS_MAX))  # formatted once: cheaper than per call
+_BULK_HEADS = tuple(b"$%d\r\n" % n for n in range(HEADS_MAX))
 
 
 def _parse(buf: bytes | bytearray, pos: int) -> tuple[Any, int]:
@@ -216,6 +224,7 @@ class MiniRedis:
         self.db = int(parts.path.lstrip("/") or 0)
         self.protocol: _Protocol | None = None
         self.connecting: asyncio.Future[_Protocol] | None = None
+        self.packer = Packer()
 
     async def _connect(self, host: str, port: int) -> _Protocol:
         loop = asyncio.get_running_loop()
@@ -251,16 +260,13 @@ class MiniRedis:
                 return protocol
             protocol.retire()  # a MOVED came while this connect was under way: connect where it points
 
-    def _queue(self, protocol: _Protocol, args: tuple[Any, ...]) -> asyncio.Future[Any]:
+    async def _send(self, protocol: _Protocol, args: tuple[Any, ...]) -> Any:
         assert protocol.transport is not None
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         protocol.waiting.append((fut, loop.time() + CALL_TIMEOUT_S))
-        protocol.send(pack(args))
-        return fut
-
-    async def _send(self, protocol: _Protocol, args: tuple[Any, ...]) -> Any:
-        return await self._queue(protocol, args)
+        protocol.send(self.packer.pack(args))
+        return await fut
 
     async def call(self, *args: Any) -> Any:
         for _ in range(MAX_REDIRECTS):

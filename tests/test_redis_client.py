@@ -9,8 +9,12 @@ import time
 import pytest
 
 from proxy import redis_client as resp
-from proxy.redis_client import Encoded, MiniRedis, RedisError, _Incomplete, _parse, pack
+from proxy.redis_client import Encoded, MiniRedis, Packer, RedisError, _Incomplete, _parse
 from tests.redis_util import RedisCluster, RedisServer
+
+
+def pack(args: tuple) -> bytes:
+    return Packer().pack(args)
 
 
 def test_parse_every_reply_type_and_incomplete_input():
@@ -36,14 +40,15 @@ def test_arguments_packed_once_are_sent_as_if_given_one_by_one():
 
 def test_pack_encodes_str_bytes_and_numbers_alike_and_its_memory_stays_bounded(monkeypatch):
     monkeypatch.setattr(resp, "BULK_CACHE_MAX", 8)
-    monkeypatch.setattr(resp, "_BULK", {})
+    packer = Packer()
     expected = b"*4\r\n$4\r\nEVAL\r\n$7\r\nk:caf\xc3\xa9\r\n$2\r\n27\r\n$3\r\n0.5\r\n"  # byte lengths
     for _ in range(2):  # the second time from memory
-        assert pack(("EVAL", "k:caf\u00e9", 27, 0.5)) == expected
-        assert pack((b"EVAL", "k:caf\u00e9".encode(), b"27", "0.5")) == expected
+        assert packer.pack(("EVAL", "k:caf\u00e9", 27, 0.5)) == expected
+        assert packer.pack((b"EVAL", "k:caf\u00e9".encode(), b"27", "0.5")) == expected
+    assert "k:caf\u00e9" in packer.bulks
     for i in range(50):  # a stream of distinct strings never grows it past its bound
-        assert pack((f"key-{i}",)) == b"*1\r\n$%d\r\nkey-%d\r\n" % (len(str(i)) + 4, i)
-        assert len(resp._BULK) <= 8
+        assert packer.pack((f"key-{i}",)) == b"*1\r\n$%d\r\nkey-%d\r\n" % (len(str(i)) + 4, i)
+        assert len(packer.bulks) <= 8
 
 
 def test_pipelined_calls_scripts_and_reconnect():

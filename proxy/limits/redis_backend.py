@@ -89,7 +89,7 @@ class RedisBackend:
 
 def acquire_args(checks: list[Check], request_id: str, asks: list[float] | None) -> list[Any]:
     """The acquire script's ARGV: the request id, then ``ACQUIRE_ARGS_PER_CHECK`` values per check."""
-    # What changes per request goes as bytes, so pack() does not remember it (see proxy.redis_client.pack).
+    # What changes per request goes as bytes, so it is not remembered (see proxy.redis_client.Packer).
     args: list[Any] = [request_id.encode()]
     for i, c in enumerate(checks):
         args += (c.wire or Encoded(c.kind, repr(c.limit), repr(c.ttl_s).encode()), repr(c.amount).encode(),
