@@ -14,6 +14,7 @@ connection, not a timer per call) fails the connection the same way: later repli
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 from collections import deque
 from typing import Any
@@ -24,14 +25,10 @@ CALL_TIMEOUT_S = 0.5
 MAX_REDIRECTS = 3
 
 
-_SHAS: dict[str, str] = {}  # script source -> its SHA1, computed once
-
-
+@functools.cache
 def _sha(source: str) -> str:
-    sha = _SHAS.get(source)
-    if sha is None:
-        sha = _SHAS[source] = hashlib.sha1(source.encode()).hexdigest()
-    return sha
+    """A script's SHA1, as EVALSHA names it: computed once per script."""
+    return hashlib.sha1(source.encode()).hexdigest()
 
 
 class RedisError(Exception):

@@ -48,8 +48,6 @@ _NAME_OK = bytes(c if c >= 0x20 and c != 0x7F and chr(c) not in '()<>@,;:[]={} \
                  else c ^ 1 for c in range(256))
 _VALUE_OK = bytes(c if (c >= 0x20 or c == 0x09) and c != 0x7F else c ^ 1 for c in range(256))
 _FRAMING_BYTES = (b"content-length", b"transfer-encoding", b"connection")  # headers that change uvicorn's framing
-# The last default-header list seen to hold none of them, and its lines as written.
-_plain_defaults: list[Any] = [None, b""]
 
 
 class HeadWithBody:
@@ -195,11 +193,8 @@ def _startable(scope: Any, status: int) -> RequestResponseCycle | None:
     if (cycle.response_started or cycle.disconnected or cycle.flow.write_paused or cycle.access_log
             or cycle.scope["method"] == "HEAD" or status < 200 or status in (204, 304)):
         return None
-    if cycle.default_headers is not _plain_defaults[0]:  # uvicorn's list: a new one each second (date)
-        if any(name.lower() in _FRAMING_BYTES for name, _ in cycle.default_headers):
-            return None
-        _plain_defaults[:] = cycle.default_headers, b"".join(
-            [name.lower() + b": " + value + b"\r\n" for name, value in cycle.default_headers])
+    if any(name.lower() in _FRAMING_BYTES for name, _ in cycle.default_headers):
+        return None
     return cycle
 
 
@@ -216,7 +211,8 @@ def _head(cycle: RequestResponseCycle, status: int, headers: dict[str, str], enc
     if (names.translate(_NAME_OK) != names or values.translate(_VALUE_OK) != values
             or "content-length" in headers or "transfer-encoding" in headers or "connection" in headers):
         return None  # an uppercase name, a refused byte, or a framing header (uvicorn would frame by it)
-    head = [STATUS_LINE[status], _plain_defaults[1]]  # this cycle's default lines: _startable just checked
+    defaults = b"".join([name.lower() + b": " + value + b"\r\n" for name, value in cycle.default_headers])
+    head = [STATUS_LINE[status], defaults]  # uvicorn's own lines (server, date): _startable checked them
     if headers:  # the lines joined in C, not one f-string each
         head.append(("\r\n".join(map(": ".join, headers.items())) + "\r\n").encode(encoding))
     head.append(framing)
