@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import storage_table
 from tests.procs import GatewayProcess
 from tests.redis_util import RedisServer, shared_redis_url
 from tests.test_limits import MSG, limits_config, post
@@ -97,6 +98,7 @@ admin_key = "{ADMIN}"
 
 [storage]
 database_url = "sqlite:///{db}"
+spill_dir = "{db.parent / 'spill'}"
 
 [providers.local]
 kind = "echo"
@@ -245,6 +247,8 @@ def test_reload_rotates_a_provider_key(make_gateway, fake_openai, tmp_path):
 
     path = tmp_path / "gateway.toml"
     base = f"""
+{storage_table(tmp_path)}
+
 [providers.fake]
 kind = "openai"
 base_url = "{fake_openai.url}/v1"
