@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,6 +37,43 @@ class Running:
 
     def client(self, key: str = GATEWAY_KEY, **kwargs: Any) -> OpenAI:
         return OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, **kwargs)
+
+
+# Build and tool caches are not the tests' doing; anything else new in the checkout is.
+_NOT_OURS = [".venv", ".pytest_cache", ".ruff_cache", "**/__pycache__/**", "**/*.egg-info/**"]
+
+
+def _checkout_status() -> set[str] | None:
+    """Every path git sees as changed, untracked or ignored in the checkout, file by file; None without git."""
+    excludes = [f":(exclude,glob){p}" if "*" in p else f":(exclude){p}" for p in _NOT_OURS]
+    try:
+        done = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all", "--", ".",
+                               *excludes], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return set(done.stdout.splitlines()) if done.returncode == 0 else None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_stays_clean(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Fails the run when the tests left files in the checkout (a ledger, a spill dir, a log...): tests
+    write only under their tmp_path. Subprocesses get TMPDIR there too, so a gateway's run dir (pid files
+    for `gateway reload`) does not pile up in the system's temp dir."""
+    before = _checkout_status()
+    tmpdir = tmp_path_factory.mktemp("tmpdir")
+    old = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(tmpdir)
+    yield
+    if old is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = old
+    after = _checkout_status()
+    if before is None or after is None:
+        return
+    gained = sorted(after - before)
+    assert not gained, (f"the tests wrote into the checkout {ROOT} (or someone changed it while they ran):\n"
+                        + "\n".join(gained))
 
 
 @pytest.fixture(scope="session")
