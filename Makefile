@@ -30,8 +30,9 @@ test: dev
 	$(BIN)/ruff check proxy adapters tests
 	$(BIN)/pytest -q
 
-# Direct vs gateway (bare, governed) vs LiteLLM on loopback; writes tests/bench/RESULTS.md.
-# BENCH_ARGS="--quick --skip-litellm" (or BENCH_QUICK=1, BENCH_SKIP_LITELLM=1) for a smoke run.
+# Direct vs gateway (bare, governed) vs LiteLLM and Portkey on loopback; writes tests/bench/RESULTS.md.
+# BENCH_ARGS="--quick --skip-litellm --skip-portkey" (or BENCH_QUICK=1, BENCH_SKIP_LITELLM=1,
+# BENCH_SKIP_PORTKEY=1) for a smoke run.
 bench: dev
 	$(BIN)/python tests/bench/run.py $(BENCH_ARGS)
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from proxy.storage import open_store
+from proxy.storage import open_store, sqlite_path
 from tests.conftest import base_config
 from tests.servers import free_port
 
@@ -154,9 +154,13 @@ def throwaway_pg() -> Iterator[ThrowawayPostgres]:
 
 
 def ledger_config(fake_url: str, database_url: str, storage: str = "", extra: str = "", server: str = "") -> str:
-    """conftest's base_config with our own [storage] table (and extra [server] lines)."""
-    text = base_config(fake_url, "unused.db", extra)
-    text = text.replace('database_url = "sqlite:///unused.db"', f'database_url = "{database_url}"\n{storage}')
+    """conftest's base_config with our own [storage] table (and extra [server] lines). Without a spill_dir
+    in ``storage``, a SQLite ledger's spill dir sits beside its file; a Postgres URL needs one given."""
+    if "spill_dir" not in storage:
+        if not database_url.startswith("sqlite:///"):
+            raise ValueError("ledger_config: give spill_dir (in the test's tmp_path) with a Postgres database_url")
+        storage += f'\nspill_dir = "{Path(sqlite_path(database_url)).parent / "spill"}"'
+    text = base_config(fake_url, None, extra, storage=f'database_url = "{database_url}"\n{storage}')
     return text.replace("[server]\n", f"[server]\n{server}\n", 1)
 
 

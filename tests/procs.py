@@ -33,6 +33,7 @@ class GatewayProcess:
             except httpx.TransportError:
                 pass
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()  # a process that is up but never ready must not outlive the failed start
                 raise RuntimeError(f"gateway did not start:\n{self.output()}")
             time.sleep(0.1)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,12 +29,13 @@ PNG_1PX = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAC
 PDF = "JVBERi0xLjQKJcfsj6IKMSAwIG9iago8PD4+CmVuZG9iagp0cmFpbGVyCjw8Pj4KJSVFT0YK"
 
 
-def config(fake_url: str, key: str = ANTHROPIC_KEY, extra_provider: str = "") -> str:
+def config(fake_url: str, tmp: Path, key: str = ANTHROPIC_KEY, extra_provider: str = "") -> str:
     models = "\n".join(f'[[models]]\nname = "c-{m}"\ntargets = [{{ provider = "claude", model = "{m}" }}]\n'
                        for m in SCENARIOS)
     return f"""
 [storage]
 database_url = "sqlite:///:memory:"
+spill_dir = "{tmp / "spill"}"
 
 [providers.claude]
 kind = "anthropic"
@@ -67,8 +69,8 @@ def fake() -> Iterator[Running]:
 
 
 @pytest.fixture(scope="module")
-def gateway(fake: Running) -> Iterator[Running]:
-    running = start_gateway(config(fake.url))
+def gateway(fake: Running, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    running = start_gateway(config(fake.url, tmp_path_factory.mktemp("anthropic")))
     yield running
     running.server.stop()
 
@@ -574,11 +576,12 @@ def test_provider_key_never_reaches_the_client(client):
     assert ANTHROPIC_KEY not in json.dumps(e.value.body) and "***" in e.value.body["message"]
 
 
-def test_wrong_provider_key_and_beta_header(make_gateway, fake):
-    wrong = make_gateway(config(fake.url, key="sk-ant-wrong"))
+def test_wrong_provider_key_and_beta_header(make_gateway, fake, tmp_path):
+    wrong = make_gateway(config(fake.url, tmp_path, key="sk-ant-wrong"))
     with pytest.raises(openai.AuthenticationError, match="invalid x-api-key"):
         wrong.client().chat.completions.create(model="c-claude-ok", messages=MSGS)
-    beta = make_gateway(config(fake.url, extra_provider='anthropic_beta = "fine-grained-tool-streaming-2025-05-14"'))
+    beta = make_gateway(config(fake.url, tmp_path,
+                               extra_provider='anthropic_beta = "fine-grained-tool-streaming-2025-05-14"'))
     beta.client().chat.completions.create(model="c-claude-ok", messages=MSGS)
     assert fake.app.state.fake.last()["headers"]["anthropic-beta"] == "fine-grained-tool-streaming-2025-05-14"
 

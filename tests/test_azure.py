@@ -3,8 +3,11 @@ opening content-filter chunk that OpenAI clients must never see."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from tests.conftest import storage_table
 from tests.fakes.azure_server import API_KEY, FakeAzure
 from tests.servers import ServerThread
 
@@ -19,8 +22,9 @@ def azure():
     server.stop()
 
 
-def config(url: str, api_version: str, key: str = API_KEY) -> str:
+def config(url: str, tmp: Path, api_version: str, key: str = API_KEY) -> str:
     return f"""
+{storage_table(tmp)}
 [providers.az]
 kind = "azure"
 base_url = "{url}"
@@ -44,9 +48,9 @@ key = "sk-t"
 @pytest.mark.parametrize("api_version,path", [("2024-10-21", "/openai/deployments/my-deployment/chat/completions"
                                                               "?api-version=2024-10-21"),
                                               ("", "/openai/v1/chat/completions")])
-def test_chat_and_stream_through_azure(make_gateway, azure, api_version, path):
+def test_chat_and_stream_through_azure(make_gateway, azure, tmp_path, api_version, path):
     fake, url = azure
-    client = make_gateway(config(url, api_version)).client(key="sk-t")
+    client = make_gateway(config(url, tmp_path, api_version)).client(key="sk-t")
     full = client.chat.completions.create(model="gpt-az", messages=MSGS)
     assert fake.paths[-1] == path
     assert full.model == "gpt-az" and full.choices[0].message.content == "Hello hello azure"
@@ -61,18 +65,18 @@ def test_chat_and_stream_through_azure(make_gateway, azure, api_version, path):
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == full.choices[0].message.content
 
 
-def test_embeddings_through_azure(make_gateway, azure):
+def test_embeddings_through_azure(make_gateway, azure, tmp_path):
     fake, url = azure
-    client = make_gateway(config(url, "2024-10-21")).client(key="sk-t")
+    client = make_gateway(config(url, tmp_path, "2024-10-21")).client(key="sk-t")
     out = client.embeddings.create(model="emb-az", input="abc", dimensions=3)
     assert fake.paths[-1] == "/openai/deployments/emb-deployment/embeddings?api-version=2024-10-21"
     assert len(out.data[0].embedding) == 3 and out.model == "emb-az"
 
 
-def test_wrong_azure_key_is_401_without_the_key(make_gateway, azure):
+def test_wrong_azure_key_is_401_without_the_key(make_gateway, azure, tmp_path):
     import openai
     _, url = azure
-    client = make_gateway(config(url, "2024-10-21", key="wrong-key")).client(key="sk-t")
+    client = make_gateway(config(url, tmp_path, "2024-10-21", key="wrong-key")).client(key="sk-t")
     with pytest.raises(openai.AuthenticationError) as e:
         client.chat.completions.create(model="gpt-az", messages=MSGS)
     assert "wrong-key" not in str(e.value.body)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -165,14 +166,15 @@ def _one_shot_upstream(answer: bytes) -> tuple[int, socket.socket]:
     return server.getsockname()[1], server
 
 
-def _ask_raw_upstream(make_gateway, fake_openai, answer: bytes, kind: str = "openai") -> tuple[httpx.Response, float]:
+def _ask_raw_upstream(make_gateway, fake_openai, tmp: Path, answer: bytes,
+                      kind: str = "openai") -> tuple[httpx.Response, float]:
     """One chat request through a gateway whose only target is a raw-socket upstream answering ``answer``;
     the response and the seconds it took (the gateway's start not included)."""
     port, server = _one_shot_upstream(answer)
     base_url = f"http://127.0.0.1:{port}" + ("/v1" if kind == "openai" else "")
     extra = (f'[providers.raw]\nkind = "{kind}"\nbase_url = "{base_url}"\napi_key = "raw-key"\ntimeout_s = 5\n'
              '[[models]]\nname = "raw"\ntargets = [{ provider = "raw", model = "m", max_retries = 0 }]\n')
-    gw = make_gateway(base_config(fake_openai.url, extra=extra))
+    gw = make_gateway(base_config(fake_openai.url, tmp / "gw.db", extra))
     try:
         started = time.monotonic()
         r = httpx.post(gw.url + "/v1/chat/completions", headers={"authorization": f"Bearer {GATEWAY_KEY}"},
@@ -182,29 +184,31 @@ def _ask_raw_upstream(make_gateway, fake_openai, answer: bytes, kind: str = "ope
         server.close()
 
 
-def test_an_answer_that_ends_with_the_connection_is_read_whole(make_gateway, fake_openai):
+def test_an_answer_that_ends_with_the_connection_is_read_whole(make_gateway, fake_openai, tmp_path):
     """No content-length, no chunking: the body ends when the upstream closes (RFC 9112 6.3). The
     gateway must take the close as the end of the answer, not hang or fail."""
     body = (b'{"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m", "choices": '
             b'[{"index": 0, "message": {"role": "assistant", "content": "until close"}, "finish_reason": "stop"}], '
             b'"usage": {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4}}')
-    r, took = _ask_raw_upstream(make_gateway, fake_openai, b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+    r, took = _ask_raw_upstream(make_gateway, fake_openai, tmp_path,
+                                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
                                 b"connection: close\r\n\r\n" + body)
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["message"]["content"] == "until close"
     assert took < 2  # at the close, not at a timeout
 
 
-def test_an_answer_cut_short_of_its_content_length_is_a_502_at_once(make_gateway, fake_openai):
-    r, took = _ask_raw_upstream(make_gateway, fake_openai, b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+def test_an_answer_cut_short_of_its_content_length_is_a_502_at_once(make_gateway, fake_openai, tmp_path):
+    r, took = _ask_raw_upstream(make_gateway, fake_openai, tmp_path,
+                                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
                                 b"content-length: 500\r\n\r\n" + b'{"id": "chatcmpl-1", "choices": [')
     err = assert_openai_error(r, 502)
     assert err["code"] == "upstream_connection_error"
     assert took < 2  # at the close, not at the 5 s timeout
 
 
-def test_an_answer_that_is_not_http_is_a_502_at_once(make_gateway, fake_openai):
-    r, took = _ask_raw_upstream(make_gateway, fake_openai,
+def test_an_answer_that_is_not_http_is_a_502_at_once(make_gateway, fake_openai, tmp_path):
+    r, took = _ask_raw_upstream(make_gateway, fake_openai, tmp_path,
                                 b"SSH-2.0-OpenSSH_9.6\r\nthis is not an HTTP response\r\n\r\n")
     assert assert_openai_error(r, 502)["code"] == "upstream_connection_error"
     assert took < 2
@@ -244,8 +248,8 @@ def _answer(status: int, body: bytes, content_type: bytes = b"application/json")
     (_answer(400, b'{"error": "prompt too long"}'), 400, None, "prompt too long"),  # error as a bare string
     (_answer(503, b"<html>Service Unavailable</html>", b"text/html"), 502, "upstream_error", "non-JSON body"),
 ])
-def test_odd_upstream_answers_become_openai_errors(make_gateway, fake_openai, answer, status, code, says):
-    r, _ = _ask_raw_upstream(make_gateway, fake_openai, answer)
+def test_odd_upstream_answers_become_openai_errors(make_gateway, fake_openai, tmp_path, answer, status, code, says):
+    r, _ = _ask_raw_upstream(make_gateway, fake_openai, tmp_path, answer)
     err = assert_openai_error(r, status)
     assert err["code"] == code and says in err["message"]
 
@@ -256,7 +260,7 @@ def test_odd_upstream_answers_become_openai_errors(make_gateway, fake_openai, an
     (_answer(200, b'{"modelVersion": "gemini-x"}'), "bad_upstream_response", "without candidates"),
     (_answer(503, b"<html>Service Unavailable</html>", b"text/html"), "upstream_error", "non-JSON body"),
 ])
-def test_odd_gemini_answers_become_openai_errors(make_gateway, fake_openai, answer, code, says):
-    r, _ = _ask_raw_upstream(make_gateway, fake_openai, answer, kind="gemini")
+def test_odd_gemini_answers_become_openai_errors(make_gateway, fake_openai, tmp_path, answer, code, says):
+    r, _ = _ask_raw_upstream(make_gateway, fake_openai, tmp_path, answer, kind="gemini")
     err = assert_openai_error(r, 502)
     assert err["code"] == code and says in err["message"] and "raw-key" not in r.text

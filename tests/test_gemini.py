@@ -6,6 +6,7 @@ import base64
 import json
 import re
 import struct
+from pathlib import Path
 
 import httpx
 import openai
@@ -37,7 +38,7 @@ ALIASES = {
 }
 
 
-def gemini_toml(fake_url: str) -> str:
+def gemini_toml(fake_url: str, tmp: Path) -> str:
     # One gateway serves the whole module: a high failure_threshold keeps deliberate failures from
     # opening a target's circuit for the tests after them.
     models = "".join(f'[[models]]\nname = "{alias}"\ntargets = [{{ provider = "gem", model = "{model}", '
@@ -48,6 +49,7 @@ require_auth = true
 
 [storage]
 database_url = "sqlite:///:memory:"
+spill_dir = "{tmp / "spill"}"
 
 [providers.gem]
 kind = "gemini"
@@ -89,10 +91,10 @@ def fake(fake_gemini):
 
 
 @pytest.fixture(scope="module")
-def gw(fake_gemini):
+def gw(fake_gemini, tmp_path_factory):
     # What the make_gateway fixture does, once per module: starting a gateway per test would cost
     # about 0.3 s each.
-    running = start_gateway(gemini_toml(fake_gemini.url))
+    running = start_gateway(gemini_toml(fake_gemini.url, tmp_path_factory.mktemp("gemini")))
     yield running
     running.server.stop()
 

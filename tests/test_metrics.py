@@ -396,10 +396,9 @@ def test_prometheus_config_is_valid():
 
 
 def test_usage_ledger_gauges_while_the_database_is_down(make_gateway, fake_openai, tmp_path):
-    config = base_config(fake_openai.url).replace(
-        'database_url = "sqlite:///:memory:"',
+    config = base_config(fake_openai.url, None, storage=(
         f'database_url = "postgresql://u:p@127.0.0.1:{free_port()}/db"\nqueue_max_rows = 2\n'
-        f'spill_dir = "{tmp_path / "spill"}"')
+        f'spill_dir = "{tmp_path / "spill"}"'))
     gw = make_gateway(config)
     for _ in range(5):
         gw.client().chat.completions.create(model="gpt-test", messages=MSGS)

@@ -4,16 +4,19 @@ key propagation between replicas, the keys CLI, and hot reload under load."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import itertools
 import subprocess
 import sys
 import threading
 import time
-import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.conftest import storage_table
 from tests.procs import GatewayProcess
 from tests.redis_util import RedisServer, shared_redis_url
 from tests.test_limits import MSG, limits_config, post
@@ -21,27 +24,55 @@ from tests.test_limits import MSG, limits_config, post
 ADMIN = "sk-admin-secret"
 
 
-def _replicas(tmp_path: Path, text: str, n: int = 3) -> list[GatewayProcess]:
+@contextlib.contextmanager
+def _replicas(tmp_path: Path, text: str, n: int = 3) -> Iterator[list[GatewayProcess]]:
+    """``n`` gateway processes on one config, started in parallel and all stopped on leaving, also when
+    one of them failed to start (the others are stopped before its error is raised)."""
     path = tmp_path / "gateway.toml"
     path.write_text(text)
     with concurrent.futures.ThreadPoolExecutor(n) as pool:
-        return list(pool.map(lambda _: GatewayProcess(path, tmp_path), range(n)))
+        starts = [pool.submit(GatewayProcess, path, tmp_path) for _ in range(n)]
+    # leaving the pool waited for every start, the failed ones too
+    replicas = [s.result() for s in starts if s.exception() is None]
+    errors = [e for s in starts if (e := s.exception()) is not None]
+    try:
+        if errors:
+            raise errors[0]
+        yield replicas
+    finally:
+        for r in replicas:
+            r.stop()
+
+
+def test_replicas_that_started_are_stopped_when_one_fails_to_start(tmp_path, monkeypatch):
+    stopped: list[int] = []
+    numbers = itertools.count(1)  # next() is atomic: the starts run in threads
+
+    class Replica:
+        def __init__(self, path: Path, cwd: Path) -> None:
+            self.n = next(numbers)
+            if self.n == 2:
+                raise RuntimeError("gateway did not start")
+
+        def stop(self) -> None:
+            stopped.append(self.n)
+
+    monkeypatch.setattr(sys.modules[__name__], "GatewayProcess", Replica)
+    with pytest.raises(RuntimeError, match="did not start"), _replicas(tmp_path, "", n=3):
+        pytest.fail("the body must not run")
+    assert sorted(stopped) == [1, 3]
 
 
 @pytest.mark.parametrize("extra,expected,refill_s", [("rpm = 40", 40, 1.5), ("tpm = 40", 10, 6.0),
                                                     ("budget_usd = 0.04", 10, None)])
 def test_exact_across_three_replicas(tmp_path, fake_openai, extra, expected, refill_s):
     text, secret, model = limits_config(fake_openai.url, shared_redis_url(), key_extra=extra)
-    replicas = _replicas(tmp_path, text)
-    try:
+    with _replicas(tmp_path, text) as replicas:
         urls = [r.url for r in replicas]
         started = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(30) as pool:
             answers = list(pool.map(lambda i: post(urls[i % 3], secret, model), range(150)))
         elapsed = time.monotonic() - started
-    finally:
-        for r in replicas:
-            r.stop()
     ok = sum(1 for a in answers if a.status_code == 200)
     limited = [a for a in answers if a.status_code == 429]
     # GCRA refills continuously (one request per 1.5 s at 40 rpm): only a slow run may see one more
@@ -97,6 +128,7 @@ admin_key = "{ADMIN}"
 
 [storage]
 database_url = "sqlite:///{db}"
+spill_dir = "{db.parent / 'spill'}"
 
 [providers.local]
 kind = "echo"
@@ -245,6 +277,8 @@ def test_reload_rotates_a_provider_key(make_gateway, fake_openai, tmp_path):
 
     path = tmp_path / "gateway.toml"
     base = f"""
+{storage_table(tmp_path)}
+
 [providers.fake]
 kind = "openai"
 base_url = "{fake_openai.url}/v1"
@@ -279,7 +313,6 @@ key = "sk-t"
         assert fake_openai.app.state.fake.last()["headers"]["authorization"] == "Bearer sk-new-provider-key"
     finally:
         server.stop()
-    assert uuid  # keep the import used by limits_config's unique names
 
 
 @pytest.mark.parametrize(("field", "value"), [

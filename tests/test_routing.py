@@ -8,13 +8,14 @@ import concurrent.futures
 import socket
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
 from tests import test_metrics
-from tests.conftest import GATEWAY_KEY, ledger_rows
+from tests.conftest import GATEWAY_KEY, ledger_rows, storage_table
 
 MSGS = [{"role": "user", "content": "route me"}]
 
@@ -33,8 +34,10 @@ def blackhole():
     server.close()
 
 
-def config(fake_url: str, models: str, blackhole_port: int = 9) -> str:
+def config(fake_url: str, tmp: Path, models: str, blackhole_port: int = 9) -> str:
+    """Aliases over the fake upstream; the ledger (tmp/gw.db) and spill dir in the test's ``tmp``."""
     return f"""
+{storage_table(tmp)}
 [providers.fake]
 kind = "openai"
 base_url = "{fake_url}/v1"
@@ -90,9 +93,9 @@ def served_by(raw) -> tuple[str, str, int]:
 
 
 @pytest.fixture
-def route(make_gateway, fake_openai, blackhole):
+def route(make_gateway, fake_openai, blackhole, tmp_path):
     def start(models: str):
-        return make_gateway(config(fake_openai.url, models, blackhole))
+        return make_gateway(config(fake_openai.url, tmp_path, models, blackhole))
     return start
 
 
@@ -310,12 +313,12 @@ def test_a_hedged_target_that_fails_leaves_the_race_to_the_other(route, fake_ope
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_hedge_loser_that_reached_its_upstream_gets_its_own_usage_row(make_gateway, fake_openai, tmp_path, stream):
 
-    db = tmp_path / "gw.db"
+    db = tmp_path / "gw.db"  # where config() puts the ledger
     slow = "stall-1500" if stream else "delay-1500"
     models = alias("a", [f'provider = "fake", model = "{slow}", input_per_mtok = 1000.0, '
                          'output_per_mtok = 1000.0',
                          'provider = "other", model = "ok"'], hedge_after_ms=100)
-    gw = make_gateway(config(fake_openai.url, models + f'\n[storage]\ndatabase_url = "sqlite:///{db}"\n'))
+    gw = make_gateway(config(fake_openai.url, tmp_path, models))
     rid = f"hedge-{tag()}"
     client = gw.client()
     if stream:

@@ -59,10 +59,12 @@ class Load:
 
 
 def wrk(url: str, conns: int, seconds: int, auth: str | None, bodies: list[str],
-        paths: list[str] | None = None) -> Load:
+        paths: list[str] | None = None, headers: dict[str, str] | None = None) -> Load:
     """A closed loop of `conns` connections for `seconds` (wrk -d: bounded in time, so in count too).
-    Several bodies are sent in turn; `paths`, if given, is the path for each body (default: the URL's)."""
-    env = {**os.environ, "BENCH_AUTH": auth or ""}
+    Several bodies are sent in turn; `paths`, if given, is the path for each body (default: the URL's).
+    `headers`: more request headers (a peer that routes by header, as Portkey does)."""
+    env = {**os.environ, "BENCH_AUTH": auth or "",
+           "BENCH_HEADERS": "\n".join(f"{k}: {v}" for k, v in (headers or {}).items())}
     if len(bodies) == 1 and not paths:
         env["BENCH_BODY"] = bodies[0]
     else:
@@ -90,16 +92,16 @@ def measured(server: Server, upstream: Server, run: Callable[[], Load]) -> Load:
 
 
 def phase(url: str, conns: int, seconds: int, auth: str | None, bodies: list[str], min_requests: int,
-          cap_s: int) -> Load:
+          cap_s: int, headers: dict[str, str] | None = None) -> Load:
     """wrk for `seconds`; if the server is so slow that it served fewer than min_requests, one more run sized
     from the rate seen, up to cap_s in all. Requests cut off when wrk stops bias CPU/request upwards by about
     conns/2 over the count: the count must stay high."""
-    load = wrk(url, conns, seconds, auth, bodies)
+    load = wrk(url, conns, seconds, auth, bodies, headers=headers)
     if load.requests >= min_requests or seconds >= cap_s:
         return load
     rate = max(load.requests / load.seconds, 0.5)
     extra = int(min(cap_s - seconds, max(1, (min_requests - load.requests) / rate + 1)))
-    more = wrk(url, conns, extra, auth, bodies)
+    more = wrk(url, conns, extra, auth, bodies, headers=headers)
     longer = more if more.requests >= load.requests else load  # percentiles: the longer run's
     return Load(load.requests + more.requests, load.seconds + more.seconds, longer.p50_ms, longer.p99_ms,
                 load.errors + more.errors)
@@ -119,9 +121,10 @@ class RawClient:
     runs depends on that process's time slice: measured here, that added 0.3-0.7 ms to a gateway's
     first byte. A client on a machine of its own reads the byte when it arrives."""
 
-    def __init__(self, port: int, auth: str | None) -> None:
+    def __init__(self, port: int, auth: str | None, headers: dict[str, str] | None = None) -> None:
         self.port = port
         self.auth = auth
+        self.headers = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         self.sock: socket.socket | None = None
         self.arrived_ns = 0  # kernel receive time (CLOCK_REALTIME) of the last segment read
 
@@ -143,7 +146,7 @@ class RawClient:
         head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\nContent-Type: application/json\r\n"
         if self.auth:
             head += f"Authorization: Bearer {self.auth}\r\n"
-        head += f"Content-Length: {len(data)}\r\n\r\n"
+        head += self.headers + f"Content-Length: {len(data)}\r\n\r\n"
         sock = self._connect()
         started, started_ns = time.perf_counter(), time.time_ns()
         sock.sendall(head.encode() + data)
@@ -197,9 +200,10 @@ def dechunk(raw: bytes) -> bytes:
         pos = end + 2 + size + 2
 
 
-def ttft(port: int, auth: str | None, body: str, n: int, cap_s: float) -> list[float]:
+def ttft(port: int, auth: str | None, body: str, n: int, cap_s: float,
+         headers: dict[str, str] | None = None) -> list[float]:
     """Seconds to the first `data:` line of a stream, concurrency 1, at most n streams and cap_s."""
-    client, out = RawClient(port, auth), []
+    client, out = RawClient(port, auth, headers), []
     deadline = time.monotonic() + cap_s
     try:
         for _ in range(n):
@@ -214,9 +218,9 @@ def ttft(port: int, auth: str | None, body: str, n: int, cap_s: float) -> list[f
     return out
 
 
-def sanity(port: int, auth: str | None) -> None:
+def sanity(port: int, auth: str | None, headers: dict[str, str] | None = None) -> None:
     """One answer of each kind, checked, before any load: a broken setup must not produce numbers."""
-    client = RawClient(port, auth)
+    client = RawClient(port, auth, headers)
     try:
         status, _, body = client.post(CHAT, NONSTREAM)
         if status != 200 or not json.loads(body).get("choices"):

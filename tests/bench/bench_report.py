@@ -97,6 +97,7 @@ class Results:
     ledger_ok: bool | None = None
     memory: Memory | None = None
     litellm_version: str = ""
+    portkey_version: str = ""
     noise: str = ""
     # bare and governed side by side, c=16 rounds taken in turns: (bare rps, governed rps) per pair
     paired: list[tuple[float, float]] = field(default_factory=list)
@@ -161,7 +162,7 @@ def table(res: Results) -> list[str]:
             "| added TTFT ms (5 / 200) | stream CPU µs (5 / 200 chunks) | 200 ÷ 5 | CPU µs per paced chunk |")
     columns = head.count("|") - 1
     out = [head, "|" + "---|" * columns]
-    for key in ("direct", "bare", "governed", "litellm"):
+    for key in ("direct", "bare", "governed", "litellm", "portkey"):
         row = res.rows.get(key)
         if row is None:
             continue
@@ -310,6 +311,10 @@ def report(res: Results) -> str:
     lines += machine(res)
     if res.litellm_version:
         lines.append(f"- LiteLLM: litellm[proxy]=={res.litellm_version} in its own venv, 1 worker, no database")
+    if res.portkey_version:
+        lines.append(f"- Portkey: {res.portkey_version}, one process, routed by x-portkey-provider: openai and "
+                     "x-portkey-custom-host (tests/bench/portkey_preload.mjs: loopback only, upstream headers made "
+                     "mutable so streams work)")
     lines.append(f"- mode: {'QUICK (smoke run: short phases, numbers are rough)' if plan.quick else 'full'}; "
                  f"phases: warm-up {plan.warmup_s} s, c=1 {plan.c1_s} s, c=16 {plan.rounds} x {plan.c16_s} s, "
                  f"streams of 5 and 200 chunks at c=16 in back-to-back pairs of {plan.stream_s} s rounds "

@@ -1,12 +1,13 @@
 """`make bench`: the fast fake upstream called directly, through the gateway (bare and governed) and through
-LiteLLM's proxy, in one run, on loopback; prints one table and writes it to tests/bench/RESULTS.md.
+LiteLLM's proxy and Portkey's gateway, in one run, on loopback; prints one table and writes it to
+tests/bench/RESULTS.md.
 
 Layout on a machine with 2+ cores: the server under test is pinned to core 0 (taskset), everything else
 (this driver, wrk, the fake upstream) to core 1, so the CPU time read from /proc/<pid>/stat for the server
 is its own. For the "direct" row the fake upstream itself is the server under test and moves to core 0.
 
-Usage: .venv/bin/python tests/bench/run.py [--quick] [--skip-litellm] [--skip-memory] [--out PATH]
-       (BENCH_QUICK=1 and BENCH_SKIP_LITELLM=1 do the same as the flags)
+Usage: .venv/bin/python tests/bench/run.py [--quick] [--skip-litellm] [--skip-portkey] [--skip-memory] [--out PATH]
+       (BENCH_QUICK=1, BENCH_SKIP_LITELLM=1 and BENCH_SKIP_PORTKEY=1 do the same as the flags)
 """
 
 from __future__ import annotations
@@ -50,6 +51,12 @@ CONFIGS = HERE / "configs"
 GATEWAY = HERE.parent.parent / ".venv" / "bin" / "gateway"
 LITELLM_VERSION = "1.102.4"  # newer releases need a certifi that the package index here does not have yet
 LITELLM_VENV = HERE / ".litellm-venv"
+PORTKEY_VERSION = "1.15.2"  # @portkey-ai/gateway on npm
+# Installed with npm outside the checkout, once per version; BENCH_PORTKEY_DIR overrides.
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+PORTKEY_DIR = Path(os.environ.get("BENCH_PORTKEY_DIR") or CACHE / "llm-gateway-bench" / f"portkey-{PORTKEY_VERSION}")
+PORTKEY_SERVER = PORTKEY_DIR / "node_modules" / "@portkey-ai" / "gateway" / "build" / "start-server.js"
+PORTKEY_KEY = "sk-bench-portkey"  # forwarded to the fake upstream as its provider key; the fake ignores it
 GATEWAY_KEY = "sk-bench-governed"
 PACED_CONNS = 32  # paced streams spend most of their time waiting: more of them keep the server busy
 DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/gateway_bench")
@@ -94,7 +101,7 @@ def median_round(server: Server, upstream: Server, plan: Plan, run: Callable[[],
 
 
 def stream_pairs(server: Server, upstream: Server, plan: Plan, pairs: int, url: str,
-                 auth: str | None) -> tuple[Load, Load, list[float]]:
+                 auth: str | None, headers: dict[str, str] | None = None) -> tuple[Load, Load, list[float]]:
     """Rounds of 5-chunk and 200-chunk streams taken back to back, `pairs` times, the order swapped
     each pair so neither length always runs second: each pair sees the same machine, and its ratio
     (CPU per 200-chunk stream / CPU per 5-chunk stream) is one sample of the 200 ÷ 5 target, which
@@ -107,7 +114,8 @@ def stream_pairs(server: Server, upstream: Server, plan: Plan, pairs: int, url: 
         got = {}
         for body in (STREAM5, STREAM200) if i % 2 == 0 else (STREAM200, STREAM5):
             got[body] = measured(server, upstream,
-                                 lambda b=body: phase(url, 16, plan.stream_s, auth, [b], *limits))  # type: ignore[misc]
+                                 lambda b=body: phase(url, 16, plan.stream_s, auth, [b], *limits,  # type: ignore[misc]
+                                                      headers))
             rounds[body].append(got[body])
             settle()
         ratios.append(got[STREAM200].server_us / got[STREAM5].server_us)
@@ -115,32 +123,37 @@ def stream_pairs(server: Server, upstream: Server, plan: Plan, pairs: int, url: 
     return s5, s200, ratios
 
 
-def measure(name: str, server: Server, upstream: Server, auth: str | None, plan: Plan, pairs: int) -> Row:
-    """Every phase of one front; `pairs`: back-to-back pairs of stream rounds (see stream_pairs)."""
+def measure(name: str, server: Server, upstream: Server, auth: str | None, plan: Plan, pairs: int,
+            headers: dict[str, str] | None = None) -> Row:
+    """Every phase of one front; `pairs`: back-to-back pairs of stream rounds (see stream_pairs);
+    `headers`: sent with every request besides the key (Portkey routes by them)."""
     row = Row(name, commit=git_head())
     url = server.url + CHAT
     limits = (plan.min_requests, plan.phase_cap_s)
-    sanity(server.port, auth)
+    sanity(server.port, auth, headers)
     log(f"{name}: warm-up")
-    wrk(url, 16, plan.warmup_s, auth, [NONSTREAM])
-    wrk(url, 16, 1, auth, [STREAM5])
+    wrk(url, 16, plan.warmup_s, auth, [NONSTREAM], headers=headers)
+    wrk(url, 16, 1, auth, [STREAM5], headers=headers)
     settle()
     log(f"{name}: concurrency 1, {plan.c1_s} s")
-    row.c1 = measured(server, upstream, lambda: phase(url, 1, plan.c1_s, auth, [NONSTREAM], *limits))
+    row.c1 = measured(server, upstream, lambda: phase(url, 1, plan.c1_s, auth, [NONSTREAM], *limits, headers))
     settle()
     log(f"{name}: time to first token, up to {plan.ttft_n} streams of 5 and of 200 chunks")
     with off_the_upstreams_core(server, upstream):
-        row.ttft_ms = statistics.median(ttft(server.port, auth, STREAM5, plan.ttft_n, plan.ttft_cap_s)) * 1000
-        row.ttft200_ms = statistics.median(ttft(server.port, auth, STREAM200, plan.ttft_n, plan.ttft_cap_s)) * 1000
+        row.ttft_ms = statistics.median(ttft(server.port, auth, STREAM5, plan.ttft_n, plan.ttft_cap_s,
+                                             headers)) * 1000
+        row.ttft200_ms = statistics.median(ttft(server.port, auth, STREAM200, plan.ttft_n, plan.ttft_cap_s,
+                                                headers)) * 1000
     log(f"{name}: concurrency 16, {plan.rounds} x {plan.c16_s} s")
-    row.c16 = median_round(server, upstream, plan, lambda: phase(url, 16, plan.c16_s, auth, [NONSTREAM], *limits))
+    row.c16 = median_round(server, upstream, plan,
+                           lambda: phase(url, 16, plan.c16_s, auth, [NONSTREAM], *limits, headers))
     log(f"{name}: streams of 5 and 200 chunks, {pairs} pairs of {plan.stream_s} s rounds")
-    row.s5, row.s200, row.stream_ratios = stream_pairs(server, upstream, plan, pairs, url, auth)
+    row.s5, row.s200, row.stream_ratios = stream_pairs(server, upstream, plan, pairs, url, auth, headers)
     log(f"{name}: paced streams of 5 and 50 chunks, {plan.rounds} x {plan.paced_s} s each at c={PACED_CONNS}")
     row.p5 = median_round(server, upstream, plan,
-                          lambda: phase(url, PACED_CONNS, plan.paced_s, auth, [PACED5], *limits))
+                          lambda: phase(url, PACED_CONNS, plan.paced_s, auth, [PACED5], *limits, headers))
     row.p50 = median_round(server, upstream, plan,
-                           lambda: phase(url, PACED_CONNS, plan.paced_s, auth, [PACED50], *limits))
+                           lambda: phase(url, PACED_CONNS, plan.paced_s, auth, [PACED50], *limits, headers))
     row.peak_rss_mb = status_kb(server.pids, "VmHWM") / 1024
     row.errors = sum(x.errors for x in (row.c1, row.c16, row.s5, row.s200, row.p5, row.p50))
     if row.errors:
@@ -312,6 +325,10 @@ def run(args: argparse.Namespace) -> Results:
             res.rows["litellm"] = Row("litellm", status="skipped (--skip-litellm)")
         else:
             run_litellm(res, env, upstream, server_cpu, logdir)
+        if args.skip_portkey:
+            res.rows["portkey"] = Row("Portkey", status="skipped (--skip-portkey)")
+        else:
+            run_portkey(res, env, upstream, server_cpu, logdir)
         if not args.skip_memory:
             run_memory(res, env, upstream, server_cpu, logdir)
     finally:
@@ -438,6 +455,61 @@ def run_litellm(res: Results, env: dict[str, str], upstream: Server, cpu: int | 
         server.stop()
 
 
+def ensure_portkey() -> str | None:
+    """Install the pinned Portkey gateway with npm into PORTKEY_DIR if needed; None when ready, else why not."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if not node:
+        return "skipped: `node` not found (Portkey's gateway is a Node package)"
+    if PORTKEY_SERVER.exists():
+        return None
+    if not npm:
+        return "skipped: `npm` not found (needed once to install @portkey-ai/gateway)"
+    log(f"installing @portkey-ai/gateway@{PORTKEY_VERSION} into {PORTKEY_DIR} (first run only)")
+    try:
+        PORTKEY_DIR.mkdir(parents=True, exist_ok=True)
+        # --ignore-scripts: its one install script is patch-package, and the published package has no patches
+        out = subprocess.run([npm, "install", "--prefix", str(PORTKEY_DIR), "--no-audit", "--no-fund",
+                              "--ignore-scripts", f"@portkey-ai/gateway@{PORTKEY_VERSION}"],
+                             capture_output=True, text=True, timeout=600)
+    except (subprocess.SubprocessError, OSError) as e:
+        return f"unavailable: npm install failed: {e}"
+    if out.returncode != 0 or not PORTKEY_SERVER.exists():
+        lines = [ln for ln in out.stderr.splitlines() if ln.startswith("npm error") and "complete log" not in ln]
+        why = "; ".join(lines[:2]) or out.stderr.strip()[-200:] or f"exit status {out.returncode}"
+        return f"unavailable: npm install @portkey-ai/gateway@{PORTKEY_VERSION} failed: {why[:300]}"
+    return None
+
+
+def run_portkey(res: Results, env: dict[str, str], upstream: Server, cpu: int | None, logdir: Path) -> None:
+    """Portkey's open-source gateway on Node, one process, routed to the fake upstream by its headers
+    (x-portkey-provider: openai, x-portkey-custom-host: the upstream's /v1). portkey_preload.mjs keeps it
+    on 127.0.0.1 and works around its "immutable headers" failure on streams (see that file)."""
+    why = ensure_portkey()
+    if why:
+        res.rows["portkey"] = Row("Portkey", status=why)
+        return
+    node = shutil.which("node") or "node"
+    version = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
+    res.portkey_version = f"@portkey-ai/gateway@{PORTKEY_VERSION} on Node {version}"
+    port = free_port()
+    headers = {"x-portkey-provider": "openai", "x-portkey-custom-host": f"{upstream.url}/v1"}
+    penv = {**env, "NODE_ENV": "production"}  # no UI, no dev-only routes
+    cmd = [node, "--import", str(HERE / "portkey_preload.mjs"), str(PORTKEY_SERVER), f"--port={port}", "--headless"]
+    name = f"Portkey {PORTKEY_VERSION}"
+    server = Server("portkey", cmd, port, "/", cpu, penv, logdir)
+    try:
+        server.wait_ready(60)
+        before = upstream_requests(upstream)
+        sanity(server.port, PORTKEY_KEY, headers)  # four answers: chat, two streams, embeddings
+        if upstream_requests(upstream) - before < 4:
+            raise RuntimeError("it answered without calling the fake upstream")
+        res.rows["portkey"] = measure(name, server, upstream, PORTKEY_KEY, res.plan, res.plan.rounds, headers)
+    except (RuntimeError, OSError) as e:
+        res.rows["portkey"] = Row(name, status=f"unavailable: {e}")
+    finally:
+        server.stop()
+
+
 def run_memory(res: Results, env: dict[str, str], upstream: Server, cpu: int | None, logdir: Path) -> None:
     bare = res.rows.get("bare")
     rps = bare.c16.rps if bare and bare.c16 else 1000.0
@@ -455,11 +527,14 @@ def run_memory(res: Results, env: dict[str, str], upstream: Server, cpu: int | N
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description="Benchmark: direct vs gateway (bare, governed) vs LiteLLM.")
+    parser = argparse.ArgumentParser(description="Benchmark: direct vs gateway (bare, governed) vs LiteLLM "
+                                                 "and Portkey.")
     parser.add_argument("--quick", action="store_true", default=os.environ.get("BENCH_QUICK") == "1",
                         help="short phases for a smoke run (also BENCH_QUICK=1)")
     parser.add_argument("--skip-litellm", action="store_true", default=os.environ.get("BENCH_SKIP_LITELLM") == "1",
                         help="do not install or run LiteLLM (also BENCH_SKIP_LITELLM=1)")
+    parser.add_argument("--skip-portkey", action="store_true", default=os.environ.get("BENCH_SKIP_PORTKEY") == "1",
+                        help="do not install or run Portkey's gateway (also BENCH_SKIP_PORTKEY=1)")
     parser.add_argument("--skip-memory", action="store_true", help="skip the 100,000-request memory check")
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md", help="where to write the table")
     args = parser.parse_args()

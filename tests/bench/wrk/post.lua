@@ -3,11 +3,18 @@
 --   BENCH_BODY_1..9   several bodies, sent in turn (a request() function: a little slower, mixed load);
 --                     BENCH_PATH_i, if set, is the path for body i (default: the URL's path)
 --   BENCH_AUTH        optional gateway key, sent as "Authorization: Bearer <key>"
+--   BENCH_HEADERS     optional more headers, "Name: value" lines (a peer that routes by header)
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 local auth = os.getenv("BENCH_AUTH")
 if auth ~= nil and auth ~= "" then
   wrk.headers["Authorization"] = "Bearer " .. auth
+end
+local extra = os.getenv("BENCH_HEADERS")
+if extra ~= nil then
+  for name, value in extra:gmatch("([^:\n]+):%s*([^\n]*)") do
+    wrk.headers[name] = value
+  end
 end
 wrk.body = os.getenv("BENCH_BODY")
 
