@@ -176,14 +176,11 @@ def stream_data(url: str, model: str, request_id: str) -> list[str]:
 
 def assert_outside_checkout(storage: StorageConfig) -> None:
     """A gateway a test starts keeps its ledger file and spill dir out of the checkout (a relative path
-    lands in the working directory, where the user's own `gateway usage` would read the test's rows).
-    One allowance: the default spill_dir with an in-memory database, which is never unreachable (only a row
-    arriving after shutdown would spill there; the session's checkout guard catches that)."""
+    lands in the working directory, where the user's own `gateway usage` would read the test's rows)."""
     in_memory = storage.database_url.startswith("sqlite") and sqlite_path(storage.database_url) == ":memory:"
     places = [] if in_memory or not storage.database_url.startswith("sqlite") else [
         ("database_url", sqlite_path(storage.database_url))]
-    if not (in_memory and storage.spill_dir == StorageConfig().spill_dir):
-        places.append(("spill_dir", storage.spill_dir))
+    places.append(("spill_dir", storage.spill_dir))
     for name, path in places:
         resolved = Path(path).resolve()
         if not Path(path).is_absolute() or resolved == ROOT or ROOT in resolved.parents:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import openai
@@ -37,6 +39,7 @@ def limits_config(fake_url: str, redis_url: str, key_extra: str = "", model_extr
     text = f"""
 [storage]
 database_url = "sqlite:///:memory:"
+spill_dir = "{Path(tempfile.gettempdir()) / f"spill-{name}"}"
 redis_url = "{redis_url}"
 
 [limits]
