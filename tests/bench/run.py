@@ -48,7 +48,8 @@ from bench_report import Memory, Plan, Results, Row, git_head, report
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE / "configs"
-GATEWAY = HERE.parent.parent / ".venv" / "bin" / "gateway"
+# The gateway measured: this checkout's, or another build's (to compare two commits with the same bench).
+GATEWAY = Path(os.environ.get("BENCH_GATEWAY") or HERE.parent.parent / ".venv" / "bin" / "gateway")
 LITELLM_VERSION = "1.102.4"  # newer releases need a certifi that the package index here does not have yet
 LITELLM_VENV = HERE / ".litellm-venv"
 PORTKEY_VERSION = "1.15.2"  # @portkey-ai/gateway on npm
