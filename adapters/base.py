@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from adapters.errors import APIError
+from adapters.redact import NO_SECRETS, Redactor
 from adapters.targets import ProviderConfig, Target
 
 
@@ -99,7 +100,14 @@ class UpstreamError(APIError):
         param: str | None = None,
         retry_after: str | None = None,
         upstream_status: int | None = None,
+        redactor: Redactor = NO_SECRETS,
     ) -> None:
+        if redactor:  # scrubbed from birth: whatever later copies these fields copies clean text
+            message, type = redactor.text(message), redactor.text(type)
+            code, param = (redactor.text(v) if isinstance(v, str) else v for v in (code, param))
+            if retry_after and redactor.text(retry_after) != retry_after:
+                retry_after = None  # a header value with a secret in it is no delay
+            self.redactor = redactor
         super().__init__(status, message, type, code, param, {"retry-after": retry_after} if retry_after else None)
         self.reason = reason
         self.retry_after = retry_after
@@ -170,16 +178,17 @@ def upstream_status_error(
     param: str | None = None,
     retry_after: str | None = None,
 ) -> UpstreamError:
-    """Shared status policy: 4xx passes through, 429 keeps Retry-After, 5xx becomes 502."""
-    message = scrub(provider, message)
+    """Shared status policy: 4xx passes through, 429 keeps Retry-After, 5xx becomes 502. Every string
+    the upstream sent is scrubbed of the config's secrets (see adapters.redact)."""
+    redactor = provider.redactor
     if status == 429:
         return UpstreamError(429, message, "status_429", type or "rate_limit_error", code or "rate_limit_exceeded",
-                             param, retry_after, status)
+                             param, retry_after, status, redactor)
     if 400 <= status < 500:
         return UpstreamError(status, message, "status_4xx", type or "invalid_request_error", code, param,
-                             upstream_status=status)
+                             upstream_status=status, redactor=redactor)
     return UpstreamError(502, f"upstream {provider.name} returned {status}: {message}", "status_5xx",
-                         "upstream_error", code or "upstream_error", param, retry_after, status)
+                         "upstream_error", code or "upstream_error", param, retry_after, status, redactor)
 
 
 def invalid_request(message: str, param: str | None, code: str = "invalid_value") -> UpstreamError:
@@ -190,13 +199,6 @@ def invalid_request(message: str, param: str | None, code: str = "invalid_value"
 def bad_response(provider: ProviderConfig, what: str) -> UpstreamError:
     return UpstreamError(502, f"upstream {provider.name} sent {what}", "bad_response", "upstream_error",
                          "bad_upstream_response")
-
-
-def scrub(provider: ProviderConfig, text: str) -> str:
-    """Provider keys never leave the process, even when an upstream echoes them in a message."""
-    if provider.api_key and provider.api_key in text:
-        text = text.replace(provider.api_key, "***")
-    return text
 
 
 def loads_object(provider: ProviderConfig, body: bytes) -> dict[str, Any]:

@@ -9,8 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from adapters.redact import NO_SECRETS, Redactor
+
 
 class APIError(Exception):
+    """An error answer. ``redactor`` hides secrets in every string of ``body()``, the one place an error
+    is rendered for a client (JSON body or stream event): error paths only, so success costs nothing."""
+
+    redactor: Redactor = NO_SECRETS
+
     def __init__(self, status: int, message: str, type: str, code: str | None = None, param: str | None = None,
                  headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -27,4 +34,5 @@ class APIError(Exception):
         return self.code or self.type
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return self.redactor.value(body) if self.redactor else body

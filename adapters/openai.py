@@ -23,6 +23,7 @@ from adapters.base import (
     loads_object,
     upstream_status_error,
 )
+from adapters.redact import NO_SECRETS, Redactor
 from adapters.sse_decoder import closed, first_event_end, last_event_end, parse_events
 from adapters.targets import ProviderConfig
 
@@ -65,7 +66,7 @@ class OpenAIAdapter(Adapter):
         return Reply(orjson.dumps(data), Usage.from_openai(data.get("usage")))
 
     def chat_stream(self, call: Call) -> StreamTranslator:
-        return OpenAIStream(call.alias, call.include_usage)
+        return OpenAIStream(call.alias, call.include_usage, self.provider.redactor)
 
     # embeddings -------------------------------------------------------------------------------------
 
@@ -114,8 +115,9 @@ class OpenAIStream(StreamTranslator):
     substring checks; only an event carrying a non-null ``usage`` or an ``error`` is parsed.
     """
 
-    def __init__(self, alias: str, include_usage: bool) -> None:
+    def __init__(self, alias: str, include_usage: bool, redactor: Redactor = NO_SECRETS) -> None:
         self.model = b'"model":' + orjson.dumps(alias)
+        self.redactor = redactor
         self.seen_model: bytes | None = None  # the upstream's exact `"model":"..."` member, once seen
         self.include_usage = include_usage
         self.pending = b""
@@ -160,8 +162,9 @@ class OpenAIStream(StreamTranslator):
 
     # Substrings that make a block worth inspecting event by event; subclasses may add their own.
     # Each is one scan of the block, so they start with rare bytes: any usage object holds
-    # "prompt_tokens"; an in-band error event starts with {"error".
-    markers: tuple[bytes, ...] = (b"prompt_tokens", b"[DONE]", b'{"error"')
+    # "prompt_tokens"; an in-band error event has an "error" member (in a chunk's text the quotes are
+    # escaped, so it cannot match there), wherever the upstream puts it.
+    markers: tuple[bytes, ...] = (b"prompt_tokens", b"[DONE]", b'"error"')
 
     def _events(self, block: bytes) -> bytes:
         block = self._rewrite_model(block)
@@ -185,31 +188,39 @@ class OpenAIStream(StreamTranslator):
         while block:
             cut = first_event_end(block)
             raw, block = block[:cut], block[cut:]
-            keep = True
+            keep: bool | bytes = True
             for _, payload in parse_events(raw):
                 if payload.strip() == _DONE:
                     out.append(b"data: [DONE]\n\n")
                     self.done = True
                     return b"".join(out)
                 if any(m in payload for m in self.markers):
-                    keep = self._inspect(payload)
-            if keep:
+                    keep = self._inspect(payload, raw)
+            if keep is True:
                 out.append(raw)
+            elif keep:
+                out.append(keep)  # an error event, scrubbed of secrets
         return b"".join(out)
 
-    def _inspect(self, payload: bytes) -> bool:
-        """Parse one event; return whether the client should see it."""
+    def _inspect(self, payload: bytes, raw: bytes) -> bool | bytes:
+        """Parse one event (``raw`` is all of it); return whether the client should see it, or the bytes
+        to send instead."""
         try:
             event = orjson.loads(payload)
         except orjson.JSONDecodeError:
-            return True  # not ours to judge: the client's parser will see what the upstream sent
+            # Not ours to judge, but it looked like an error (or usage): relayed with secrets hidden.
+            return self.redactor.raw(raw)
         if not isinstance(event, dict):
             return True
-        if isinstance(event.get("error"), dict) and "choices" not in event:
-            err = event["error"]
+        err = event.get("error")
+        if isinstance(err, dict | str) and err and "choices" not in event:
+            err = err if isinstance(err, dict) else {"message": err}
+            code = err.get("code")
             self.error = UpstreamError(502, str(err.get("message") or "upstream stream error"), "bad_response",
-                                       str(err.get("type") or "upstream_error"), err.get("code"))
-            return True
+                                       str(err.get("type") or "upstream_error"),
+                                       str(code) if code is not None else None, redactor=self.redactor)
+            # The upstream's own event, every string in it scrubbed (in-band errors skip adapter.error).
+            return b"data: " + orjson.dumps(self.redactor.value(event)) + b"\n\n"
         usage = Usage.from_openai(event.get("usage"))
         if usage is not None:
             self.usage = usage

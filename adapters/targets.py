@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from adapters.redact import NO_SECRETS, Redactor, provider_secrets
+
 
 @dataclass(slots=True)
 class ProviderConfig:
@@ -20,6 +22,13 @@ class ProviderConfig:
     headers: dict[str, str] = field(default_factory=dict)
     api_version: str = ""  # azure: the api-version query parameter; empty = the /openai/v1/ style
     anthropic_beta: str = ""  # anthropic: sent as the anthropic-beta header when set
+    # Hides credentials in error text: this provider's own by default; proxy.config gives every provider
+    # of a config the same one, which knows all of the config's secrets.
+    redactor: Redactor = field(default=NO_SECRETS, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.redactor is NO_SECRETS:
+            self.redactor = Redactor(provider_secrets(self.api_key, self.headers))
 
 
 FALLBACK_REASONS = ("rate_limit", "timeout", "server_error", "connection", "context_window")

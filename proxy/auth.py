@@ -43,6 +43,12 @@ class KeyRing:
         return key
 
 
+def bearer_secret(authorization: str | None) -> str:
+    """The key in an ``Authorization: Bearer <key>`` header ("" if none)."""
+    scheme, _, secret = (authorization or "").partition(" ")
+    return secret.strip() if scheme.lower() == "bearer" else ""
+
+
 def model_allowed(key: KeyConfig | None, alias: str) -> bool:
     if key is None:
         return True

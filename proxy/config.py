@@ -12,7 +12,9 @@ import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from adapters.redact import Redactor, provider_secrets
 from proxy.auth import hash_key
 from proxy.prices import apply_prices_file
 from proxy.settings import (
@@ -250,8 +252,24 @@ def parse_config(raw: dict[str, Any], file: str, env: dict[str, str]) -> Config:
         del providers[name]  # unusable and unused: leave it out
     if server.require_auth and not keys:
         raise ConfigError(file, "keys", "require_auth is true but no [[keys]] are defined")
+    redactor = Redactor(_secrets(server, storage, providers))
+    for provider in providers.values():
+        provider.redactor = redactor  # every provider's errors hide every secret of the config
     return Config(path=file, server=server, storage=storage, providers=providers, models=models, keys=keys,
-                  limits=limits, observability=observability)
+                  limits=limits, observability=observability, redactor=redactor)
+
+
+def _secrets(server: ServerConfig, storage: StorageConfig, providers: dict[str, ProviderConfig]) -> list[str]:
+    """What no error may show: provider credentials, the admin key and the storage passwords."""
+    secrets = [server.admin_key]
+    for provider in providers.values():
+        secrets += provider_secrets(provider.api_key, provider.headers)
+    for url in (storage.database_url, storage.redis_url):
+        try:
+            secrets.append(urlsplit(url).password or "")
+        except ValueError:  # a malformed URL fails later, where it is used
+            pass
+    return secrets
 
 
 def _parse_providers(cfg: _Loader, table: dict[str, Any]) -> dict[str, ProviderConfig]:

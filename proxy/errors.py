@@ -6,6 +6,7 @@ import orjson
 from starlette.responses import Response
 
 from adapters.errors import APIError
+from adapters.redact import MIN_SECRET_CHARS, Redactor
 
 
 class GatewayError(APIError):
@@ -25,6 +26,17 @@ class GatewayError(APIError):
     def response(self, headers: dict[str, str] | None = None) -> Response:
         merged = {**self.headers, **headers} if headers else self.headers
         return Response(orjson.dumps(self.body()), self.status, merged, media_type="application/json")
+
+
+def render(err: APIError, redactor: Redactor, client_secret: str = "") -> bytes:
+    """An error's JSON body for a client, every string scrubbed of the config's secrets and of the key
+    the client authenticated with: the last line of defence, on the error path only."""
+    body = redactor.value(err.body())
+    out = orjson.dumps(body)
+    # The client's key is hidden only when present: one substring search, no pattern built per request.
+    if len(client_secret) >= MIN_SECRET_CHARS and orjson.dumps(client_secret)[1:-1] in out:
+        out = orjson.dumps(Redactor((client_secret,)).value(body))
+    return out
 
 
 def error_event(err: APIError) -> bytes:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from adapters.redact import NO_SECRETS, Redactor
 from adapters.targets import FALLBACK_REASONS, RETRYABLE_STATUSES, ProviderConfig, Target
 
 __all__ = [  # ProviderConfig and Target are re-exported: every setting is read from here
@@ -116,3 +117,4 @@ class Config:
     keys: list[KeyConfig]
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    redactor: Redactor = field(default=NO_SECRETS, repr=False, compare=False)  # every secret above, to hide

@@ -15,7 +15,6 @@ from adapters.base import (
     bad_response,
     int_or_zero,
     loads_object,
-    scrub,
     upstream_status_error,
 )
 from adapters.targets import ProviderConfig
@@ -88,9 +87,9 @@ def anthropic_error(provider: ProviderConfig, status: int, err_type: str | None,
                     retry_after: str | None) -> UpstreamError:
     if status == 529 or err_type == "overloaded_error":
         # Anthropic's "try again shortly": a retryable 503 rather than the generic 502.
-        return UpstreamError(503, f"upstream {provider.name} is overloaded: {scrub(provider, message)}", "status_5xx",
+        return UpstreamError(503, f"upstream {provider.name} is overloaded: {message}", "status_5xx",
                              "service_unavailable_error", "server_is_overloaded", retry_after=retry_after,
-                             upstream_status=status)
+                             upstream_status=status, redactor=provider.redactor)
     type_, code = ERROR_TYPES.get(err_type or "", (None, None))
     return upstream_status_error(provider, status, message, type_, code, None, retry_after)
 

@@ -32,7 +32,6 @@ from adapters.base import (
     bad_response,
     int_or_zero,
     loads_object,
-    scrub,
     upstream_status_error,
 )
 from adapters.gemini.call_ids import make_call_id
@@ -166,14 +165,16 @@ def google_error(provider: ProviderConfig, status: int, data: Any, retry_after: 
     reasons = {d.get("reason") for d in details if isinstance(d, dict)}
     if "API_KEY_INVALID" in reasons or google_status == "UNAUTHENTICATED":
         # The gateway's own provider key was refused: an authentication failure, never the key itself.
-        return UpstreamError(401, f"upstream {provider.name} rejected the provider API key: {scrub(provider, message)}",
-                             "status_4xx", "invalid_request_error", "invalid_api_key", upstream_status=status)
+        return UpstreamError(401, f"upstream {provider.name} rejected the provider API key: {message}",
+                             "status_4xx", "invalid_request_error", "invalid_api_key", upstream_status=status,
+                             redactor=provider.redactor)
     code_value = err.get("code")
     fallback = code_value if isinstance(code_value, int) and 400 <= code_value < 600 else status
     mapped = GOOGLE_STATUS.get(google_status, fallback)
     if mapped == 429:
         retry_after = retry_after or retry_delay(details)
-    code = google_status.lower() if google_status and 400 <= mapped < 500 and mapped != 429 else None
+    # Only a status Google defines becomes the code: any other string is the upstream's, and may be anything.
+    code = google_status.lower() if google_status in GOOGLE_STATUS and 400 <= mapped < 500 and mapped != 429 else None
     if mapped == 400 and _TOO_LONG.search(message):
         code = "context_length_exceeded"  # OpenAI's code: lets the router fall back to a larger window
     return upstream_status_error(provider, mapped, message, None, code, None, retry_after)

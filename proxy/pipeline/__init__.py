@@ -99,7 +99,8 @@ class Pipeline:
         except GatewayError as e:
             self.runtime.obs.auth_failed(e.code or "invalid_api_key")
             return WholeAnswer(e.status, {"x-request-id": header_id, **e.headers}, orjson.dumps(e.body()), _nothing)
-        return Transaction(inbound.endpoint, request_id, header_id, key, headers={"x-request-id": header_id})
+        return Transaction(inbound.endpoint, request_id, header_id, key, headers={"x-request-id": header_id},
+                           authorization=inbound.authorization)
 
     def resolve(self, tx: Transaction) -> ModelAlias:
         """The alias the model name means; a fuzzy match is said in a header and accounted to the alias."""

@@ -12,11 +12,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import orjson
-
 from adapters.base import Usage
 from adapters.errors import APIError
+from proxy.auth import bearer_secret
 from proxy.cost import cost_usd
+from proxy.errors import render
 from proxy.pipeline.transaction import Transaction, WholeAnswer
 from proxy.records import UsageRecord
 from proxy.settings import Target
@@ -48,7 +48,8 @@ class Accounting:
         """The client's error answer, in OpenAI's shape, with the status it names."""
         record, overhead = self._record(tx, error.status, error.error_type)
         tx.headers.update(error.headers)
-        return WholeAnswer(error.status, tx.headers, orjson.dumps(error.body()), self._after(tx, record, overhead))
+        body = render(error, self.runtime.config.redactor, bearer_secret(tx.authorization))
+        return WholeAnswer(error.status, tx.headers, body, self._after(tx, record, overhead))
 
     def cancelled(self, tx: Transaction) -> None:
         """Cancelled from outside, i.e. the shutdown grace ran out: nobody sees an answer, but an upstream

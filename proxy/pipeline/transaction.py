@@ -70,6 +70,8 @@ class Transaction:
     ttft_s: float | None = None  # a stream's first bytes, from the start
     stream_waited_s: float = 0.0  # time a stream spent waiting on upstream chunks after its first bytes
     headers: dict[str, str] = field(default_factory=dict)  # response headers the stages add
+    # The client's Authorization header, kept only while the request lives: its key is hidden in error bodies.
+    authorization: str | None = None
 
     @property
     def model(self) -> str:
