@@ -28,8 +28,9 @@ class AzureAdapter(OpenAIAdapter):
         version = self.provider.api_version
         if not version:
             return f"{self.v1}/{endpoint}"
-        deployment = quote(call.target.model, safe="")
-        return f"{self.provider.base_url}/openai/deployments/{deployment}/{endpoint}?api-version={quote(version)}"
+        # Escaped whole: a deployment name is one path segment, whatever the client sent (glob aliases).
+        deployment, version = quote(call.target.model, safe=""), quote(version, safe="")
+        return f"{self.provider.base_url}/openai/deployments/{deployment}/{endpoint}?api-version={version}"
 
     def chat_request(self, call: Call) -> UpstreamRequest:
         req = super().chat_request(call)
@@ -42,7 +43,7 @@ class AzureAdapter(OpenAIAdapter):
         return req
 
     def chat_stream(self, call: Call) -> StreamTranslator:
-        return AzureStream(call.alias, call.include_usage)
+        return AzureStream(call.alias, call.include_usage, self.provider.redactor)
 
 
 class AzureStream(OpenAIStream):

@@ -11,6 +11,7 @@ the OS's own for refused connections) or ``TimeoutError``.
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import time
 import zlib
@@ -43,6 +44,14 @@ def _tls() -> ssl.SSLContext:
 
 class UpstreamClosed(ConnectionError):
     pass
+
+
+class InvalidTarget(ValueError):
+    """A request target that is not an origin-form path of visible ASCII: never sent."""
+
+
+# origin-form: a path of visible ASCII, so no space, CR, LF, NUL or non-ASCII can split the request line
+_TARGET = re.compile(r"/[\x21-\x7e]*")
 
 
 class Response:
@@ -392,6 +401,8 @@ class Pool:
                       total_timeout: float | None = None) -> Response:
         """Send; return once the response head is in. The caller reads the body and calls close().
         ``read_timeout`` bounds each silence (streams), ``total_timeout`` the exchange after connecting."""
+        if not _TARGET.fullmatch(target):  # proxy.request_target vets URLs; this keeps any caller honest
+            raise InvalidTarget(f"refusing to send request target {target!r}")
         head = [f"{method} {target} HTTP/1.1\r\nhost: {self.host_header}\r\ncontent-length: {len(body)}\r\n"]
         for name, value in headers.items():
             head.append(f"{name}: {value}\r\n")

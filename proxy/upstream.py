@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from adapters.base import Adapter, UpstreamError, UpstreamRequest
 from proxy import echo
 from proxy.http1 import Pool, Response
+from proxy.request_target import invalid_model, refusal
 from proxy.settings import ConfigError, ProviderConfig
 
 ADAPTER_CLASSES = {
@@ -81,7 +82,10 @@ class Upstream:
 
     def _route(self, url: str) -> tuple[Pool, str]:
         route = self.routes.get(url)
-        if route is None:
+        if route is None:  # checked once per URL: a cached route has passed
+            reason = refusal(url, self.provider.base_url)
+            if reason is not None:
+                raise invalid_model(self.provider.name, reason)
             parts = urlsplit(url)
             origin = f"{parts.scheme}://{parts.netloc}"
             pool = self.pools.get(origin)

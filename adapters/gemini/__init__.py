@@ -13,7 +13,7 @@ import orjson
 from adapters.base import Adapter, Call, Reply, StreamTranslator, UpstreamError, UpstreamRequest
 from adapters.gemini.call_ids import make_call_id, parse_call_id
 from adapters.gemini.embeddings import embeddings_body, embeddings_reply
-from adapters.gemini.request import ChatRequestBuilder, resource
+from adapters.gemini.request import ChatRequestBuilder, resource_path
 from adapters.gemini.response import chat_reply, error_of, google_error
 from adapters.gemini.stream import GeminiStream
 from adapters.targets import ProviderConfig
@@ -30,7 +30,7 @@ class GeminiAdapter(Adapter):
         self.root = f"{provider.base_url}/v1beta/"
 
     def url(self, model: str, method: str) -> str:
-        return f"{self.root}{resource(model)}:{method}"
+        return f"{self.root}{resource_path(model)}:{method}"
 
     def chat_request(self, call: Call) -> UpstreamRequest:
         body = ChatRequestBuilder(call).build()

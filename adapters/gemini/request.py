@@ -41,7 +41,7 @@ from __future__ import annotations
 import os
 import re
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import orjson
 
@@ -70,6 +70,13 @@ _GEMINI_VERSION = re.compile(r"gemini-(\d+)")
 def resource(model: str) -> str:
     """The model's resource name: tuned models live under tunedModels/, plain names are base models."""
     return model if model.startswith(("models/", "tunedModels/")) else f"models/{model}"
+
+
+def resource_path(model: str) -> str:
+    """The resource name as URL path segments: the collection as is, the model's id escaped whole, so a
+    name such as ``x/../../v1/models?`` stays one segment of the model collection."""
+    collection, _, name = resource(model).partition("/")
+    return f"{collection}/{quote(name, safe='')}"
 
 
 def is_gemini3(model: str) -> bool:
