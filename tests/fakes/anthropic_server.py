@@ -20,6 +20,10 @@ fail-400/401/403/404/500   that status with Anthropic's error body
 fail-429                   429 rate_limit_error with retry-after: 11
 fail-529                   529 overloaded_error
 leak-key                   401 whose message echoes the x-api-key it was sent
+leakall-<status>           that status with every credential header it was sent (and the last user text) in
+                           the error's type and message and in nested and unknown members (429: the key as
+                           Retry-After)
+leakall-stream             a stream that sends one text delta, then ``event: error`` echoing the credentials
 not-json                   200 with an HTML body
 error-stream               a stream that sends one text delta, then ``event: error`` (overloaded)
 cut-stream                 a stream that stops after one text delta, mid-event, without message_stop
@@ -502,13 +506,27 @@ def stream_events(message: dict[str, Any]) -> list[bytes]:
     return events
 
 
-async def stream_body(model: str, events: list[bytes]) -> AsyncIterator[bytes]:
+def leaked_error(headers: Any, body: dict[str, Any]) -> dict[str, Any]:
+    """Anthropic's error shape, repeating the credentials it was sent (and the last user text) wherever it can."""
+    said = text_of(body["messages"][-1].get("content")) if body.get("messages") else ""
+    key = headers["x-api-key"]
+    sent = " ".join(v for k, v in headers.items() if any(w in k for w in ("auth", "key", "token")))
+    return {"type": "error", "error": {"type": key, "message": f"invalid credentials: {sent}; {said}",
+                                       "details": {"key": key, "nested": [{"echo": f"Bearer {key}"}]}},
+            "request_id": key, key: said}
+
+
+async def stream_body(model: str, events: list[bytes], leaked: dict[str, Any] | None = None
+                      ) -> AsyncIterator[bytes]:
     first_text = next((i for i, e in enumerate(events) if b'"text_delta"' in e), -2)  # -2: no text at all
     for i, event in enumerate(events):
-        if model in ("cut-stream", "error-stream") and i == first_text + 1:
+        if model in ("cut-stream", "error-stream", "leakall-stream") and i == first_text + 1:
             await asyncio.sleep(0.05)  # what came before reaches the client first, as a separate read
         if model == "cut-stream" and i == first_text + 1:
             yield event[: len(event) // 2]
+            return
+        if model == "leakall-stream" and i == first_text + 1:
+            yield sse("error", leaked)
             return
         if model == "error-stream" and i == first_text + 1:
             yield sse("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
@@ -547,6 +565,11 @@ def make_app(api_key: str) -> Starlette:
             headers = {"retry-after": "11"} if status == 429 else None
             message = {529: "Overloaded", 500: "Internal server error"}.get(status, f"fake failure {status}")
             return error_response(status, FAILURES[status], message, headers)
+        if model.startswith("leakall-") and model[8:].isdigit():
+            status = int(model[8:])
+            return Response(json.dumps(leaked_error(request.headers, body)), status,
+                            {"retry-after": request.headers["x-api-key"]} if status == 429 else None,
+                            media_type="application/json")
         if model == "leak-key":
             return error_response(401, "authentication_error", f"invalid x-api-key: {request.headers['x-api-key']}")
         if model == "not-json":
@@ -555,7 +578,8 @@ def make_app(api_key: str) -> Starlette:
         state.replies.append(message)
         if not body.get("stream"):
             return Response(json.dumps(message), media_type="application/json")
-        return StreamingResponse(stream_body(model, stream_events(message)), media_type="text/event-stream")
+        leaked = leaked_error(request.headers, body) if model == "leakall-stream" else None
+        return StreamingResponse(stream_body(model, stream_events(message), leaked), media_type="text/event-stream")
 
     app = Starlette(routes=[Route("/v1/messages", messages, methods=["POST"])])
     app.state.fake = state

@@ -17,6 +17,10 @@ fail-<code>          Google's error JSON: 400 INVALID_ARGUMENT, 403 PERMISSION_D
 midstream-error      two text chunks, then a bare pretty-printed error JSON (no ``data:``), then close
 midstream-error-data two text chunks, then ``data: {"error": ...}``
 cut-stream           text chunks without any finishReason, then close
+leakall-<code>       Google's error JSON with that code whose message, status, details (ErrorInfo metadata,
+                     unknown members) repeat every credential header it was sent (429: also as Retry-After)
+leakall-stream       two text chunks, then ``data: {"error": ...}`` repeating the key
+leakall-bare         two text chunks, then the same error as bare JSON outside SSE framing
 
 It rejects what the real API rejects, with Google's error shape: a missing or wrong ``x-goog-api-key``
 (400 API_KEY_INVALID), unknown fields, roles other than user/model, empty parts, bad base64, a
@@ -375,14 +379,27 @@ def sse(obj: Any) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\r\n\r\n"
 
 
-async def stream_body(model: str, chunks: list[dict[str, Any]]) -> AsyncIterator[bytes]:
+def leaked_error(code: int, headers: Any) -> dict[str, Any]:
+    """Google's error shape, repeating the credentials it was sent wherever it can (the status string too)."""
+    sent = [v for k, v in headers.items() if any(w in k for w in ("auth", "key", "token"))]
+    key, echo = headers["x-goog-api-key"], " ".join(sent)
+    return {"error": {"code": code, "message": f"API key {echo} cannot do that.", "status": key, "details": [
+        {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": key, "domain": "googleapis.com",
+         "metadata": {"key": key, "consumer": f"projects/{key}"}},
+        {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1s"}], key: [key]}}
+
+
+async def stream_body(model: str, chunks: list[dict[str, Any]], leaked: dict[str, Any] | None = None
+                      ) -> AsyncIterator[bytes]:
     for k, chunk in enumerate(chunks):
         event = sse(chunk)
-        if model in ("midstream-error", "midstream-error-data") and k == 2:
+        if model in ("midstream-error", "midstream-error-data", "leakall-stream", "leakall-bare") and k == 2:
             err = {"error": {"code": 503, "message": "The model is overloaded. Please try again later.",
                              "status": "UNAVAILABLE"}}
+            if leaked is not None:
+                err = leaked
             await asyncio.sleep(0.05)  # after the first chunks have been relayed: truly mid-stream
-            if model == "midstream-error":
+            if model in ("midstream-error", "leakall-bare"):
                 yield b"\n" + orjson.dumps(err, option=orjson.OPT_INDENT_2) + b"\n"
             else:
                 yield sse(err)
@@ -417,6 +434,10 @@ def make_app(api_key: str) -> Starlette:
         if not resource.startswith("models/"):
             return google_error(404, f"{resource} is not found for API version v1beta.")
         model = resource[len("models/"):]
+        if model.startswith("leakall-") and model[8:].isdigit():
+            code = int(model[8:])
+            return Response(orjson.dumps(leaked_error(code, request.headers)), code,
+                            {"retry-after": state.api_key} if code == 429 else None, media_type="application/json")
         if model.startswith("fail-"):
             return failure(model[len("fail-"):])
         try:
@@ -437,7 +458,8 @@ def make_app(api_key: str) -> Starlette:
         state.responses.append(chunks)
         if request.query_params.get("alt") != "sse":  # without SSE the API streams one JSON array
             return Response(orjson.dumps(chunks), media_type="application/json")
-        return StreamingResponse(stream_body(model, chunks), media_type="text/event-stream")
+        leaked = leaked_error(503, request.headers) if model.startswith("leakall-") else None
+        return StreamingResponse(stream_body(model, chunks, leaked), media_type="text/event-stream")
 
     def embed(resource: str, body: dict[str, Any]) -> Response:
         check_fields(body, {"requests"}, "request")

@@ -24,6 +24,10 @@ late-<st>-<ms>      fails with status <st> after <ms> milliseconds
 drop-stream         stream: three chunks 50 ms apart, then the connection drops mid-body (no terminator)
 big-stream-<n>      stream: <n> chunks of 1,000 characters ("<i>:" then dots) back to back; records
                     "completed" once the last is handed to the server (for back-pressure tests)
+leakall-<status>    that status (429: with the key as Retry-After) whose error body echoes every credential
+                    header it was sent, and the last user text, in message, type, code, param, nested and
+                    unknown members (a member name too), percent-encoded and base64-encoded
+leakall-stream      stream: one chunk, then that error in-band (``data: {"id":..., "error": ...}``)
 
 Every request is recorded (path, headers, body) in ``state.requests``.
 """
@@ -37,6 +41,7 @@ import struct
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from starlette.applications import Starlette
@@ -64,6 +69,17 @@ class State:
 def _error(status: int, message: str, type_: str, code: str | None = None, headers: dict | None = None) -> Response:
     body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
     return Response(orjson.dumps(body), status, headers, media_type="application/json")
+
+
+def leaked_error(headers: Any, messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """An error object that repeats every credential the request carried, in every member it can."""
+    sent = {k: v for k, v in headers.items() if any(w in k for w in ("auth", "key", "token"))}
+    keys = [v.removeprefix("Bearer ") for v in sent.values()]
+    echo = " ".join([*keys, last_user_text(messages)])
+    return {"message": f"Incorrect API key provided: {echo}", "type": keys[0], "code": keys[0],
+            "param": "; ".join(f"{k}: {v}" for k, v in sent.items()),
+            "details": {"sent": sent, "nested": [echo, {"deeper": keys}], keys[0]: "a key as a member name"},
+            "encoded": {"url": quote(echo, safe=""), "base64": base64.b64encode(keys[0].encode()).decode()}}
 
 
 def last_user_text(messages: list[dict[str, Any]]) -> str:
@@ -133,6 +149,11 @@ def make_app() -> Starlette:
             auth = request.headers.get("authorization", "")
             return _error(401, f"Incorrect API key provided: {auth.removeprefix('Bearer ')}", "invalid_request_error",
                           "invalid_api_key")
+        if model.startswith("leakall-") and model[8:].isdigit():
+            err = leaked_error(request.headers, body["messages"])
+            status = int(model[8:])
+            return Response(orjson.dumps({"error": err, "sent": err["details"]["sent"]}), status,
+                            {"retry-after": err["code"]} if status == 429 else None, media_type="application/json")
         if model == "not-json":
             return Response(b"<html>502 Bad Gateway</html>", 200, media_type="text/html")
         if model == "slow":
@@ -154,6 +175,10 @@ def make_app() -> Starlette:
                     {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
                 "usage": usage}), media_type="application/json")
         include_usage = (body.get("stream_options") or {}).get("include_usage") is True
+        if model == "leakall-stream":
+            return StreamingResponse(_leak_stream(ident, created, upstream_model,
+                                                  leaked_error(request.headers, body["messages"])),
+                                     media_type="text/event-stream")
         return StreamingResponse(_stream(state, model, upstream_model, ident, created, text, usage, include_usage),
                                  media_type="text/event-stream")
 
@@ -188,6 +213,13 @@ def _chunk(ident: str, created: int, model: str, delta: dict[str, Any], finish: 
         "system_fingerprint": "fp_fake",
         "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], "usage": None,
     }) + b"\n\n"
+
+
+async def _leak_stream(ident: str, created: int, model: str, err: dict[str, Any]) -> AsyncIterator[bytes]:
+    yield _chunk(ident, created, model, {"role": "assistant", "content": ""})
+    yield _chunk(ident, created, model, {"content": "Hello"})
+    await asyncio.sleep(0.05)  # after the first chunks have been relayed: truly mid-stream
+    yield b"data: " + orjson.dumps({"id": ident, "object": "error", "error": err}) + b"\n\n"
 
 
 async def _stream(state: State, kind: str, model: str, ident: str, created: int, text: str,
