@@ -35,7 +35,10 @@ class Planner:
         if not standing and not budgeted:
             return None
         prompt_tokens = request.prompt_estimate
-        max_tokens = request.completion_allowance(alias.targets[0].default_max_tokens)
+        # without max_tokens, the largest output ceiling of the targets it may fall back to
+        targets = alias.targets
+        default = targets[0].default_max_tokens if len(targets) == 1 else max(t.default_max_tokens for t in targets)
+        max_tokens = request.completion_allowance(default)
         tokens = prompt_tokens + max_tokens
         checks = [check if check.unit != "tokens" else Check(check.scope, "gcra", check.key, check.limit, tokens,
                                                               "tokens", 0.0, check.wire) for check in standing]
