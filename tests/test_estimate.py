@@ -16,16 +16,7 @@ from proxy.pipeline.estimate import (
     estimate_prompt_tokens,
 )
 from proxy.pipeline.parse import parse
-
-HI = [{"role": "user", "content": "hi"}]
-
-
-def tools(n: int) -> list[dict]:
-    return [{"type": "function", "function": {
-        "name": f"tool_{i}", "description": "Look up the current weather for a city, in metric units.",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "The city"},
-                                                        "days": {"type": "integer", "minimum": 1}},
-                       "required": ["city"]}}} for i in range(n)]
+from tests.test_reservations import HI, tools
 
 
 def test_text_is_four_characters_a_token_and_hi_stays_one():
