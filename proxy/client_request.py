@@ -19,9 +19,11 @@ class ClientRequest:
     include_usage: bool = False  # stream_options.include_usage
     prompt_estimate: int = 0  # tokens in the prompt, estimated from the body
     max_tokens: int | None = None  # max_completion_tokens or max_tokens, when the client set one
+    choices: int = 1  # n: each completion is billed its own tokens
 
     def completion_allowance(self, default: int) -> int:
-        """The completion tokens to plan for: what the client asked for, else the target's default."""
+        """The completion tokens to plan for: what the client asked for (else the target's default)
+        for each of the ``n`` completions."""
         if self.endpoint != "chat":
             return 0
-        return self.max_tokens if self.max_tokens is not None else default
+        return (self.max_tokens if self.max_tokens is not None else default) * self.choices

@@ -17,7 +17,7 @@ import proxy.limits
 from proxy.limits.checks import (
     BUDGET_SLACK_USD,
     PARALLEL_RETRY_S,
-    PARALLEL_STALE_S,
+    PARALLEL_SLOT_TTL_S,
     PREFIX,
     WINDOW_S,
     Check,
@@ -25,6 +25,7 @@ from proxy.limits.checks import (
 from proxy.limits.leases import LEASE_FREE_SHARE
 from proxy.limits.memory import MemoryBackend
 from proxy.limits.redis_backend import BUDGET_KEY_LINGER_S, GCRA_KEY_LINGER_MS, RedisBackend
+from proxy.limits.store import SpendUnknown
 from tests.redis_util import shared_redis_url
 
 PACKAGE = Path(proxy.limits.__file__).parent
@@ -84,9 +85,10 @@ def test_the_store_grants_a_lease_only_while_enough_of_the_window_stays_free():
 
 def test_both_stores_agree_on_parallel_slots_and_budgets():
     async def action(backend, keys):
-        slot = Check("parallel", "parallel", keys[1], 1, 1, "requests", PARALLEL_STALE_S)
+        slot = Check("parallel", "parallel", keys[1], 1, 1, "requests", PARALLEL_SLOT_TTL_S)
         await backend.acquire([slot], "a")
         busy, _, _ = await backend.acquire([slot], "b")
+        await backend.seed(keys[2], 0.0, 100.0)
         spend = Check("budget", "budget", keys[2], 1.0, 1.0 + BUDGET_SLACK_USD / 2, "usd", 100.0)
         within, _, _ = await backend.acquire([spend], "c")
         over, _, _ = await backend.acquire([Check("budget", "budget", keys[2], 1.0, 1e-6, "usd", 100.0)], "d")
@@ -96,12 +98,61 @@ def test_both_stores_agree_on_parallel_slots_and_budgets():
     assert memory == redis == (PARALLEL_RETRY_S, None, 100.0)
 
 
+def test_both_stores_report_a_budget_whose_spend_is_missing_and_reserve_nothing():
+    """A budget's spend key that is absent (not 0) is reported, with nothing of the request reserved,
+    so the limiter can re-read it from the ledger; once seeded the check counts from the seed."""
+
+    async def action(backend, keys):
+        rpm = Check("key", "gcra", keys[0], 60.0, 1, "requests")
+        spend = Check("budget", "budget", keys[2], 1.0, 0.25, "usd", 100.0)
+        with pytest.raises(SpendUnknown) as unknown:
+            await backend.acquire([rpm, spend], "a")
+        await backend.seed(keys[2], 0.5, 100.0)
+        await backend.seed(keys[2], 0.0, 100.0)  # a second seed (another replica's) does not overwrite it
+        denial, results, _ = await backend.acquire([rpm, spend], "b")
+        return unknown.value.check is spend, denial, results
+
+    memory, redis = asyncio.run(_both(action))
+    for same, denial, results in (memory, redis):
+        assert same and denial is None
+        assert results[0] == pytest.approx(59, abs=0.01)  # the refused try reserved no request
+        assert results[2] == pytest.approx(0.25)  # 1.0 - 0.5 seeded - 0.25
+
+
+def test_slots_not_renewed_expire_and_renewed_ones_stay():
+    """A max_parallel slot lives its TTL unless renewed: a dead holder's slot frees by itself."""
+    import time
+
+    async def action(backend, keys):
+        slot = Check("parallel", "parallel", keys[1], 2, 1, "requests", 0.4)
+        await backend.acquire([slot], "kept")
+        await backend.acquire([slot], "dropped")
+        for _ in range(3):
+            await asyncio.sleep(0.2)
+            await backend.renew([(slot, "kept")])
+        first, _, _ = await backend.acquire([slot], "new")  # "dropped" expired: room for one
+        second, _, _ = await backend.acquire([slot], "one-more")  # "kept" and "new" hold both slots
+        return first, second is not None
+
+    clock_backend = MemoryBackend(time.monotonic)
+    redis_backend = RedisBackend(shared_redis_url())
+
+    async def both():
+        try:
+            return await action(clock_backend, _keys()), await action(redis_backend, _keys())
+        finally:
+            await redis_backend.aclose()
+
+    assert asyncio.run(both()) == ((None, True), (None, True))
+
+
 def test_redis_keys_expire_as_python_says():
     import redis
 
     async def action() -> tuple[str, str]:
         rpm, _, spend = _keys()
         backend = RedisBackend(shared_redis_url())
+        await backend.seed(spend, 0.0, 100.0)
         await backend.acquire([Check("key", "gcra", rpm, 60.0, 60.0, "requests"),
                                Check("budget", "budget", spend, 1.0, 0.5, "usd", 100.0)], "a")
         await backend.aclose()
@@ -118,7 +169,7 @@ def test_the_scripts_hold_no_number_of_their_own():
     left in the files are ARGV and TIME offsets and unit conversions."""
     allowed = {"0", "1", "2", "3", "4", "5", "1000", "1000000"}
     scripts = sorted(PACKAGE.glob("*.lua"))
-    assert [p.name for p in scripts] == ["acquire.lua", "settle.lua"]
+    assert [p.name for p in scripts] == ["acquire.lua", "renew.lua", "settle.lua"]
     for path in scripts:
         code = re.sub(r"--[^\n]*", "", path.read_text())  # comments
         code = re.sub(r"'[^']*'", "''", code)  # strings ('%.17g', '-inf')

@@ -5,11 +5,14 @@ Semantics (identical in both backends):
   then refills continuously. It is exact (no fixed-window edge doubling) and keeps one number per
   scope. TPM reserves the request's estimated prompt tokens plus its max_tokens (or the target's
   default_max_tokens) before the call, and settles to the real usage after it.
-- max_parallel counts a key's requests in flight (entries older than ``PARALLEL_STALE_S`` are dropped,
-  so a crashed replica cannot leak slots forever).
+- max_parallel counts a key's requests in flight. A slot lives ``PARALLEL_SLOT_TTL_S`` unless renewed;
+  each replica renews all of its running requests' slots in one call every ``PARALLEL_RENEW_S``, so
+  a replica that dies frees its slots within seconds.
 - budgets reserve the request's worst-case cost (estimated prompt plus max_tokens at the priciest
   target) against the spend so far in the current period (UTC day, UTC month, or total), and settle
-  to the row's real cost afterwards. Spend starts from the usage ledger's rows for the period.
+  to the row's real cost afterwards. Spend starts from the usage ledger's rows for the period, and a
+  spend the store no longer holds (lost with Redis's data, or a new period) is read from it again
+  before the request is checked.
 - Every scope of a request is checked, and only if all pass reserved, atomically: in Redis by one Lua
   script (one round trip; all key names share one hash tag so the script is legal on Redis Cluster).
   The check comes before the upstream call; settling happens after the response, off the request path.
@@ -25,8 +28,9 @@ Semantics (identical in both backends):
 
 Modules: ``checks`` (the types and pure helpers), ``planner`` (a request's checks), ``memory`` and
 ``redis_backend`` (the stores, behind ``store.Backend``), ``leases``, ``settlements`` (corrections sent
-in batches), ``refusals`` (the client-facing errors), ``limiter`` (``Limits``, composing them) and
-``seeding`` (budgets from the ledger).
+in batches), ``heartbeat`` (slot renewals), ``refusals`` (the client-facing errors), ``outage`` (store
+outages logged once), ``limiter`` (``Limits``, composing them), ``seeding`` (budgets from the ledger at
+start) and ``reseed`` (a lost spend read again).
 """
 
 from proxy.limits.checks import Check, Denial, Plan, Ticket, duration, period_of
@@ -34,7 +38,7 @@ from proxy.limits.limiter import Limits
 from proxy.limits.memory import MemoryBackend
 from proxy.limits.redis_backend import RedisBackend
 from proxy.limits.seeding import seed_budgets
-from proxy.limits.store import StoreUnavailable
+from proxy.limits.store import SpendUnknown, StoreUnavailable
 
-__all__ = ["Check", "Denial", "Limits", "MemoryBackend", "Plan", "RedisBackend", "StoreUnavailable", "Ticket",
-           "duration", "period_of", "seed_budgets"]
+__all__ = ["Check", "Denial", "Limits", "MemoryBackend", "Plan", "RedisBackend", "SpendUnknown", "StoreUnavailable",
+           "Ticket", "duration", "period_of", "seed_budgets"]

@@ -1,9 +1,11 @@
 -- Check every scope of one request and, only if all pass, reserve them: one atomic round trip.
 -- KEYS: one per check. ARGV: the request id, then per check ARGS_PER_CHECK values: kind, limit, ttl
--- (a budget's time left in its period; a parallel slot's staleness), amount, lease units asked for.
+-- (a budget's time left in its period; a parallel slot's TTL), amount, lease units asked for.
 -- The upper-case names are constants the loader prepends from Python (proxy/limits/redis_backend.py).
--- Reply: {0, failing check's index, seconds to wait}, or one bulk string "remaining reset leased ..."
--- (three per check), which is cheaper to read than an array.
+-- Reply: {0, failing check's index, seconds to wait}; {1, budget check's index, 0} when that budget's
+-- spend key is absent (lost with Redis's data, or a period not seeded yet: nothing is reserved, and the
+-- caller re-seeds it from the ledger); or one bulk string "remaining reset leased ..." (three per check),
+-- which is cheaper to read than an array. A parallel slot's score is when it was last renewed.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local rid = ARGV[1]
@@ -33,7 +35,8 @@ for i = 1, #KEYS do
     out[#out + 1] = '0'
     out[#out + 1] = '0'
   else
-    local spent = tonumber(redis.call('GET', KEYS[i])) or 0
+    local spent = tonumber(redis.call('GET', KEYS[i]))
+    if spent == nil then return {1, i, '0'} end
     if spent + amount > limit + BUDGET_SLACK_USD then return {0, i, tostring(ttl)} end
     out[#out + 1] = tostring(limit - spent - amount)
     out[#out + 1] = tostring(ttl)

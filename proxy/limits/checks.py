@@ -9,11 +9,14 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from proxy.redis_client import Encoded
+    from proxy.settings import KeyConfig
 
 WINDOW_S = 60.0  # rpm and tpm: a limit of N per minute refills over this window
 GCRA_SLACK_S = 1e-9  # float noise allowed past the window before a request is refused
 BUDGET_SLACK_USD = 1e-12  # float noise allowed past a budget before a request is refused
-PARALLEL_STALE_S = 600.0  # an in-flight entry this old is dropped, so a crashed replica leaks no slot
+PARALLEL_SLOT_TTL_S = 6.0  # a max_parallel slot not renewed for this long is dropped: a dead replica's slots free
+PARALLEL_RENEW_S = 2.0  # each replica renews the slots of its running requests this often, in one batch
+PARALLEL_HOLD_MAX_S = 600.0  # a slot held this long (a request never settled) is no longer renewed
 PARALLEL_RETRY_S = 1.0  # the retry-after of a request refused for max_parallel
 PREFIX = "{llm-gateway}:"  # one hash tag: every key of one script lands in one Redis Cluster slot
 
@@ -43,6 +46,8 @@ class Plan:
     request_id: str
     leasable: bool = False  # every check is an rpm/tpm one, on Redis: leases can admit it
     asks: list[float] | None = None  # per check, the lease units asked for with this request's script
+    slot: Check | None = None  # its max_parallel check: the slot is renewed while the request runs
+    owner: KeyConfig | None = None  # the key whose budget it checks: its spend is re-read if the store lost it
 
 
 @dataclass(slots=True)

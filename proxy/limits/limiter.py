@@ -3,44 +3,52 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from proxy.client_request import ClientRequest
 from proxy.limits.checks import Denial, Plan, Ticket, period_of
+from proxy.limits.heartbeat import Heartbeat
 from proxy.limits.leases import Leases
 from proxy.limits.memory import MemoryBackend
+from proxy.limits.outage import Outage
 from proxy.limits.planner import Planner, budget_key
 from proxy.limits.redis_backend import RedisBackend
 from proxy.limits.refusals import rejection, store_unavailable
+from proxy.limits.reseed import LedgerSpend, Reseeder, SpendSource
 from proxy.limits.settlements import Settlements
-from proxy.limits.store import Backend, StoreUnavailable
+from proxy.limits.store import Backend, SpendUnknown, StoreUnavailable
 from proxy.observability.observer import Observer
 from proxy.records import UsageRecord
 from proxy.settings import Config, KeyConfig, ModelAlias
 
-log = logging.getLogger("gateway.limits")
-
 
 class Limits:
     """Every limit of the gateway over one store. ``config`` is reassigned on reload; the state (the
-    store's counts, this replica's leases) outlives it."""
+    store's counts, this replica's leases and slots) outlives it. ``spend`` reads a key's spend from the
+    usage ledger when the store has lost it (None: it starts again at 0)."""
 
-    __slots__ = ("backend", "config", "leases", "observer", "planner", "settlements")
+    __slots__ = ("backend", "config", "heartbeat", "leases", "observer", "outage", "planner", "reseeder",
+                 "settlements")
 
-    def __init__(self, config: Config, backend: Backend, observer: Observer | None = None) -> None:
+    def __init__(self, config: Config, backend: Backend, observer: Observer | None = None,
+                 spend: SpendSource | None = None) -> None:
         self.config = config
         self.backend = backend
         self.observer = observer or Observer()  # told of refusals and store errors
+        self.outage = Outage("limits store" + (" (Redis)" if backend.remote else ""))
         self.settlements = Settlements(backend, self._store_error)
         self.leases = Leases(self.settlements)
         self.planner = Planner(backend)
+        self.heartbeat = Heartbeat(backend, lambda exc: self._store_error(exc, "renewing max_parallel slots"),
+                                   self._store_back)
+        self.reseeder = Reseeder(backend, spend)
 
     @classmethod
     def from_config(cls, config: Config, observer: Observer | None = None) -> Limits:
         url = config.storage.redis_url
-        return cls(config, RedisBackend(url) if url else MemoryBackend(), observer)
+        return cls(config, RedisBackend(url) if url else MemoryBackend(), observer,
+                   LedgerSpend(config.storage.database_url))
 
     def plan(self, key: KeyConfig | None, alias: ModelAlias, request: ClientRequest) -> Plan | None:
         """The checks for one request, or None when nothing limits it (no estimates, no store call)."""
@@ -53,15 +61,37 @@ class Limits:
 
     async def admit(self, plan: Plan) -> Ticket | None:
         """Check and reserve in one store call: a Ticket, None when the store is down and
-        ``on_store_error = "allow"``, or a GatewayError (429, or 503 under ``"deny"``)."""
+        ``on_store_error = "allow"``, or a GatewayError (429, or 503 under ``"deny"``). A budget whose
+        spend the store lost is re-read from the ledger first (one more round trip, rarely)."""
         try:
             denial, results, grants = await self.backend.acquire(plan.checks, plan.request_id, plan.asks)
         except StoreUnavailable as exc:
             return self._unavailable(plan, exc)
+        except SpendUnknown as unknown:
+            return await self._admit_reseeded(plan, unknown)
         except BaseException:  # cancelled: a lease granted meanwhile is lost (it refills like any use)
             self.leases.granted(plan, None, None)
             raise
+        if self.outage.down_since is not None:
+            self.outage.recovered()
         return self._verdict(plan, denial, results, grants)
+
+    async def _admit_reseeded(self, plan: Plan, unknown: SpendUnknown) -> Ticket | None:
+        """The budget's spend from the ledger into the store, then the check again; while the ledger
+        cannot give it (the reseeder logs why), ``on_store_error`` decides as if the store were down."""
+        assert plan.owner is not None
+        try:
+            if await self.reseeder.reseed(unknown.check, plan.owner):
+                denial, results, grants = await self.backend.acquire(plan.checks, plan.request_id, plan.asks)
+                return self._verdict(plan, denial, results, grants)
+        except StoreUnavailable as exc:
+            return self._unavailable(plan, exc)
+        except SpendUnknown:  # lost again at once: Redis is flapping
+            pass
+        self.leases.granted(plan, None, None)
+        if self.config.limits.on_store_error == "deny":
+            raise store_unavailable()
+        return None
 
     async def acquire(self, key: KeyConfig | None, alias: ModelAlias, request: ClientRequest) -> Ticket | None:
         """``plan`` then ``admit``, for callers that do not try the leases first."""
@@ -70,8 +100,7 @@ class Limits:
 
     def _unavailable(self, plan: Plan, exc: StoreUnavailable) -> None:
         self.leases.granted(plan, None, None)
-        self._store_error()
-        log.warning("limits store unavailable (%s): %s", self.config.limits.on_store_error, exc)
+        self._store_error(exc, f"checking a request (on_store_error = {self.config.limits.on_store_error})")
         if self.config.limits.on_store_error == "deny":
             raise store_unavailable() from None
         return None
@@ -82,10 +111,17 @@ class Limits:
         if denial is not None:
             self.observer.ratelimited(denial.check.scope)
             raise rejection(denial)
+        if plan.slot is not None:
+            self.heartbeat.hold(plan.request_id, plan.slot)
         return Ticket(plan.request_id, plan.checks, results, plan.tokens, plan.cost)
 
-    def _store_error(self) -> None:
+    def _store_error(self, exc: BaseException, doing: str) -> None:
         self.observer.limits_store_error()
+        self.outage.failed(exc, doing)
+
+    def _store_back(self) -> None:
+        if self.outage.down_since is not None:
+            self.outage.recovered()
 
     def settle(self, ticket: Ticket | None, record: UsageRecord, extra_records: Sequence[UsageRecord] = ()) -> None:
         """Replace reservations with what the request really used (``extra_records``: rows of hedge
@@ -103,6 +139,7 @@ class Limits:
         for check in ticket.checks:
             if check.kind == "parallel":
                 settlements.release(check, ticket.request_id)
+                self.heartbeat.drop(ticket.request_id)
                 urgent = settling = True
                 continue
             if check.unit == "tokens":
@@ -139,6 +176,7 @@ class Limits:
                 await self.backend.seed(budget_key(key.name, period_id), spend_by_key.get(key.name, 0.0), ttl)
 
     async def aclose(self) -> None:
+        self.heartbeat.stop()
         self.leases.give_back_all()
         self.settlements.stop()
         await self.settlements.flush()

@@ -9,13 +9,12 @@ from proxy.limits.checks import (
     BUDGET_SLACK_USD,
     GCRA_SLACK_S,
     PARALLEL_RETRY_S,
-    PARALLEL_STALE_S,
     WINDOW_S,
     Check,
     Denial,
     gcra_retry,
 )
-from proxy.limits.store import Settlement, Verdict
+from proxy.limits.store import Settlement, SpendUnknown, Verdict
 
 
 class MemoryBackend:
@@ -26,7 +25,7 @@ class MemoryBackend:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self.values: dict[str, float] = {}  # GCRA key -> theoretical arrival time; budget key -> spend
-        self.parallel: dict[str, dict[str, float]] = {}  # max_parallel key -> request id -> when it started
+        self.parallel: dict[str, dict[str, float]] = {}  # max_parallel key -> request id -> last renewed
 
     def wire(self, check: Check) -> None:
         return None
@@ -48,14 +47,16 @@ class MemoryBackend:
             elif check.kind == "parallel":
                 slots = self.parallel.setdefault(check.key, {})
                 for rid, started in list(slots.items()):
-                    if started < now - PARALLEL_STALE_S:
+                    if started < now - check.ttl_s:
                         del slots[rid]
                 if len(slots) + 1 > check.limit:
                     return Denial(check, PARALLEL_RETRY_S), [], None
                 new_values.append(0.0)
                 results += (check.limit - len(slots) - 1, 0.0)
             else:
-                spent = self.values.get(check.key, 0.0)
+                spent = self.values.get(check.key)
+                if spent is None:
+                    raise SpendUnknown(check)
                 if spent + check.amount > check.limit + BUDGET_SLACK_USD:
                     return Denial(check, check.ttl_s), [], None
                 new_values.append(spent + check.amount)
@@ -76,6 +77,13 @@ class MemoryBackend:
                 self.values[check.key] = max(now, self.values[check.key] + delta * WINDOW_S / check.limit)
             elif check.kind == "budget":
                 self.values[check.key] = self.values.get(check.key, 0.0) + delta
+
+    async def renew(self, slots: list[tuple[Check, str]]) -> None:
+        now = self.clock()
+        for check, request_id in slots:
+            held = self.parallel.get(check.key)
+            if held is not None and request_id in held:
+                held[request_id] = now
 
     async def seed(self, key: str, value: float, ttl_s: float) -> None:
         self.values.setdefault(key, value)

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from proxy.client_request import ClientRequest
 from proxy.cost import estimated_cost
-from proxy.limits.checks import PARALLEL_STALE_S, PREFIX, Check, Plan, all_gcra, period_of
+from proxy.limits.checks import PARALLEL_SLOT_TTL_S, PREFIX, Check, Plan, all_gcra, period_of
 from proxy.limits.store import Backend
 from proxy.settings import Config, KeyConfig, ModelAlias
 
@@ -35,17 +35,23 @@ class Planner:
         if not standing and not budgeted:
             return None
         prompt_tokens = request.prompt_estimate
-        max_tokens = request.completion_allowance(alias.targets[0].default_max_tokens)
+        # without max_tokens, the largest output ceiling of the targets it may fall back to
+        targets = alias.targets
+        default = targets[0].default_max_tokens if len(targets) == 1 else max(t.default_max_tokens for t in targets)
+        max_tokens = request.completion_allowance(default)
         tokens = prompt_tokens + max_tokens
         checks = [check if check.unit != "tokens" else Check(check.scope, "gcra", check.key, check.limit, tokens,
                                                               "tokens", 0.0, check.wire) for check in standing]
         cost = 0.0
+        owner: KeyConfig | None = None
         if key is not None and key.budget_usd is not None:
             cost = max((estimated_cost(t, prompt_tokens, max_tokens) or 0.0) for t in alias.targets)
             period_id, _, ttl = period_of(key.budget_period, datetime.now(UTC))
             checks.append(Check("budget", "budget", budget_key(key.name, period_id), key.budget_usd, cost, "usd", ttl))
+            owner = key
         leasable = self.backend.remote and not budgeted and all_gcra(checks)
-        return Plan(checks, tokens, cost, request.request_id, leasable)
+        slot = standing[-1] if standing and standing[-1].kind == "parallel" else None
+        return Plan(checks, tokens, cost, request.request_id, leasable, None, slot, owner)
 
     def _standing(self, config: Config, key: KeyConfig | None, alias: ModelAlias) -> list[Check]:
         """The rpm, tpm and max_parallel checks of a key and alias (a tpm one with no amount yet), built
@@ -77,5 +83,5 @@ def _standing_checks(key: KeyConfig | None, alias: ModelAlias, rpm: int | None, 
             checks.append(Check(scope, "gcra", f"{PREFIX}tpm:{name}", scope_tpm, 0, "tokens"))
     if key is not None and key.max_parallel:
         checks.append(Check("parallel", "parallel", f"{PREFIX}inflight:key:{key.name}", key.max_parallel, 1,
-                            "requests", PARALLEL_STALE_S))
+                            "requests", PARALLEL_SLOT_TTL_S))
     return checks

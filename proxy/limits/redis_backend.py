@@ -19,7 +19,7 @@ from proxy.limits.checks import (
     gcra_retry,
 )
 from proxy.limits.leases import LEASE_FREE_SHARE
-from proxy.limits.store import Settlement, StoreUnavailable, Verdict
+from proxy.limits.store import Settlement, SpendUnknown, StoreUnavailable, Verdict
 from proxy.redis_client import Encoded, MiniRedis, RedisError
 
 ACQUIRE_ARGS_PER_CHECK = 5  # kind, limit, ttl, amount, lease asked for
@@ -41,6 +41,7 @@ ACQUIRE_LUA = lua_script("acquire.lua", ARGS_PER_CHECK=ACQUIRE_ARGS_PER_CHECK, W
                          GCRA_KEY_LINGER_MS=GCRA_KEY_LINGER_MS, BUDGET_KEY_LINGER_S=BUDGET_KEY_LINGER_S)
 SETTLE_LUA = lua_script("settle.lua", ARGS_PER_ENTRY=SETTLE_ARGS_PER_ENTRY, WINDOW_S=WINDOW_S,
                         GCRA_KEY_LINGER_MS=GCRA_KEY_LINGER_MS)
+RENEW_LUA = lua_script("renew.lua")
 
 
 class RedisBackend:
@@ -67,6 +68,15 @@ class RedisBackend:
             args += [check.kind, repr(check.limit), repr(delta).encode(), request_id.encode()]
         try:
             await self.client.run_script(SETTLE_LUA, [c.key for c, _, _ in entries], args)
+        except REDIS_ERRORS as exc:
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
+
+    async def renew(self, slots: list[tuple[Check, str]]) -> None:
+        args: list[Any] = []
+        for check, request_id in slots:
+            args += [request_id.encode(), str(int(check.ttl_s * 1000))]
+        try:
+            await self.client.run_script(RENEW_LUA, [c.key for c, _ in slots], args)
         except REDIS_ERRORS as exc:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
 
@@ -99,8 +109,10 @@ def acquire_args(checks: list[Check], request_id: str, asks: list[float] | None)
 
 def verdict_of(checks: list[Check], reply: Any) -> Verdict:
     """The acquire script's reply read back: a denial, or the results and lease grants per check."""
-    if isinstance(reply, list):  # {0, failing check's index, seconds to wait}
+    if isinstance(reply, list):  # {0, failing check's index, seconds to wait}; {1, index, 0}: spend unknown
         check = checks[int(reply[1]) - 1]
+        if int(reply[0]) == 1:
+            raise SpendUnknown(check)
         wait = float(reply[2])
         return Denial(check, gcra_retry(check, wait) if check.kind == "gcra" else wait), [], None
     values = list(map(float, reply.split()))

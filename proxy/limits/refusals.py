@@ -27,7 +27,7 @@ def rejection(denial: Denial) -> GatewayError:
         message = (f"Rate limit reached for {check.scope} scope: {int(check.limit)} {what} per minute. "
                    f"Please try again in {retry}s.")
         if check.amount > check.limit:
-            message = (f"This request needs {int(check.amount)} tokens (prompt plus max_tokens), more than the "
+            message = (f"This request needs {int(check.amount)} tokens (prompt plus max_tokens times n), more than the "
                        f"{check.scope} scope's limit of {int(check.limit)} tokens per minute.")
     return GatewayError(429, message, "rate_limit_error", "rate_limit_exceeded", headers=headers)
 

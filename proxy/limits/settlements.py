@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 
 from proxy.limits.checks import Check
 from proxy.limits.store import Backend, Settlement, StoreUnavailable
-
-log = logging.getLogger("gateway.limits")
 
 SETTLE_BATCH_S = 0.005  # corrections wait this long to be sent with others (one script call per batch)
 SETTLE_BATCH_MAX = 500  # entries per script call
@@ -20,7 +17,7 @@ class Settlements:
 
     __slots__ = ("backend", "flusher", "on_store_error", "owed", "releases")
 
-    def __init__(self, backend: Backend, on_store_error: Callable[[], None]) -> None:
+    def __init__(self, backend: Backend, on_store_error: Callable[[StoreUnavailable, str], None]) -> None:
         self.backend = backend
         self.on_store_error = on_store_error
         self.releases: list[Settlement] = []  # freed concurrency slots, one per request
@@ -52,9 +49,8 @@ class Settlements:
             for start in range(0, len(entries), SETTLE_BATCH_MAX):
                 try:
                     await self.backend.settle(entries[start:start + SETTLE_BATCH_MAX])
-                except StoreUnavailable as exc:
-                    self.on_store_error()
-                    log.warning("limits store unavailable while settling: %s", exc)
+                except StoreUnavailable as exc:  # logged once per outage by the caller, not per batch
+                    self.on_store_error(exc, "settling")
 
     def stop(self) -> None:
         """Cancel a batch still waiting; ``flush`` then sends what it held."""

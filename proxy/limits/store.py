@@ -19,6 +19,15 @@ class StoreUnavailable(Exception):
     """The store could not be reached or did not answer: the caller applies ``on_store_error``."""
 
 
+class SpendUnknown(Exception):
+    """A budget check found no spend in the store (lost with its data, or a period not seeded yet):
+    nothing was reserved, and the caller re-reads the spend from the ledger before checking again."""
+
+    def __init__(self, check: Check) -> None:
+        super().__init__(check.key)
+        self.check = check
+
+
 class Backend(Protocol):
     remote: bool  # whether a check costs a round trip (and leases can save it)
 
@@ -26,10 +35,14 @@ class Backend(Protocol):
         """The check's constants encoded once for the store, for checks shared by many requests."""
 
     async def acquire(self, checks: list[Check], request_id: str, asks: list[float] | None = None) -> Verdict:
-        """Check every scope and, only if all pass, reserve them (and grant the lease units asked for)."""
+        """Check every scope and, only if all pass, reserve them (and grant the lease units asked for).
+        Raises SpendUnknown for a budget whose spend the store does not hold."""
 
     async def settle(self, entries: list[Settlement]) -> None:
         """Apply corrections: real usage in place of reservations, freed slots, unused leases."""
+
+    async def renew(self, slots: list[tuple[Check, str]]) -> None:
+        """Keep these max_parallel slots (check, request id) alive for another slot TTL."""
 
     async def seed(self, key: str, value: float, ttl_s: float) -> None:
         """Start a budget's spend at ``value`` unless it is already set."""

@@ -9,6 +9,7 @@ from typing import Any
 
 from proxy.client_request import ClientRequest
 from proxy.errors import bad_request
+from proxy.pipeline.estimate import choices_of, estimate_prompt_tokens
 
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
@@ -39,7 +40,7 @@ def parse(endpoint: str, body: dict[str, Any], request_id: str, header_id: str) 
         check_embeddings(body)
     stream = endpoint == "chat" and body.get("stream") is True
     return ClientRequest(endpoint, model, body, request_id, header_id, stream, include_usage(body),
-                         estimate_prompt_tokens(body), requested_max_tokens(body))
+                         estimate_prompt_tokens(body), requested_max_tokens(body), choices_of(body))
 
 
 def model_of(body: dict[str, Any]) -> str | None:
@@ -85,19 +86,3 @@ def requested_max_tokens(body: dict[str, Any]) -> int | None:
             return value
     return None
 
-
-def estimate_prompt_tokens(body: dict[str, Any]) -> int:
-    """About four characters a token over all text in the request: used only when no usage arrives."""
-    chars = 0
-    for m in body.get("messages") or ():
-        content = m.get("content") if isinstance(m, dict) else None
-        if isinstance(content, str):
-            chars += len(content)
-        elif isinstance(content, list):
-            chars += sum(len(p.get("text") or "") for p in content if isinstance(p, dict))
-    inputs = body.get("input")
-    if isinstance(inputs, str):
-        chars += len(inputs)
-    elif isinstance(inputs, list):
-        chars += sum(len(i) if isinstance(i, str) else 4 for i in inputs)
-    return (chars + 3) // 4
