@@ -210,6 +210,18 @@ def test_a_500_keeps_the_connection_and_the_pipelined_request_behind_it(gw):
         del gw.app.router.routes[:2]
 
 
+def test_client_model_names_do_not_grow_metrics(gw):
+    before = httpx.get(gw.url + "/metrics").text
+    huge = _post(gw, "/v1/chat/completions", _chat(model="echo/" + "y" * 200_000))
+    assert huge.status_code == 400 and huge.json()["error"]["param"] == "model"
+    for i in range(20):  # distinct long names on a glob alias, each answered
+        assert _post(gw, "/v1/chat/completions", _chat(model=f"echo/{i:03d}" + "x" * 240)).status_code == 200
+    after = httpx.get(gw.url + "/metrics").text
+    assert "x" * 240 not in after and "y" * 1000 not in after
+    assert 'model="echo/*"' in after  # they are counted under the alias's pattern
+    assert len(after) - len(before) < 30_000, len(after) - len(before)
+
+
 def _as_raw(r: httpx.Response):
     from tests.hostile import Response
 
