@@ -159,3 +159,23 @@ def test_many_idle_sockets_do_not_exhaust_the_process(fake_openai, tmp_path):
         for s in socks:
             s.close()
         gw.stop()
+
+
+def test_the_server_limits_are_read_from_the_config_and_checked():
+    import tomllib
+
+    from proxy.config import parse_config
+    from proxy.connection_limits import ConnectionLimits
+    from proxy.settings import ConfigError
+
+    def server(lines: str):
+        raw = tomllib.loads(f'[server]\nrequire_auth = false\n{lines}\n[storage]\nspill_dir = "/nonexistent"\n')
+        return parse_config(raw, "t.toml", {}).server
+
+    assert ConnectionLimits.of(server("")) == ConnectionLimits(5.0, 10.0, 30.0, 10_000)
+    assert ConnectionLimits.of(server("idle_timeout_s = 1\nheader_timeout_s = 2\nbody_timeout_s = 3.5\n"
+                                      "max_connections = 7")) == ConnectionLimits(1.0, 2.0, 3.5, 7)
+    for bad in ("idle_timeout_s = 0", "header_timeout_s = -1", "body_timeout_s = \"x\"", "max_connections = 0",
+                "max_connections = 1.5"):
+        with pytest.raises(ConfigError):
+            server(bad)
