@@ -139,10 +139,11 @@ EMBEDDINGS: dict[str, Check] = {
 
 
 def check_params(body: dict[str, Any], table: dict[str, Check]) -> None:
-    for name, check in table.items():
-        value = body.get(name)
+    for name, value in body.items():  # a body has a few keys, the table dozens: walk the body
         if value is not None:
-            check(name, value)
+            check = table.get(name)
+            if check is not None:
+                check(name, value)
 
 
 def check_model(name: Any) -> str:
