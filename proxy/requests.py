@@ -9,7 +9,7 @@ from starlette.requests import Request
 
 from proxy.errors import GatewayError, bad_request
 
-# orjson reads 1,024 levels but writes only 255, and a body's values are written again nested a few
+# orjson reads 1,024 levels but writes only 254, and a body's values are written again nested a few
 # levels deeper (adapters' request shapes, stored key settings, log lines): deeper bodies are refused.
 MAX_JSON_DEPTH = 240
 
