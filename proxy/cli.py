@@ -24,10 +24,16 @@ def _load(path: str) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import functools
+
     import uvicorn
+
+    from proxy.connection_limits import ConnectionLimits, ensure_fd_budget
+    from proxy.uvicorn_protocol import GatewayHttpProtocol
 
     path = _config_path(args.config)
     config = _load(path)
+    ensure_fd_budget(config.server.max_connections)  # workers inherit the raised limit
     os.environ["GATEWAY_CONFIG"] = os.path.abspath(path)  # worker processes load the same file
     port = args.port if args.port is not None else config.server.port
     os.environ["GATEWAY_PORT"] = str(port)  # where each worker records its pid for `gateway reload`
@@ -44,7 +50,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             port=port,
             workers=args.workers,
             loop="uvloop",
-            http="proxy.uvicorn_protocol:GatewayHttpProtocol",  # httptools, head and body in one send
+            # httptools, head and body in one send, and [server]'s connection limits (read at start:
+            # `gateway reload` does not change them). A partial of module-level names: workers unpickle it.
+            http=functools.partial(GatewayHttpProtocol, limits=ConnectionLimits.of(config.server)),
             access_log=False,  # the gateway writes its own JSON access log ([observability] access_log)
             proxy_headers=False,  # nothing here reads the client address: skip X-Forwarded-* rewriting per request
             log_level="info",

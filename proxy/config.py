@@ -193,6 +193,10 @@ def parse_config(raw: dict[str, Any], file: str, env: dict[str, str]) -> Config:
         fuzzy_models=s.get("fuzzy_models", bool, False),
         metrics_port=_count(s, "metrics_port", 0, minimum=0),
         metrics_require_admin=s.get("metrics_require_admin", bool, False),
+        idle_timeout_s=s.number("idle_timeout_s", 5.0, minimum=0.001),
+        header_timeout_s=s.number("header_timeout_s", 10.0, minimum=0.001),
+        body_timeout_s=s.number("body_timeout_s", 30.0, minimum=0.001),
+        max_connections=_count(s, "max_connections", 10_000, minimum=1),
     )
     if server.port > 65535:
         raise ConfigError(file, "server.port", "must be <= 65535")

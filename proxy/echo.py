@@ -31,7 +31,8 @@ def message_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        return " ".join(p["text"] for p in content
+                        if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str))
     return ""
 
 
@@ -66,7 +67,9 @@ def _json(status: int, data: dict[str, Any]) -> Answer:
 
 
 def _chat(body: dict[str, Any]) -> Answer:
-    messages = body.get("messages") or []
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        messages = []
     text = reply_for(messages)
     words = re.findall(r"\S+\s*", text)
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
@@ -144,6 +147,11 @@ def _embeddings(body: dict[str, Any]) -> Answer:
     if not isinstance(dimensions, int) or not 1 <= dimensions <= 8192:
         return _json(400, {"error": {"message": "'dimensions' must be an integer from 1 to 8192",
                                      "type": "invalid_request_error", "param": "dimensions", "code": None}})
+    for i, item in enumerate(inputs):  # strings or token-id arrays, as OpenAI takes them
+        if not isinstance(item, str) and not (isinstance(item, list) and item and all(
+                isinstance(t, int) and not isinstance(t, bool) for t in item)):
+            return _json(400, {"error": {"message": f"'input[{i}]' must be a string or an array of token ids",
+                                         "type": "invalid_request_error", "param": "input", "code": None}})
     as_base64 = body.get("encoding_format") == "base64"
     data, tokens = [], 0
     for i, item in enumerate(inputs):

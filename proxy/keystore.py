@@ -19,6 +19,7 @@ import orjson
 
 from proxy.auth import hash_key
 from proxy.errors import GatewayError, bad_request
+from proxy.requests import MAX_JSON_DEPTH, too_deep
 from proxy.settings import BUDGET_PERIODS, KeyConfig
 from proxy.storage import migrate_postgres, migrate_sqlite, sqlite_path
 
@@ -56,11 +57,17 @@ def validate_settings(data: dict[str, Any], partial: bool) -> dict[str, Any]:
             if value is not None:
                 try:
                     parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-                except ValueError:
-                    raise bad_request("'expires_at' must be an ISO-8601 date-time or null", param=name) from None
-                value = (parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)).isoformat()
-        elif name == "metadata" and not isinstance(value, dict):
-            raise bad_request("'metadata' must be an object", param=name)
+                    # an offset can carry year 1 or 9999 past datetime's range: OverflowError, not a 500
+                    value = (parsed.replace(tzinfo=UTC) if parsed.tzinfo is None
+                             else parsed.astimezone(UTC)).isoformat()
+                except (ValueError, OverflowError):
+                    raise bad_request("'expires_at' must be an ISO-8601 date-time (years 1-9999 in UTC) or null",
+                                      param=name) from None
+        elif name == "metadata":
+            if not isinstance(value, dict):
+                raise bad_request("'metadata' must be an object", param=name)
+            if too_deep({name: value}, MAX_JSON_DEPTH - 2) is not None:  # stored inside the settings object
+                raise bad_request(f"'metadata' is nested deeper than {MAX_JSON_DEPTH - 2} levels", param=name)
         out[name] = value
     if not partial:
         out.setdefault("models", ["*"])

@@ -9,6 +9,10 @@ from starlette.requests import Request
 
 from proxy.errors import GatewayError, bad_request
 
+# orjson reads 1,024 levels but writes only 254, and a body's values are written again nested a few
+# levels deeper (adapters' request shapes, stored key settings, log lines): deeper bodies are refused.
+MAX_JSON_DEPTH = 240
+
 
 def too_large(limit: int) -> GatewayError:
     return GatewayError(413, f"Request body is larger than the gateway's limit of {limit} bytes.",
@@ -46,4 +50,27 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
         raise bad_request(f"Request body is not valid JSON: {e}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise bad_request("Request body must be a JSON object.", code="invalid_json")
+    # A body can only be nested as deep as it has brackets: counting them (in C) spares the walk.
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH:
+        deep = too_deep(body)
+        if deep is not None:
+            raise bad_request(f"Request body is nested deeper than {MAX_JSON_DEPTH} levels (in '{deep}').",
+                              param=deep, code="invalid_json")
     return body
+
+
+def too_deep(body: dict[str, Any], limit: int = MAX_JSON_DEPTH) -> str | None:
+    """The top-level key under which ``body`` nests JSON containers more than ``limit`` deep (the body
+    itself is level 1), else None."""
+    for key, value in body.items():
+        stack: list[tuple[Any, int]] = [(value, 2)]
+        while stack:
+            node, depth = stack.pop()
+            if isinstance(node, dict):
+                node = node.values()
+            elif not isinstance(node, list):
+                continue
+            if depth > limit:
+                return key
+            stack.extend((child, depth + 1) for child in node if isinstance(child, dict | list))
+    return None

@@ -40,6 +40,11 @@ class ServerConfig:
     fuzzy_models: bool = False  # resolve close misspellings of an alias (said in x-gateway-model-resolved)
     metrics_port: int = 0  # 0 = GET /metrics on the main port; else only on this port
     metrics_require_admin: bool = False  # /metrics needs `Authorization: Bearer <admin_key>`
+    # Slow and idle clients (GatewayHttpProtocol): how long each phase of a request may take on the wire.
+    idle_timeout_s: float = 5.0  # a connection with no request in progress, fresh or kept alive
+    header_timeout_s: float = 10.0  # from a request's first byte until its headers are complete
+    body_timeout_s: float = 30.0  # from the headers until the body's last byte
+    max_connections: int = 10_000  # per process; more are answered 503 and closed at once
 
     @property
     def max_body_bytes(self) -> int:

@@ -38,6 +38,15 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
+from proxy.connection_limits import (
+    ConnectionLimits,
+    body_timeout,
+    error_body,
+    header_timeout,
+    invalid_http,
+    too_many_connections,
+)
+
 DIRECT_WRITE = "gateway.direct_write"  # extension: a weak reference to the request's uvicorn cycle
 ON_DISCONNECT = "gateway.on_disconnect"  # extension: a ClientLeft, to be told of a hang-up
 
@@ -280,16 +289,99 @@ class NoDirectWrites:
         await self.app(scope, receive, send)
 
 
+class AnswerErrors:
+    """The app as GatewayHttpProtocol runs it: an exception never costs the client its connection.
+
+    uvicorn closes the connection when the app raises, even after a complete answer (Starlette's error
+    middleware re-raises once it has sent its 500), which drops any pipelined request behind it; and
+    for an app that raises or returns before answering it writes a text/plain 500 with
+    ``connection: close``. Here a complete answer keeps the connection, and a missing one becomes an
+    OpenAI-shaped 500 on a connection that stays open. Only an answer cut mid-way, whose framing is
+    broken, still closes it (uvicorn does that)."""
+
+    __slots__ = ("app", "logger")
+
+    def __init__(self, app: Any, logger: Any) -> None:
+        self.app = app
+        self.logger = logger
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except Exception as exc:
+            cycle = _cycle(scope)
+            if cycle is None or (cycle.response_started and not cycle.response_complete and not cycle.disconnected):
+                raise
+            self.logger.error("Exception in ASGI application", exc_info=exc)
+            if not cycle.response_started and not cycle.disconnected:
+                await _send_500(send)
+            return
+        cycle = _cycle(scope)
+        if cycle is not None and not cycle.response_started and not cycle.disconnected:
+            self.logger.error("ASGI callable returned without starting response.")
+            await _send_500(send)
+
+
+async def _send_500(send: Any) -> None:
+    body = error_body("The gateway hit an internal error.", "server_error", "internal_error")
+    await send({"type": "http.response.start", "status": 500,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
 class GatewayHttpProtocol(HttpToolsProtocol):
     """``uvicorn --http`` for ``gateway serve``: httptools, with ``HeadWithBody`` per request cycle
-    and the ``gateway.direct_write`` and ``gateway.on_disconnect`` extensions in each scope."""
+    and the ``gateway.direct_write`` and ``gateway.on_disconnect`` extensions in each scope.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    It also holds clients to ``ConnectionLimits`` (``limits``; ``gateway serve`` passes [server]'s),
+    which uvicorn does not: a connection past ``max_connections`` is answered 503 and closed at once
+    (uvicorn's ``limit_concurrency`` still keeps such sockets open); one that sends nothing is closed
+    after ``idle_timeout_s`` (uvicorn's keep-alive timeout only starts after a first response, and is
+    set to the same value here); a request's headers must be complete within ``header_timeout_s`` of
+    its first byte and its body within ``body_timeout_s`` of the headers, else a 408 ends the
+    connection. One timer at a time does all three, since the phases follow each other on the wire.
+    Malformed HTTP and app errors are answered in OpenAI's error format (``AnswerErrors``)."""
+
+    def __init__(self, *args: Any, limits: ConnectionLimits | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.config.access_log is False:  # uvicorn asks the logger instead, which others may give handlers
             self.access_log = False
+        self.limits = limits or ConnectionLimits()
+        self.timeout_keep_alive = self.limits.idle_timeout_s  # type: ignore[assignment]
+        self.app = AnswerErrors(self.app, self.logger)
+        self.deadline: asyncio.TimerHandle | None = None
+        self.refused = False
+
+    def _arm(self, seconds: float, expired: Callable[[], None]) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+        self.deadline = self.loop.call_later(seconds, expired)
+
+    def _disarm(self) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+
+    def _answering(self) -> bool:
+        """Whether a response on this connection is still being written (the app is on it)."""
+        return self.cycle is not None and not self.cycle.response_complete
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if len(self.connections) >= self.limits.max_connections:
+            self.refused = True  # never joins ``connections``: its descriptor is released right away
+            self.transport = transport
+            transport.write(too_many_connections(self.limits.max_connections))
+            transport.close()
+            return
+        super().connection_made(transport)
+        self._arm(self.limits.idle_timeout_s, self._idle_expired)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.refused:
+            super().data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
         cycle = self.cycle
         hook = None
         if cycle is not None and not cycle.response_complete:
@@ -299,7 +391,21 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if hook is not None:  # after uvicorn marked the cycle disconnected: sends are dropped from now on
             hook.client_left()
 
+    def send_400_response(self, msg: str) -> None:
+        self._disarm()
+        if self._answering():  # a bad request behind one in progress: that one finishes, then the connection ends
+            self.cycle.keep_alive = False
+            self.flow.pause_reading()
+            return
+        self.transport.write(invalid_http(msg))
+        self.transport.close()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm(self.limits.header_timeout_s, self._headers_expired)
+
     def on_headers_complete(self) -> None:
+        self._disarm()
         super().on_headers_complete()  # builds the cycle and creates its task, which has not run yet
         cycle = self.cycle
         if cycle is not None and cycle.transport is self.transport:  # a new cycle, not an upgrade's
@@ -308,3 +414,46 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             ours = {DIRECT_WRITE: weakref.ref(cycle), ON_DISCONNECT: ClientLeft()}
             extensions = scope.get("extensions")
             scope["extensions"] = {**extensions, **ours} if extensions else ours
+            if not (self.pipeline and self.pipeline[0][0] is cycle):  # a queued one's clock starts with it
+                self._arm(self.limits.body_timeout_s, self._body_expired)
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        queued = self.pipeline[-1][0] if self.pipeline else None
+        super().on_response_complete()
+        if queued is not None and queued.more_body and not self.transport.is_closing():
+            self._arm(self.limits.body_timeout_s, self._body_expired)  # it started: its body may come now
+
+    def _idle_expired(self) -> None:
+        self.deadline = None
+        if not self._answering():
+            self.transport.close()
+
+    def _headers_expired(self) -> None:
+        self.deadline = None
+        if self._answering():  # the partial request behind it is dropped once that answer is out
+            self.cycle.keep_alive = False
+            self.flow.pause_reading()
+            return
+        self.transport.write(header_timeout(self.limits.header_timeout_s))
+        self.transport.close()
+
+    def _body_expired(self) -> None:
+        self.deadline = None
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            self.transport.close()  # answered already (say a 401 before the body): no reason to wait for it
+            return
+        if cycle.response_started:
+            cycle.keep_alive = False  # the answer under way finishes, then the connection ends
+            self.flow.pause_reading()
+            return
+        # The app is waiting in receive(): it sees a disconnect (its row says 499), and writes nothing more.
+        cycle.response_started = True
+        cycle.disconnected = True
+        cycle.message_event.set()
+        self.transport.write(body_timeout(self.limits.body_timeout_s))
+        self.transport.close()

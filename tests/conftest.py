@@ -54,6 +54,15 @@ def _checkout_status() -> set[str] | None:
     return set(done.stdout.splitlines()) if done.returncode == 0 else None
 
 
+@pytest.hookimpl(trylast=True)  # after pytest's tmp_path plugin has set up its factory
+def pytest_configure(config: pytest.Config) -> None:
+    """Hypothesis keeps caches (constants found in the source, unicode tables) in ./.hypothesis, written
+    already while tests are collected: point it at this session's temporary directory instead."""
+    from hypothesis.configuration import set_hypothesis_home_dir
+
+    set_hypothesis_home_dir(config._tmp_path_factory.mktemp("hypothesis"))  # type: ignore[attr-defined]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def checkout_stays_clean(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Fails the run when the tests left files in the checkout (a ledger, a spill dir, a log...): tests

@@ -60,7 +60,8 @@ def _uvicorn_lacks() -> list[str]:
               "message_event", "expect_100_continue", "keep_alive", "on_response"]
     if list(inspect.signature(RequestResponseCycle.__init__).parameters)[1:] != params:
         return [f"RequestResponseCycle({', '.join(params)})"]
-    for method in ("on_headers_complete", "connection_lost", "on_response_complete"):
+    for method in ("on_headers_complete", "connection_lost", "on_response_complete", "on_message_begin",
+                   "on_message_complete", "send_400_response", "data_received", "connection_made"):
         if not hasattr(httptools_impl.HttpToolsProtocol, method):
             lacks.append(f"HttpToolsProtocol.{method}")
     cycle, transport = _cycle(keep_alive=False)

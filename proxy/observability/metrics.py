@@ -7,9 +7,9 @@ additions. ``/metrics`` turns that state into Prometheus families with ``prometh
 exposition code and process collectors are used as they are.
 
 Label values stay bounded: model is a configured alias (a name matched by a glob alias only once it
-was answered, and at most ``MAX_GLOB_MODELS`` of them; otherwise the glob itself, or ``unknown``),
-provider and key are configured names, ``none`` when there is none. Request ids and client text never
-become labels.
+was answered, at most ``MAX_GLOB_MODELS`` of them of at most ``MAX_LABEL_CHARS`` characters; otherwise
+the glob itself, or ``unknown``), provider and key are configured names, ``none`` when there is none.
+Request ids and client text never become labels.
 
 With ``gateway serve --workers N`` every worker publishes its numbers and a scrape answers with their
 sum (see proxy.observability.aggregate).
@@ -44,7 +44,10 @@ if TYPE_CHECKING:
     from proxy.runtime import Runtime
     from proxy.settings import ServerConfig
 
-MAX_GLOB_MODELS = 500
+# A glob alias's answered model names become label values up to these caps, then the glob pattern
+# does: each value is repeated on ~25 exposition lines, so a client's name must not size /metrics.
+MAX_GLOB_MODELS = 200
+MAX_LABEL_CHARS = 100
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0)
@@ -154,10 +157,11 @@ class Metrics(Observer):
         glob = next((g for g in self.globs if fnmatchcase(name, g)), None)
         if glob is None:
             return "unknown"  # a name no alias matches is client text: never a label
-        if answered and len(self.glob_models) < MAX_GLOB_MODELS:
+        if (answered and len(self.glob_models) < MAX_GLOB_MODELS and len(name) <= MAX_LABEL_CHARS
+                and name.isprintable()):
             self.glob_models.add(name)  # an upstream model answered to it: a real model name
             return name
-        return glob
+        return glob  # past the caps (or a name no model id looks like), the pattern stands for them all
 
     def request_started(self, endpoint: str) -> None:
         self.inflight += 1

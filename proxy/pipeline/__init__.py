@@ -40,6 +40,7 @@ from proxy.pipeline.hooks import Hooks, NoHooks
 from proxy.pipeline.parse import parse, request_ids
 from proxy.pipeline.stream import open_stream
 from proxy.pipeline.transaction import Answer, ClientWatch, Inbound, StreamAnswer, Transaction, WholeAnswer
+from proxy.pipeline.validate import check_forwarded_model
 from proxy.settings import ModelAlias
 
 if TYPE_CHECKING:
@@ -106,7 +107,9 @@ class Pipeline:
         """The alias the model name means; a fuzzy match is said in a header and accounted to the alias."""
         assert tx.request is not None
         alias = self.runtime.resolve(tx.request.model, tx.key)
-        if alias.name != tx.request.model and not alias.is_glob:
+        if alias.is_glob:
+            check_forwarded_model(tx.request.model)
+        elif alias.name != tx.request.model:
             tx.headers["x-gateway-model-resolved"] = alias.name
             tx.request.model = alias.name
         return alias

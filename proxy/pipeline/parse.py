@@ -10,6 +10,7 @@ from typing import Any
 from proxy.client_request import ClientRequest
 from proxy.errors import bad_request
 from proxy.pipeline.estimate import choices_of, estimate_prompt_tokens
+from proxy.pipeline.validate import CHAT, EMBEDDINGS, check_input, check_messages, check_model, check_params
 
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
@@ -31,9 +32,7 @@ def request_ids(given: str | None) -> tuple[str, str]:
 
 def parse(endpoint: str, body: dict[str, Any], request_id: str, header_id: str) -> ClientRequest:
     """Validate ``body`` for ``endpoint`` (a 400 naming the parameter) and read what later stages need."""
-    model = model_of(body)
-    if model is None:
-        raise bad_request("you must provide a model parameter", param="model", code="missing_required_parameter")
+    model = check_model(body.get("model"))
     if endpoint == "chat":
         check_chat(body)
     else:
@@ -43,35 +42,26 @@ def parse(endpoint: str, body: dict[str, Any], request_id: str, header_id: str) 
                          estimate_prompt_tokens(body), requested_max_tokens(body), choices_of(body))
 
 
-def model_of(body: dict[str, Any]) -> str | None:
-    model = body.get("model")
-    return model if isinstance(model, str) and model else None
-
-
 def check_chat(body: dict[str, Any]) -> None:
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise bad_request("'messages' must be a non-empty array", param="messages",
-                          code="missing_required_parameter" if messages is None else "invalid_type")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise bad_request(f"messages[{i}] must be an object with a 'role'", param=f"messages[{i}]",
-                              code="invalid_type")
-    stream = body.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise bad_request("'stream' must be a boolean", param="stream", code="invalid_type")
+    check_messages(body.get("messages"))
+    check_params(body, CHAT)
+    options = body.get("stream_options")
+    flag = options.get("include_usage") if isinstance(options, dict) else None
+    if flag is not None and not isinstance(flag, bool):
+        raise bad_request("Invalid type for 'stream_options.include_usage': expected a boolean.",
+                          param="stream_options.include_usage", code="invalid_type")
 
 
 def check_embeddings(body: dict[str, Any]) -> None:
-    inputs = body.get("input")
-    if inputs is None:
-        raise bad_request("you must provide an input parameter", param="input", code="missing_required_parameter")
-    if not isinstance(inputs, str | list) or (isinstance(inputs, list) and not inputs):
-        raise bad_request("'input' must be a string or a non-empty array", param="input", code="invalid_type")
+    check_input(body.get("input"))
+    if body.get("messages") is not None:  # not an embeddings parameter; refused rather than half-read (token estimates)
+        raise bad_request("Unrecognized request argument supplied: messages (embeddings take 'input')",
+                          param="messages", code="unknown_parameter")
     fmt = body.get("encoding_format")
     if fmt is not None and fmt not in ("float", "base64"):
         raise bad_request("'encoding_format' must be 'float' or 'base64'", param="encoding_format",
                           code="invalid_value")
+    check_params(body, EMBEDDINGS)
 
 
 def include_usage(body: dict[str, Any]) -> bool:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from adapters.base import Reply
 from proxy.client_request import ClientRequest
 from proxy.errors import GatewayError
+from proxy.pipeline.validate import recordable_model
 from proxy.settings import KeyConfig, ModelAlias
 
 if TYPE_CHECKING:
@@ -78,8 +79,7 @@ class Transaction:
         """The alias the request is accounted to: as resolved, else as the client sent it."""
         if self.request is not None:
             return self.request.model
-        model = self.body.get("model") if self.body is not None else None
-        return model if isinstance(model, str) else ""
+        return recordable_model(self.body.get("model")) if self.body is not None else ""
 
 
 @dataclass(slots=True)
