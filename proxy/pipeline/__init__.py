@@ -79,9 +79,9 @@ class Pipeline:
                 tx.outcome = await self.call(tx, inbound.watch)
             await self.hooks.after_response(tx)
             await self.cache.store(tx)
-            return self.account.answered(tx)
+            return await self.account.durable(self.account.answered(tx))
         except APIError as e:  # the gateway's own refusals and upstream failures alike
-            return self.account.failed(tx, e)
+            return await self.account.durable(self.account.failed(tx, e))
         except asyncio.CancelledError:
             self.account.cancelled(tx)
             raise
