@@ -47,7 +47,7 @@ async def open_stream(tx: Transaction, on_end: Callable[[Transaction, int, str |
     overhead = max(0.0, time.perf_counter() - tx.started - dispatch.waited_s)
     tx.headers["x-gateway-overhead-ms"] = f"{overhead * 1000:.3f}"
     relay = StreamRelay(tx, task, on_end)
-    return StreamAnswer(tx.headers, relay.chunks, relay.finish)
+    return StreamAnswer(tx.headers, relay.chunks, relay.finish, relay.cut)
 
 
 def _start(dispatch: Dispatch) -> tuple[asyncio.Task[Outcome], asyncio.Future[None]]:
@@ -169,6 +169,16 @@ class StreamRelay:
             direct.end(out)
             return True
         return False
+
+    def cut(self) -> bytes:
+        """Cut by the server (its shutdown grace ran out): the row says 503 ``gateway_shutdown`` and the
+        client gets an error event to tell it from a finished answer (nothing if it had finished)."""
+        if self.translator is not None and self.translator.done:
+            return b""
+        self.status, self.error_type = 503, "gateway_shutdown"
+        self.tx.prompt_billed = True  # the upstream had the request: its prompt may be billed
+        return error_event(GatewayError(503, "The gateway is shutting down; this answer was cut short.",
+                                        "service_unavailable_error", "gateway_shutdown"))
 
     async def finish(self, disconnected: bool) -> None:
         if self.finished:
