@@ -73,7 +73,7 @@ class Pipeline:
             tx.ticket = await self.admit(tx)
             tx.dispatch = Dispatch(self.runtime.router, self.runtime.upstreams, self.runtime.obs, tx.alias, tx.request)
             if tx.request.stream:  # relayed as it comes: after hooks and accounting run at its end
-                return await open_stream(tx, self.stream_ended)
+                return await open_stream(tx, self.stream_ended, inbound.watch)
             tx.cached = await self.cache.lookup(tx)
             if tx.cached is None:
                 tx.outcome = await self.call(tx, inbound.watch)

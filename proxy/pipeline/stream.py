@@ -16,31 +16,45 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from adapters.base import StreamTranslator, UpstreamError
 from adapters.errors import APIError
 from proxy.dispatch import Dispatch, Outcome
-from proxy.errors import GatewayError, error_event, internal_error
+from proxy.errors import GatewayError, client_gone, error_event, internal_error
 from proxy.pipeline.account import describe
-from proxy.pipeline.transaction import StreamAnswer, Transaction
+from proxy.pipeline.transaction import ClientWatch, StreamAnswer, Transaction
 from proxy.upstream import TRANSPORT_ERRORS
 from proxy.uvicorn_protocol import DirectBody
 
 log = logging.getLogger("gateway")
 
 
-async def open_stream(tx: Transaction, on_end: Callable[[Transaction, int, str | None], Awaitable[None]]
-                      ) -> StreamAnswer:
+async def open_stream(tx: Transaction, on_end: Callable[[Transaction, int, str | None], Awaitable[None]],
+                      watch: ClientWatch | None = None) -> StreamAnswer:
     """Start the dispatch and wait for its first bytes, at most keepalive_s; failures before that raise.
-    ``on_end(tx, status, error_type)`` runs once when the stream is over."""
+    ``on_end(tx, status, error_type)`` runs once when the stream is over. A client that hangs up during
+    that wait (``watch``) stops the upstream call at once: 499, not noticed only at the first bytes."""
     dispatch = tx.dispatch
     assert dispatch is not None
+    if watch is not None and watch.gone:
+        raise client_gone()
     task, ended = _start(dispatch)
     if not ended.done():
         timer = asyncio.get_running_loop().call_later(dispatch.alias.keepalive_s, _resolve, ended)
+        waiter = asyncio.current_task()
+        if watch is not None:
+            watch.waiting = waiter
         try:
             await ended
         except asyncio.CancelledError:
             task.cancel()
-            raise
+            if watch is None or not watch.gone or waiter is None:
+                raise  # cancelled from outside: the server is shutting down
+            waiter.uncancel()
+            with contextlib.suppress(BaseException):
+                await task  # the upstream connection is closed before the row is written
+            tx.prompt_billed = True
+            raise client_gone() from None
         finally:
             timer.cancel()
+            if watch is not None:
+                watch.waiting = None
     if task.done():
         tx.outcome = task.result()  # raises what the dispatch raised
         describe(tx.headers, dispatch, tx.outcome, tx.model)
