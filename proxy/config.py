@@ -217,7 +217,10 @@ def parse_config(raw: dict[str, Any], file: str, env: dict[str, str]) -> Config:
         prices_file=s.get("prices_file", str, ""),
         queue_max_rows=_count(s, "queue_max_rows", 10_000, minimum=1),
         flush_interval_ms=_count(s, "flush_interval_ms", 200, minimum=1),
+        durability=s.get("durability", str, "batch"),
     )
+    if storage.durability not in ("batch", "strict"):
+        raise ConfigError(file, "storage.durability", "must be 'batch' or 'strict'")
     if not storage.spill_dir:
         raise ConfigError(file, "storage.spill_dir", "must not be empty")
     if storage.prices_file:

@@ -73,7 +73,7 @@ async def _serve(request: Request, endpoint: str) -> Response | SSEResponse:
 def respond(answer: Answer) -> Response | SSEResponse:
     if isinstance(answer, WholeAnswer):
         return AccountedResponse(answer.after, answer.body, answer.status, answer.headers)
-    return SSEResponse(answer.headers, answer.chunks, answer.finish)
+    return SSEResponse(answer.headers, answer.chunks, answer.finish, answer.cut)
 
 
 class AccountedResponse(Response):

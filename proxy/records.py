@@ -33,7 +33,14 @@ class UsageRecord:
 class UsageSink(Protocol):
     def submit(self, record: UsageRecord) -> None: ...
 
+    async def durable(self) -> None:
+        """Return once every row submitted so far would survive a crash ([storage] durability = "strict")."""
+        ...
+
 
 class NullSink:
     def submit(self, record: UsageRecord) -> None:
+        pass
+
+    async def durable(self) -> None:
         pass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from proxy.records import UsageRecord
 _FIELDS = frozenset(f.name for f in fields(UsageRecord))
 SPILL_PREFIX = "usage-spill-"
 REJECT_PREFIX = "usage-rejected-"
+JOURNAL_PREFIX = "usage-journal-"  # proxy.journal: the same format, adopted and replayed the same way
 
 
 class SpillFile:
@@ -45,7 +47,8 @@ class SpillFile:
         self.fd = fd
         return True
 
-    def append(self, records: list[UsageRecord]) -> None:
+    def append(self, records: list[UsageRecord], sync: Callable[[int], None] = os.fsync) -> None:
+        """All the records in one write, then one ``sync`` (fsync, or the journal's fdatasync)."""
         if not self.lock():
             raise OSError(f"cannot lock {self.path}")
         assert self.fd is not None
@@ -53,7 +56,7 @@ class SpillFile:
         view = memoryview(data)
         while view:
             view = view[os.write(self.fd, view):]
-        os.fsync(self.fd)
+        sync(self.fd)
         self.pending = True
 
     def read(self, max_rows: int) -> tuple[list[UsageRecord], int, int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncGenerator, Awaitable, Callable
 
 from starlette.types import Receive, Scope, Send
@@ -28,11 +29,13 @@ class SSEResponse:
     otherwise by a task that waits on ``receive()``."""
 
     def __init__(self, headers: dict[str, str], body: Callable[[DirectBody | None], AsyncGenerator[bytes, None]],
-                 on_close: Callable[[bool], Awaitable[None]]) -> None:
+                 on_close: Callable[[bool], Awaitable[None]], on_cut: Callable[[], bytes] | None = None) -> None:
         self.headers = {**SSE_HEADERS, **headers}
         self.make_body = body
         self.body: AsyncGenerator[bytes, None] | None = None
         self.on_close = on_close
+        self.on_cut = on_cut  # cancelled from outside mid-stream: the last bytes to send (an error event)
+        self.started = False  # the response head is sent (or queued to be)
         self.disconnected = False
         self.completed = False
         self.streaming = False  # while True, a client hang-up cancels the relaying task
@@ -53,6 +56,7 @@ class SSEResponse:
             if not start_chunked(scope, 200, self.headers):  # the head without uvicorn's per-header work
                 raw = [(k.encode(), v.encode()) for k, v in self.headers.items()]
                 await send({"type": "http.response.start", "status": 200, "headers": raw})
+            self.started = True
             async for chunk in body:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             self.completed = True  # a hang-up after this point lost the client nothing
@@ -63,6 +67,7 @@ class SSEResponse:
             self.disconnected = True
         except asyncio.CancelledError:
             if not (self.streaming and self.disconnected):
+                await self._cut(send, direct)
                 raise  # cancelled from outside (server shutdown): not ours to swallow
             task.uncancel()  # our own cancel, from _client_left or _watch: the client is gone
         finally:
@@ -71,6 +76,20 @@ class SSEResponse:
                 watcher.cancel()
             # Shielded: a cancelled request still closes the upstream and writes its usage row.
             await asyncio.shield(asyncio.ensure_future(self._close(scope)))
+
+    async def _cut(self, send: Send, direct: DirectBody | None) -> None:
+        """Cancelled from outside (the shutdown grace ran out) mid-stream: end the response with the body's
+        last words, an error event, so the client does not take a cut answer for a finished one."""
+        if self.on_cut is None or not self.started or self.completed or self.disconnected:
+            return
+        event = self.on_cut()
+        with contextlib.suppress(Exception):
+            if direct is not None:
+                if not direct.cycle.response_complete:
+                    direct.end(event)  # written now, in this step: the server is about to close the connection
+            elif event:
+                async with asyncio.timeout(1):
+                    await send({"type": "http.response.body", "body": event, "more_body": False})
 
     async def _close(self, scope: Scope) -> None:
         if self.body is not None:

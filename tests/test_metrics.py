@@ -406,7 +406,8 @@ def test_usage_ledger_gauges_while_the_database_is_down(make_gateway, fake_opena
     while True:  # every row is queued (at most 2) or spilled to disk: none is written, none lost
         _, s = scrape(gw.url)
         queued, spilled = value(s, "gateway_usage_queue_rows"), value(s, "gateway_usage_spilled_rows_total")
-        if queued + spilled == 5 or time.monotonic() > deadline:
+        # (the last rows may wait one journal tick, counted as queued, before the flusher spills them)
+        if (queued <= 2 and queued + spilled == 5) or time.monotonic() > deadline:
             break
         time.sleep(0.05)
     assert queued <= 2 and queued + spilled == 5

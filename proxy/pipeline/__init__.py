@@ -74,15 +74,15 @@ class Pipeline:
             tx.ticket = await self.admit(tx)
             tx.dispatch = Dispatch(self.runtime.router, self.runtime.upstreams, self.runtime.obs, tx.alias, tx.request)
             if tx.request.stream:  # relayed as it comes: after hooks and accounting run at its end
-                return await open_stream(tx, self.stream_ended)
+                return await open_stream(tx, self.stream_ended, inbound.watch)
             tx.cached = await self.cache.lookup(tx)
             if tx.cached is None:
                 tx.outcome = await self.call(tx, inbound.watch)
             await self.hooks.after_response(tx)
             await self.cache.store(tx)
-            return self.account.answered(tx)
+            return await self.account.durable(self.account.answered(tx))
         except APIError as e:  # the gateway's own refusals and upstream failures alike
-            return self.account.failed(tx, e)
+            return await self.account.durable(self.account.failed(tx, e))
         except asyncio.CancelledError:
             self.account.cancelled(tx)
             raise

@@ -7,6 +7,8 @@ limits the request reserved, and its numbers go to the observers (metrics, acces
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import time
 from collections.abc import Callable
@@ -50,6 +52,18 @@ class Accounting:
         tx.headers.update(error.headers)
         body = render(error, self.runtime.config.redactor, bearer_secret(tx.authorization))
         return WholeAnswer(error.status, tx.headers, body, self._after(tx, record, overhead))
+
+    async def durable(self, answer: WholeAnswer) -> WholeAnswer:
+        """With ``[storage] durability = "strict"``: the row now, and the answer only once the row is in the
+        ledger's journal on disk, so no answer a client got can lose its row to a crash."""
+        if self.runtime.config.storage.durability != "strict":
+            return answer
+        answer.after()
+        answer.after = _nothing
+        # The row is in: a cancel (shutdown) while waiting must not make the pipeline write a second one.
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.runtime.sink.durable()
+        return answer
 
     def cancelled(self, tx: Transaction) -> None:
         """Cancelled from outside, i.e. the shutdown grace ran out: nobody sees an answer, but an upstream
@@ -99,6 +113,10 @@ class Accounting:
             runtime.sink.submit(row)
             runtime.obs.hedge_lost(row)
         runtime.obs.request_finished(record, max(0.0, overhead))
+
+
+def _nothing() -> None:
+    return None
 
 
 def describe(headers: dict[str, str], dispatch: Dispatch, outcome: Outcome | None,

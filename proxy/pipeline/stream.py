@@ -16,38 +16,52 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from adapters.base import StreamTranslator, UpstreamError
 from adapters.errors import APIError
 from proxy.dispatch import Dispatch, Outcome
-from proxy.errors import GatewayError, error_event, internal_error
+from proxy.errors import GatewayError, client_gone, error_event, internal_error
 from proxy.pipeline.account import describe
-from proxy.pipeline.transaction import StreamAnswer, Transaction
+from proxy.pipeline.transaction import ClientWatch, StreamAnswer, Transaction
 from proxy.upstream import TRANSPORT_ERRORS
 from proxy.uvicorn_protocol import DirectBody
 
 log = logging.getLogger("gateway")
 
 
-async def open_stream(tx: Transaction, on_end: Callable[[Transaction, int, str | None], Awaitable[None]]
-                      ) -> StreamAnswer:
+async def open_stream(tx: Transaction, on_end: Callable[[Transaction, int, str | None], Awaitable[None]],
+                      watch: ClientWatch | None = None) -> StreamAnswer:
     """Start the dispatch and wait for its first bytes, at most keepalive_s; failures before that raise.
-    ``on_end(tx, status, error_type)`` runs once when the stream is over."""
+    ``on_end(tx, status, error_type)`` runs once when the stream is over. A client that hangs up during
+    that wait (``watch``) stops the upstream call at once: 499, not noticed only at the first bytes."""
     dispatch = tx.dispatch
     assert dispatch is not None
+    if watch is not None and watch.gone:
+        raise client_gone()
     task, ended = _start(dispatch)
     if not ended.done():
         timer = asyncio.get_running_loop().call_later(dispatch.alias.keepalive_s, _resolve, ended)
+        waiter = asyncio.current_task()
+        if watch is not None:
+            watch.waiting = waiter
         try:
             await ended
         except asyncio.CancelledError:
             task.cancel()
-            raise
+            if watch is None or not watch.gone or waiter is None:
+                raise  # cancelled from outside: the server is shutting down
+            waiter.uncancel()
+            with contextlib.suppress(BaseException):
+                await task  # the upstream connection is closed before the row is written
+            tx.prompt_billed = True
+            raise client_gone() from None
         finally:
             timer.cancel()
+            if watch is not None:
+                watch.waiting = None
     if task.done():
         tx.outcome = task.result()  # raises what the dispatch raised
         describe(tx.headers, dispatch, tx.outcome, tx.model)
     overhead = max(0.0, time.perf_counter() - tx.started - dispatch.waited_s)
     tx.headers["x-gateway-overhead-ms"] = f"{overhead * 1000:.3f}"
     relay = StreamRelay(tx, task, on_end)
-    return StreamAnswer(tx.headers, relay.chunks, relay.finish)
+    return StreamAnswer(tx.headers, relay.chunks, relay.finish, relay.cut)
 
 
 def _start(dispatch: Dispatch) -> tuple[asyncio.Task[Outcome], asyncio.Future[None]]:
@@ -169,6 +183,16 @@ class StreamRelay:
             direct.end(out)
             return True
         return False
+
+    def cut(self) -> bytes:
+        """Cut by the server (its shutdown grace ran out): the row says 503 ``gateway_shutdown`` and the
+        client gets an error event to tell it from a finished answer (nothing if it had finished)."""
+        if self.translator is not None and self.translator.done:
+            return b""
+        self.status, self.error_type = 503, "gateway_shutdown"
+        self.tx.prompt_billed = True  # the upstream had the request: its prompt may be billed
+        return error_event(GatewayError(503, "The gateway is shutting down; this answer was cut short.",
+                                        "service_unavailable_error", "gateway_shutdown"))
 
     async def finish(self, disconnected: bool) -> None:
         if self.finished:

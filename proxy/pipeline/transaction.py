@@ -94,11 +94,13 @@ class WholeAnswer:
 
 @dataclass(slots=True)
 class StreamAnswer:
-    """An SSE answer: ``chunks(direct)`` yields its bytes, ``finish(disconnected)`` runs once at its end."""
+    """An SSE answer: ``chunks(direct)`` yields its bytes, ``finish(disconnected)`` runs once at its end;
+    ``cut()``, if the server cuts the stream (shutdown), gives the last bytes to send (an error event)."""
 
     headers: dict[str, str]
     chunks: Callable[[DirectBody | None], AsyncGenerator[bytes, None]]
     finish: Callable[[bool], Awaitable[None]]
+    cut: Callable[[], bytes] | None = None
 
 
 Answer = WholeAnswer | StreamAnswer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import datetime
 from typing import Any
 
@@ -76,9 +77,12 @@ class PostgresStore(Store):
 
     async def write(self, rows: list[UsageRecord]) -> int:
         try:
-            payload = orjson.dumps(rows).decode()  # a dataclass becomes an object with its field names
+            data = orjson.dumps(rows)  # a dataclass becomes an object with its field names
+            if b"\\u0000" in data:  # Postgres text cannot hold NUL: replaced, so the row is kept, not refused
+                data = orjson.dumps([without_nul(r) for r in rows])
         except orjson.JSONEncodeError as exc:  # a value JSON cannot carry: the ledger sets the row aside
             raise RowRejected(f"usage row not encodable as JSON: {exc}") from None
+        payload = data.decode()
         async with await self._conn() as conn:
             status = await conn.execute(self._insert, payload)
         return int(status.rsplit(" ", 1)[-1])  # "INSERT 0 <n>"
@@ -115,6 +119,13 @@ class PostgresStore(Store):
         # asyncpg's own encoder errors (a value of the wrong type) carry sqlstate 22000 as well.
         sqlstate = getattr(exc, "sqlstate", None)
         return isinstance(sqlstate, str) and sqlstate.startswith(_PG_ROW_CLASSES)
+
+
+def without_nul(row: UsageRecord) -> UsageRecord:
+    """The row with every NUL in its text replaced by U+FFFD (what a client may put in a model name)."""
+    changed = {f.name: v.replace("\x00", "\ufffd") for f in dataclasses.fields(row)
+               if isinstance(v := getattr(row, f.name), str) and "\x00" in v}
+    return dataclasses.replace(row, **changed) if changed else row
 
 
 async def migrate_postgres(conn: Any) -> list[int]:
