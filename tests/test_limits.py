@@ -440,11 +440,17 @@ def test_a_lease_serves_only_the_limit_it_was_taken_under():
     assert admitted in (2, 3)  # 3 a minute, less the few ms the bucket is ahead from the first 50
 
 
-def test_a_busy_key_is_served_from_leases_and_counted_exactly(make_gateway, fake_openai):
+def test_a_busy_key_is_served_from_leases_and_counted_exactly(make_gateway, fake_openai, monkeypatch):
     """Through the gateway: a burst on a key with large limits makes far fewer script calls than
     requests, every response still carries the rate-limit headers, and once the gateway has shut down
     Redis holds exactly what the requests used. On a redis-server of its own: script calls are
-    counted server-wide, and other tests' scripts must not count."""
+    counted server-wide, and other tests' scripts must not count. The burst counts as busy at 50 ms
+    between requests, not 5: on a loaded 2-core machine eight threads' requests can come further
+    apart than that, and the test is about what leases save, not about how close is busy."""
+    from proxy.limits import leases, settlements
+
+    monkeypatch.setattr(leases, "LEASE_AFTER_S", 0.05)
+    monkeypatch.setattr(settlements, "SETTLE_BATCH_S", 0.05)  # settlements of a slow burst go together too
     server = RedisServer().start()
     try:
         _busy_key_through_the_gateway(make_gateway, fake_openai, server.url)
@@ -455,7 +461,7 @@ def test_a_busy_key_is_served_from_leases_and_counted_exactly(make_gateway, fake
 def _busy_key_through_the_gateway(make_gateway, fake_openai, url: str) -> None:
     import redis
 
-    text, secret, model = limits_config(fake_openai.url, url, key_extra="rpm = 100000\ntpm = 10000000")
+    text, secret, model = limits_config(fake_openai.url, url, key_extra="rpm = 100000\ntpm = 1000000")
     name = secret.removeprefix("sk-")
     store = redis.Redis.from_url(url)
     rpm_bucket, tpm_bucket = f"{{llm-gateway}}:rpm:key:{name}", f"{{llm-gateway}}:tpm:key:{name}"
@@ -474,11 +480,13 @@ def _busy_key_through_the_gateway(make_gateway, fake_openai, url: str) -> None:
     calls = scripts() - before
     assert [r.status_code for r in responses] == [200] * 300
     assert all(int(r.headers["x-ratelimit-remaining-requests"]) > 80_000 for r in responses)
-    assert calls < 100  # one script per request without leases
+    assert calls < 150  # without leases: one script per request, and settlements besides
     gw.server.stop()  # gives back what its leases hold
-    assert float(store.get(rpm_bucket)) == pytest.approx(rpm_tat + 300 * 60 / 100_000, abs=1e-5)
+    # Within a sixth of one request's step: the TATs are epoch seconds, and the leases' many additions
+    # round at about 2e-7 each, so an exact float match is not to be had, but one request more or less is.
+    assert float(store.get(rpm_bucket)) == pytest.approx(rpm_tat + 300 * 60 / 100_000, abs=1e-4)
     # each echo request uses 1 prompt + 3 completion tokens
-    assert float(store.get(tpm_bucket)) == pytest.approx(tpm_tat + 300 * 4 * 60 / 10_000_000, abs=1e-5)
+    assert float(store.get(tpm_bucket)) == pytest.approx(tpm_tat + 300 * 4 * 60 / 1_000_000, abs=4e-5)
 
 
 def test_replicas_with_leases_never_admit_more_than_the_limit():
