@@ -350,6 +350,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.timeout_keep_alive = self.limits.idle_timeout_s  # type: ignore[assignment]
         self.app = AnswerErrors(self.app, self.logger)
         self.deadline: asyncio.TimerHandle | None = None
+        # The part of a request still due (headers or body): when, and what to do if it is late. Its timer
+        # is armed only when a read ends with the part still missing, so a request that arrives in one
+        # read (the usual case) costs no timer at all.
+        self.due: tuple[float, Callable[[], None]] | None = None
         self.refused = False
 
     def _arm(self, seconds: float, expired: Callable[[], None]) -> None:
@@ -358,9 +362,15 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.deadline = self.loop.call_later(seconds, expired)
 
     def _disarm(self) -> None:
+        self.due = None
         if self.deadline is not None:
             self.deadline.cancel()
             self.deadline = None
+
+    def _expect(self, seconds: float, expired: Callable[[], None]) -> None:
+        """The request's next part must arrive within ``seconds`` (armed by ``data_received`` if it has not)."""
+        self._disarm()
+        self.due = (self.loop.time() + seconds, expired)
 
     def _answering(self) -> bool:
         """Whether a response on this connection is still being written (the app is on it)."""
@@ -377,8 +387,12 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._arm(self.limits.idle_timeout_s, self._idle_expired)
 
     def data_received(self, data: bytes) -> None:
-        if not self.refused:
-            super().data_received(data)
+        if self.refused:
+            return
+        super().data_received(data)
+        due = self.due
+        if due is not None and self.deadline is None and not self.transport.is_closing():
+            self.deadline = self.loop.call_at(*due)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -402,7 +416,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._arm(self.limits.header_timeout_s, self._headers_expired)
+        self._expect(self.limits.header_timeout_s, self._headers_expired)
 
     def on_headers_complete(self) -> None:
         self._disarm()
@@ -415,7 +429,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             extensions = scope.get("extensions")
             scope["extensions"] = {**extensions, **ours} if extensions else ours
             if not (self.pipeline and self.pipeline[0][0] is cycle):  # a queued one's clock starts with it
-                self._arm(self.limits.body_timeout_s, self._body_expired)
+                self._expect(self.limits.body_timeout_s, self._body_expired)
 
     def on_message_complete(self) -> None:
         self._disarm()
@@ -428,12 +442,12 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self._arm(self.limits.body_timeout_s, self._body_expired)  # it started: its body may come now
 
     def _idle_expired(self) -> None:
-        self.deadline = None
+        self.deadline = self.due = None
         if not self._answering():
             self.transport.close()
 
     def _headers_expired(self) -> None:
-        self.deadline = None
+        self.deadline = self.due = None
         if self._answering():  # the partial request behind it is dropped once that answer is out
             self.cycle.keep_alive = False
             self.flow.pause_reading()
@@ -442,7 +456,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def _body_expired(self) -> None:
-        self.deadline = None
+        self.deadline = self.due = None
         cycle = self.cycle
         if cycle is None or cycle.response_complete:
             self.transport.close()  # answered already (say a 401 before the body): no reason to wait for it
