@@ -294,16 +294,23 @@ def _parse_providers(cfg: _Loader, table: dict[str, Any]) -> dict[str, ProviderC
         if not base_url.startswith(("http://", "https://")):
             raise ConfigError(cfg.file, p.key("base_url"), "must start with http:// or https://")
         timeout = p.number("timeout_s", 120.0, minimum=0.001)
+        api_key, headers = p.get("api_key", str, ""), p.string_map("headers")
+        anthropic_beta = p.get("anthropic_beta", str, "")
+        # These go into request headers: a CR or LF (say from an env file's line end) would split them.
+        for key, value in [("api_key", api_key), ("anthropic_beta", anthropic_beta),
+                           *((f"headers.{h}", v) for h, v in headers.items()), *((f"headers.{h}", h) for h in headers)]:
+            if any(c in value for c in "\r\n\0"):
+                raise ConfigError(cfg.file, p.key(key), "must not contain a line break or NUL character")
         providers[name] = ProviderConfig(
             name=name,
             kind=kind,
             base_url=base_url.rstrip("/"),
-            api_key=p.get("api_key", str, ""),
+            api_key=api_key,
             timeout_s=timeout,
             connect_timeout_s=p.number("connect_timeout_s", min(10.0, timeout), minimum=0.001),
-            headers=p.string_map("headers"),
+            headers=headers,
             api_version=p.get("api_version", str, ""),
-            anthropic_beta=p.get("anthropic_beta", str, ""),
+            anthropic_beta=anthropic_beta,
         )
         p.done()
     cfg.current_provider = None

@@ -139,3 +139,17 @@ def test_help_lists_commands(capsys):
 def test_parse_config_rejects_non_table_sections():
     with pytest.raises(ConfigError, match="x.toml:server: expected a table"):
         parse_config({"server": 3}, "x.toml", {})
+
+
+@pytest.mark.parametrize("field", ["api_key", "header"])
+def test_provider_credentials_with_a_line_break_are_refused_at_start(tmp_path, field):
+    """A key read from an env file with its line end would split the request's headers upstream."""
+    extra = '\n[providers.up]\nkind = "openai"\nbase_url = "http://h:1/v1"\n' + (
+        'api_key = "${UP_KEY}"\n' if field == "api_key" else 'headers = { "x-api-key" = "${UP_KEY}" }\n')
+    text = (MINIMAL + extra).replace('provider = "local", model = "echo-1"', 'provider = "up", model = "gpt"')
+    path = write(tmp_path, text)
+    assert load_config(path, env={"UP_KEY": "sk-good"}).providers["up"]
+    with pytest.raises(ConfigError) as e:
+        load_config(path, env={"UP_KEY": "sk-bad\n"})
+    expected = "providers.up.api_key" if field == "api_key" else "providers.up.headers.x-api-key"
+    assert f"gw.toml:{expected}: must not contain a line break" in str(e.value)
