@@ -139,3 +139,35 @@ def test_help_lists_commands(capsys):
 def test_parse_config_rejects_non_table_sections():
     with pytest.raises(ConfigError, match="x.toml:server: expected a table"):
         parse_config({"server": 3}, "x.toml", {})
+
+
+def test_admin_key_alone_is_enough_with_require_auth(tmp_path):
+    """No [[keys]] but an admin_key: keys are created at run time through /admin/keys."""
+    text = '[server]\nadmin_key = "${ADMIN:-adm-1}"\n' + MINIMAL.replace('[[keys]]\nname = "dev"\nkey = "sk-1"\n', "")
+    cfg = load_config(write(tmp_path, text), env={})
+    assert cfg.keys == [] and cfg.server.require_auth is True and cfg.server.admin_key == "adm-1"
+
+
+def test_no_keys_and_no_admin_key_is_refused_with_file_key_and_reason(tmp_path):
+    text = MINIMAL.replace('[[keys]]\nname = "dev"\nkey = "sk-1"\n', "")
+    message = error_of(tmp_path, text)
+    assert message.startswith("gw.toml:keys: ") or ":keys: " in message
+    assert "no [[keys]]" in message and "server.admin_key is not set" in message
+
+
+def test_serve_says_keys_come_from_the_admin_api(tmp_path, monkeypatch, caplog):
+    import logging
+
+    import uvicorn
+
+    from proxy import cli
+
+    text = '[server]\nadmin_key = "adm-1"\n' + MINIMAL.replace('[[keys]]\nname = "dev"\nkey = "sk-1"\n', "")
+    path = write(tmp_path, text)
+    monkeypatch.setenv("GATEWAY_CONFIG", "unused")  # serve sets both; monkeypatch restores them
+    monkeypatch.setenv("GATEWAY_PORT", "0")
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        assert cli.main(["serve", "--config", str(path)]) == 0
+    lines = [r.getMessage() for r in caplog.records if "admin API" in r.getMessage()]
+    assert len(lines) == 1 and "no [[keys]]" in lines[0]
