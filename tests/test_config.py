@@ -171,3 +171,27 @@ def test_serve_says_keys_come_from_the_admin_api(tmp_path, monkeypatch, caplog):
         assert cli.main(["serve", "--config", str(path)]) == 0
     lines = [r.getMessage() for r in caplog.records if "admin API" in r.getMessage()]
     assert len(lines) == 1 and "no [[keys]]" in lines[0]
+
+
+def test_serve_defaults_come_from_gateway_env(monkeypatch, capsys):
+    from proxy.cli import build_parser
+
+    monkeypatch.setenv("GATEWAY_HOST", "0.0.0.0")
+    monkeypatch.setenv("GATEWAY_PORT", "9123")
+    monkeypatch.setenv("GATEWAY_WORKERS", "3")
+    args = build_parser().parse_args(["serve"])
+    assert (args.host, args.port, args.workers) == ("0.0.0.0", 9123, 3)
+    args = build_parser().parse_args(["serve", "--port", "80", "--workers", "1"])  # flags win
+    assert (args.port, args.workers) == (80, 1)
+    for name in ("GATEWAY_HOST", "GATEWAY_PORT", "GATEWAY_WORKERS"):
+        monkeypatch.delenv(name)
+    args = build_parser().parse_args(["serve"])
+    assert (args.host, args.port, args.workers) == (None, None, 1)
+    monkeypatch.setenv("GATEWAY_WORKERS", "many")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve"])
+    assert "invalid int value: 'many'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = capsys.readouterr().out
+    assert "$GATEWAY_HOST" in out and "$GATEWAY_PORT" in out and "$GATEWAY_WORKERS" in out
