@@ -33,6 +33,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     path = _config_path(args.config)
     config = _load(path)
+    if config.server.require_auth and not config.keys:
+        logging.getLogger("gateway").info(
+            "%s defines no [[keys]]: gateway keys come from the admin API (/admin/keys, `gateway keys`)", path)
     ensure_fd_budget(config.server.max_connections)  # workers inherit the raised limit
     os.environ["GATEWAY_CONFIG"] = os.path.abspath(path)  # worker processes load the same file
     port = args.port if args.port is not None else config.server.port
@@ -165,9 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the gateway", description="Run the gateway HTTP server.")
     serve.add_argument("--config", metavar="PATH", help=config_help)
-    serve.add_argument("--host", metavar="H", help="bind address (default: [server] host, else 127.0.0.1)")
-    serve.add_argument("--port", metavar="P", type=int, help="bind port (default: [server] port, else 8080)")
-    serve.add_argument("--workers", metavar="N", type=int, default=1, help="worker processes (default: 1)")
+    # Each default may come from the environment (a container sets GATEWAY_HOST=0.0.0.0, say); argparse
+    # converts a string default with `type`, so a bad value is the same usage error as a bad flag.
+    env = os.environ.get
+    serve.add_argument("--host", metavar="H", default=env("GATEWAY_HOST") or None,
+                       help="bind address (default: $GATEWAY_HOST, else [server] host, else 127.0.0.1)")
+    serve.add_argument("--port", metavar="P", type=int, default=env("GATEWAY_PORT") or None,
+                       help="bind port (default: $GATEWAY_PORT, else [server] port, else 8080)")
+    serve.add_argument("--workers", metavar="N", type=int, default=env("GATEWAY_WORKERS") or 1,
+                       help="worker processes (default: $GATEWAY_WORKERS, else 1)")
     serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser("check", help="validate the config and print what it resolves to",

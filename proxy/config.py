@@ -257,8 +257,9 @@ def parse_config(raw: dict[str, Any], file: str, env: dict[str, str]) -> Config:
         if name in used:
             raise err
         del providers[name]  # unusable and unused: leave it out
-    if server.require_auth and not keys:
-        raise ConfigError(file, "keys", "require_auth is true but no [[keys]] are defined")
+    if server.require_auth and not keys and not server.admin_key:  # admin_key alone: keys come from /admin/keys
+        raise ConfigError(file, "keys", "require_auth is true but no [[keys]] are defined and server.admin_key "
+                          "is not set (set one to create keys through the admin API)")
     redactor = Redactor(_secrets(server, storage, providers))
     for provider in providers.values():
         provider.redactor = redactor  # every provider's errors hide every secret of the config

@@ -153,3 +153,59 @@ def test_provider_credentials_with_a_line_break_are_refused_at_start(tmp_path, f
         load_config(path, env={"UP_KEY": "sk-bad\n"})
     expected = "providers.up.api_key" if field == "api_key" else "providers.up.headers.x-api-key"
     assert f"gw.toml:{expected}: must not contain a line break" in str(e.value)
+
+
+def test_admin_key_alone_is_enough_with_require_auth(tmp_path):
+    """No [[keys]] but an admin_key: keys are created at run time through /admin/keys."""
+    text = '[server]\nadmin_key = "${ADMIN:-adm-1}"\n' + MINIMAL.replace('[[keys]]\nname = "dev"\nkey = "sk-1"\n', "")
+    cfg = load_config(write(tmp_path, text), env={})
+    assert cfg.keys == [] and cfg.server.require_auth is True and cfg.server.admin_key == "adm-1"
+
+
+def test_no_keys_and_no_admin_key_is_refused_with_file_key_and_reason(tmp_path):
+    text = MINIMAL.replace('[[keys]]\nname = "dev"\nkey = "sk-1"\n', "")
+    message = error_of(tmp_path, text)
+    assert message.startswith("gw.toml:keys: ") or ":keys: " in message
+    assert "no [[keys]]" in message and "server.admin_key is not set" in message
+
+
+def test_serve_says_keys_come_from_the_admin_api(tmp_path, monkeypatch, caplog):
+    import logging
+
+    import uvicorn
+
+    from proxy import cli
+
+    text = '[server]\nadmin_key = "adm-1"\n' + MINIMAL.replace('[[keys]]\nname = "dev"\nkey = "sk-1"\n', "")
+    path = write(tmp_path, text)
+    monkeypatch.setenv("GATEWAY_CONFIG", "unused")  # serve sets both; monkeypatch restores them
+    monkeypatch.setenv("GATEWAY_PORT", "0")
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        assert cli.main(["serve", "--config", str(path)]) == 0
+    lines = [r.getMessage() for r in caplog.records if "admin API" in r.getMessage()]
+    assert len(lines) == 1 and "no [[keys]]" in lines[0]
+
+
+def test_serve_defaults_come_from_gateway_env(monkeypatch, capsys):
+    from proxy.cli import build_parser
+
+    monkeypatch.setenv("GATEWAY_HOST", "0.0.0.0")
+    monkeypatch.setenv("GATEWAY_PORT", "9123")
+    monkeypatch.setenv("GATEWAY_WORKERS", "3")
+    args = build_parser().parse_args(["serve"])
+    assert (args.host, args.port, args.workers) == ("0.0.0.0", 9123, 3)
+    args = build_parser().parse_args(["serve", "--port", "80", "--workers", "1"])  # flags win
+    assert (args.port, args.workers) == (80, 1)
+    for name in ("GATEWAY_HOST", "GATEWAY_PORT", "GATEWAY_WORKERS"):
+        monkeypatch.delenv(name)
+    args = build_parser().parse_args(["serve"])
+    assert (args.host, args.port, args.workers) == (None, None, 1)
+    monkeypatch.setenv("GATEWAY_WORKERS", "many")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve"])
+    assert "invalid int value: 'many'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = capsys.readouterr().out
+    assert "$GATEWAY_HOST" in out and "$GATEWAY_PORT" in out and "$GATEWAY_WORKERS" in out
