@@ -39,7 +39,15 @@ from proxy.pipeline.cache import Cache, NoCache
 from proxy.pipeline.hooks import Hooks, NoHooks
 from proxy.pipeline.parse import parse, request_ids
 from proxy.pipeline.stream import open_stream
-from proxy.pipeline.transaction import Answer, ClientWatch, Inbound, StreamAnswer, Transaction, WholeAnswer
+from proxy.pipeline.transaction import (
+    Answer,
+    ClientWatch,
+    Inbound,
+    StreamAnswer,
+    Transaction,
+    WholeAnswer,
+    no_bookkeeping,
+)
 from proxy.pipeline.validate import check_forwarded_model
 from proxy.settings import ModelAlias
 
@@ -88,7 +96,7 @@ class Pipeline:
             raise
         except Exception:  # a bug must still answer in OpenAI's shape and leave its usage row
             log.exception("unhandled error in %s request %s", tx.endpoint, tx.request_id)
-            return self.account.failed(tx, internal_error())
+            return await self.account.durable(self.account.failed(tx, internal_error()))
 
     # the stages -------------------------------------------------------------------------------------
 
@@ -99,7 +107,8 @@ class Pipeline:
             key = self.runtime.authenticate(inbound.authorization)
         except GatewayError as e:
             self.runtime.obs.auth_failed(e.code or "invalid_api_key")
-            return WholeAnswer(e.status, {"x-request-id": header_id, **e.headers}, orjson.dumps(e.body()), _nothing)
+            headers = {"x-request-id": header_id, **e.headers}
+            return WholeAnswer(e.status, headers, orjson.dumps(e.body()), no_bookkeeping)
         return Transaction(inbound.endpoint, request_id, header_id, key, headers={"x-request-id": header_id},
                            authorization=inbound.authorization)
 
@@ -152,6 +161,3 @@ class Pipeline:
         await self.hooks.after_response(tx)
         self.account.stream_ended(tx, status, error_type)
 
-
-def _nothing() -> None:
-    return None

@@ -19,7 +19,7 @@ from adapters.errors import APIError
 from proxy.auth import bearer_secret
 from proxy.cost import cost_usd
 from proxy.errors import render
-from proxy.pipeline.transaction import Transaction, WholeAnswer
+from proxy.pipeline.transaction import Transaction, WholeAnswer, no_bookkeeping
 from proxy.records import UsageRecord
 from proxy.settings import Target
 
@@ -59,7 +59,7 @@ class Accounting:
         if self.runtime.config.storage.durability != "strict":
             return answer
         answer.after()
-        answer.after = _nothing
+        answer.after = no_bookkeeping
         # The row is in: a cancel (shutdown) while waiting must not make the pipeline write a second one.
         with contextlib.suppress(asyncio.CancelledError):
             await self.runtime.sink.durable()
@@ -114,9 +114,6 @@ class Accounting:
             runtime.obs.hedge_lost(row)
         runtime.obs.request_finished(record, max(0.0, overhead))
 
-
-def _nothing() -> None:
-    return None
 
 
 def describe(headers: dict[str, str], dispatch: Dispatch, outcome: Outcome | None,

@@ -106,6 +106,10 @@ class StreamAnswer:
 Answer = WholeAnswer | StreamAnswer
 
 
+def no_bookkeeping() -> None:
+    """The ``after`` of an answer with nothing left to account: a 401, or a row already committed."""
+
+
 class Unauthenticated(Exception):
     """Authentication failed: answered without a usage row (observers count it)."""
 
