@@ -22,6 +22,14 @@ class ProviderConfig:
     headers: dict[str, str] = field(default_factory=dict)
     api_version: str = ""  # azure: the api-version query parameter; empty = the /openai/v1/ style
     anthropic_beta: str = ""  # anthropic: sent as the anthropic-beta header when set
+    # How connections reach the provider (proxy.http1_connect). proxy: the effective forward proxy URL,
+    # "" = direct; proxy.config resolves an absent key from HTTPS_PROXY/HTTP_PROXY and NO_PROXY.
+    proxy: str = ""
+    ca_file: str = ""  # PEM CA bundle that replaces the system's trust store for this provider
+    client_cert: str = ""  # PEM certificate (chain) for mTLS; may hold the key too
+    client_key: str = ""
+    verify_tls: bool = True
+    max_response_mb: float = 64.0  # the most of a response body read whole (not streams); past it a 502
     # Hides credentials in error text: this provider's own by default; proxy.config gives every provider
     # of a config the same one, which knows all of the config's secrets.
     redactor: Redactor = field(default=NO_SECRETS, compare=False, repr=False)

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from adapters.redact import Redactor, provider_secrets
 from proxy.auth import hash_key
+from proxy.http1_connect import env_proxy, no_password, parse_proxy, tls_context
 from proxy.prices import apply_prices_file
 from proxy.settings import (
     BUDGET_PERIODS,
@@ -272,6 +273,9 @@ def _secrets(server: ServerConfig, storage: StorageConfig, providers: dict[str, 
     secrets = [server.admin_key]
     for provider in providers.values():
         secrets += provider_secrets(provider.api_key, provider.headers)
+        if provider.proxy:  # the proxy's password, were a message to quote its URL
+            secrets.append(urlsplit(provider.proxy if "://" in provider.proxy else "http://" + provider.proxy).password
+                           or "")
     for url in (storage.database_url, storage.redis_url):
         try:
             secrets.append(urlsplit(url).password or "")
@@ -312,10 +316,49 @@ def _parse_providers(cfg: _Loader, table: dict[str, Any]) -> dict[str, ProviderC
             headers=headers,
             api_version=p.get("api_version", str, ""),
             anthropic_beta=anthropic_beta,
+            max_response_mb=p.number("max_response_mb", 64.0, minimum=0.001),
+            **_connection_keys(cfg, p, base_url),
         )
         p.done()
     cfg.current_provider = None
     return providers
+
+
+def _connection_keys(cfg: _Loader, p: _Section, base_url: str) -> dict[str, Any]:
+    """proxy, ca_file, client_cert, client_key, verify_tls: checked here, so a bad one fails at start."""
+    proxy = p.get("proxy", str, None)
+    key = p.key("proxy")
+    if proxy is None:  # not set: the environment's, as curl does it
+        proxy, variable = env_proxy(base_url, cfg.env)
+        key = f"{key} (from {variable} in the environment)"
+    if proxy:
+        try:
+            parse_proxy(proxy)
+        except ValueError as e:
+            raise ConfigError(cfg.file, key, str(e)) from None
+    files = {name: p.get(name, str, "") for name in ("ca_file", "client_cert", "client_key")}
+    for name, path in files.items():
+        if path:  # relative to the config file, as prices_file is
+            path = files[name] = str(Path(cfg.file).parent / path)
+            if not os.access(path, os.R_OK):
+                reason = "no such file" if not os.path.exists(path) else "not readable"
+                raise ConfigError(cfg.file, p.key(name), f"{reason}: {path}")
+    verify = p.get("verify_tls", bool, True)
+    if files["client_key"] and not files["client_cert"]:
+        raise ConfigError(cfg.file, p.key("client_key"), "needs client_cert")
+    if files["ca_file"] and not verify:
+        raise ConfigError(cfg.file, p.key("ca_file"), "has no use with verify_tls = false")
+    try:
+        context = tls_context(files["ca_file"])
+    except OSError as e:  # ssl.SSLError included
+        raise ConfigError(cfg.file, p.key("ca_file"), f"not a usable PEM CA bundle: {e}") from None
+    if files["client_cert"]:
+        try:
+            context.load_cert_chain(files["client_cert"], files["client_key"] or None, password=no_password)
+        except OSError as e:
+            raise ConfigError(cfg.file, p.key("client_cert"), "certificate and key do not load (PEM, matching, "
+                              f"key not encrypted): {e}") from None
+    return {"proxy": proxy, "verify_tls": verify, **files}
 
 
 def _parse_models(cfg: _Loader, items: list[Any], providers: dict[str, ProviderConfig]) -> dict[str, ModelAlias]:

@@ -2,7 +2,9 @@
 
 Failure categories decide what happens next:
   rate_limit, timeout, server_error, connection  retry the same target (per `retry_on`, `max_retries`),
-                                                 then move on to the next target if `fallback_on` allows
+                                                 then move on to the next target if `fallback_on` allows;
+                                                 a request that never reached the upstream is retried
+                                                 whatever `retry_on` says (see retry_allowed)
   context_window                                 move on to a target with a larger `context_window`
   client                                         the client's own error: returned as is, never retried
 """
@@ -27,7 +29,7 @@ from proxy.errors import GatewayError
 from proxy.observability.observer import Observer
 from proxy.router import Router, TargetState
 from proxy.settings import ModelAlias
-from proxy.upstream import Upstream, UpstreamStream, is_transport_error
+from proxy.upstream import UnreachedError, Upstream, UpstreamStream, is_transport_error
 
 _CONTEXT_WINDOW = re.compile(r"context[ _]length|context[ _]window|maximum context|prompt is too long|too many tokens",
                              re.IGNORECASE)
@@ -50,6 +52,12 @@ def category(e: UpstreamError) -> str:
 
 
 def retry_allowed(e: UpstreamError, retry_on: tuple[int | str, ...]) -> bool:
+    """A request that never reached the upstream is always safe to send again; one that may have been
+    (the connection dropped or timed out after it was sent: maybe billed) only as ``retry_on`` says."""
+    if isinstance(e, UnreachedError):
+        return True
+    if e.code == "upstream_response_too_large":  # it was answered (and billed); the next answer would be as big
+        return False
     if e.reason in ("timeout", "connection"):
         return e.reason in retry_on
     status = e.upstream_status or (502 if e.reason == "bad_response" else e.status)

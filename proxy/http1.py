@@ -4,8 +4,10 @@ Why not a general-purpose client: most of a proxy's own CPU goes to its HTTP cli
 does only what an upstream LLM API needs: POST a body, read a JSON body or a stream, reuse
 connections, honour timeouts, and close the connection when the caller abandons a stream.
 
-Failures raise ``OSError`` subclasses (``ConnectionError`` for disconnects and malformed answers,
-the OS's own for refused connections) or ``TimeoutError``.
+Failures raise ``OSError`` subclasses: ``NotSent`` when no byte of the request reached the upstream
+(connect refused or timed out, proxy or TLS handshake failed; the cause is chained), ``ConnectionError``
+for disconnects and malformed answers after that, ``TimeoutError`` for a silent upstream, and
+``ResponseTooLarge`` for a whole body past the provider's cap. Proxies and TLS settings: proxy.http1_connect.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from urllib.parse import urlsplit
 
 import httptools
+
+from proxy.http1_connect import NotSent, Reach, open_tunnel
 
 IDLE_KEEP_S = 30.0  # drop pooled connections idle for longer (servers often close at 5-75 s)
 MAX_IDLE = 1000  # pooled connections per host
@@ -46,6 +50,14 @@ class UpstreamClosed(ConnectionError):
     pass
 
 
+class ResponseTooLarge(ConnectionError):
+    """A body read whole went past the pool's ``max_response_bytes`` (decoded size): the connection is closed."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"response body larger than {limit} bytes")
+        self.limit = limit
+
+
 class InvalidTarget(ValueError):
     """A request target that is not an origin-form path of visible ASCII: never sent."""
 
@@ -69,7 +81,9 @@ class Response:
         self._sink: Callable[[bytes], bool] | None = None  # while pushing: where body bytes go at once
         self.relayed = False  # a stream past its first event (HttpStream.relaying): its bursts are paced
         self._whole = False  # read() wants the body to its end: never paused for being unread
+        self._limit = HIGH_WATER  # buffered past this: a stream pauses, a whole read fails (then the cap)
         self._sink_error: Exception | None = None
+        self._decoder: zlib._Decompress | None = None  # Content-Encoding: gzip or deflate
 
     # fed by the protocol
     def _take(self, parts: list[bytes]) -> None:
@@ -78,9 +92,34 @@ class Response:
         if self._sink is not None:
             return  # delivered once the whole read is parsed: one socket read, one sink call
         self._buffered += sum(map(len, parts))
-        if self._buffered > HIGH_WATER and not self._whole:
-            self.conn.pause()
+        if self._buffered > self._limit:
+            if self._whole:
+                self.conn.abort(ResponseTooLarge(self._limit))
+            else:
+                self.conn.pause()
         self._wake()
+
+    def _decode(self, encoding: str) -> None:
+        """A compressed body: decoded as it arrives (streams too), so the cap counts decoded bytes."""
+        if encoding.strip().lower() in ("gzip", "x-gzip", "deflate"):
+            self._take = self._take_decoded  # type: ignore[method-assign]  # plain bodies keep the plain path
+
+    def _take_decoded(self, parts: list[bytes]) -> None:
+        data = b"".join(parts) if len(parts) > 1 else parts[0]
+        cap = self.conn.pool.reach.max_response_bytes
+        try:
+            if self._decoder is None:
+                zlib_header = len(data) > 1 and data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
+                gzip = self.headers.get("content-encoding", "").strip().lower() != "deflate"
+                self._decoder = zlib.decompressobj(31 if gzip else 15 if zlib_header else -15)
+            out = self._decoder.decompress(data, cap + 1)
+        except zlib.error as exc:
+            self.conn.abort(UpstreamClosed(f"undecodable compressed body from upstream: {exc}"))
+            return
+        if self._decoder.unconsumed_tail or len(out) > cap:  # one read inflating past the cap: a bomb
+            self.conn.abort(ResponseTooLarge(cap))
+            return
+        Response._take(self, [out] if out else [])
 
     def _deliver(self) -> None:
         """While pushing: give what the last read brought to the sink, in one piece."""
@@ -96,6 +135,8 @@ class Response:
         self._wake()
 
     def _finish(self, error: BaseException | None = None) -> None:
+        if self.complete:  # failed already (e.g. past the cap while its last read was parsed)
+            return
         if self._sink is not None and self._buffer and error is None:
             self._deliver()
         self.complete = True
@@ -117,17 +158,18 @@ class Response:
     # for the caller
     async def read(self) -> bytes:
         self._whole = True
+        self._limit = cap = self.conn.pool.reach.max_response_bytes
         if not self.complete:
-            self.conn.resume()  # paused for HIGH_WATER before read() was called
+            length = self.headers.get("content-length", "")
+            if self._buffered > cap or (length.isdigit() and int(length) > cap):
+                self.conn.abort(ResponseTooLarge(cap))  # said up front: not read at all
+            else:
+                self.conn.resume()  # paused for HIGH_WATER before read() was called
         while not self.complete:
             await self._wait()
         if self.error is not None:
             raise self.error
-        body = b"".join(self._buffer)
-        encoding = self.headers.get("content-encoding")
-        if encoding in ("gzip", "deflate"):  # we ask for identity; a server may compress anyway
-            body = zlib.decompress(body, 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
-        return body
+        return b"".join(self._buffer)  # already decoded, if it was compressed (see _decode)
 
     @property
     def chunks(self) -> AsyncIterator[bytes]:
@@ -270,6 +312,9 @@ class _Conn(asyncio.Protocol):
         response = self.response
         assert response is not None
         response.status = self.parser.get_status_code()
+        encoding = response.headers.get("content-encoding")
+        if encoding is not None:
+            response._decode(encoding)
         if self.head is not None and not self.head.done():
             self.head.set_result(response)
 
@@ -358,13 +403,22 @@ class _Conn(asyncio.Protocol):
 class Pool:
     """Keep-alive connections to one origin (scheme, host, port)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, reach: Reach | None = None) -> None:
         parts = urlsplit(url)
         self.tls = parts.scheme == "https"
         self.host = parts.hostname or "localhost"
         self.port = parts.port or (443 if self.tls else 80)
         default_port = (self.tls and self.port == 443) or (not self.tls and self.port == 80)
         self.host_header = self.host if default_port else f"{self.host}:{self.port}"
+        self.reach = reach = reach or Reach()
+        self.ssl = (reach.tls or _tls()) if self.tls else None
+        proxy = reach.proxy
+        # Plain http through a proxy: each request goes to the proxy in absolute form (RFC 9112 3.2.2);
+        # https goes through a CONNECT tunnel, where requests are as if direct.
+        self.dial = (proxy.host, proxy.port) if proxy and not self.tls else (self.host, self.port)
+        self.target_prefix = f"http://{self.host_header}" if proxy and not self.tls else ""
+        self.proxy_head = (f"proxy-authorization: {proxy.authorization}\r\n"
+                           if proxy and proxy.authorization and not self.tls else "")
         self.idle: list[_Conn] = []
         self.loop = asyncio.get_running_loop()
 
@@ -381,10 +435,30 @@ class Pool:
             conn.abort(None)
 
     async def _connect(self, connect_timeout: float | None) -> _Conn:
-        async with asyncio.timeout(connect_timeout):
-            _, conn = await self.loop.create_connection(
-                lambda: _Conn(self), self.host, self.port, ssl=_tls() if self.tls else None,
-                server_hostname=self.host if self.tls else None)
+        """A new connection, TLS handshake done; NotSent (cause chained) if that failed."""
+        try:
+            async with asyncio.timeout(connect_timeout):
+                if self.reach.proxy is not None and self.tls:
+                    return await self._tunnel()
+                _, conn = await self.loop.create_connection(
+                    lambda: _Conn(self), *self.dial, ssl=self.ssl, server_hostname=self.host if self.tls else None)
+                return conn
+        except OSError as exc:  # refused, unreachable, timed out (TimeoutError), ssl.SSLError, proxy refusal
+            where = f" via proxy {self.reach.proxy.label}" if self.reach.proxy else ""
+            raise NotSent(f"connecting to {self.host}:{self.port}{where} failed: {exc}") from exc
+
+    async def _tunnel(self) -> _Conn:
+        assert self.reach.proxy is not None and self.ssl is not None
+        raw = await open_tunnel(self.loop, self.reach.proxy, self.host, self.port)
+        conn = _Conn(self)
+        try:
+            transport = await self.loop.start_tls(raw, conn, self.ssl, server_hostname=self.host)
+        except BaseException:
+            raw.abort()
+            raise
+        if transport is None:
+            raise ConnectionError("TLS inside the proxy tunnel did not start")
+        conn.connection_made(transport)
         return conn
 
     def _pooled(self) -> _Conn | None:
@@ -403,7 +477,8 @@ class Pool:
         ``read_timeout`` bounds each silence (streams), ``total_timeout`` the exchange after connecting."""
         if not _TARGET.fullmatch(target):  # proxy.request_target vets URLs; this keeps any caller honest
             raise InvalidTarget(f"refusing to send request target {target!r}")
-        head = [f"{method} {target} HTTP/1.1\r\nhost: {self.host_header}\r\ncontent-length: {len(body)}\r\n"]
+        head = [f"{method} {self.target_prefix}{target} HTTP/1.1\r\nhost: {self.host_header}\r\n{self.proxy_head}"
+                f"content-length: {len(body)}\r\n"]
         for name, value in headers.items():
             head.append(f"{name}: {value}\r\n")
         head.append("\r\n")

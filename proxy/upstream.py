@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 from urllib.parse import urlsplit
 
 from adapters.base import Adapter, UpstreamError, UpstreamRequest
 from proxy import echo
-from proxy.http1 import Pool, Response
+from proxy.http1 import Pool, Response, ResponseTooLarge
+from proxy.http1_connect import NotSent, Reach, parse_proxy, tls_context
 from proxy.request_target import invalid_model, refusal
 from proxy.settings import ConfigError, ProviderConfig
 
@@ -29,6 +31,25 @@ ADAPTER_CLASSES = {
 
 TRANSPORT_ERRORS = (OSError, TimeoutError)  # ConnectionError and refused connects are OSErrors
 DRAIN_S = 0.5  # after a stream's terminal event: how long to wait for the rest of its response
+log = logging.getLogger("gateway")
+
+
+class UnreachedError(UpstreamError):
+    """An attempt whose request never reached the upstream (see proxy.http1_connect.NotSent): nothing
+    can have been billed, so dispatch retries it whatever ``retry_on`` says (within ``max_retries``)."""
+
+
+def provider_reach(provider: ProviderConfig, file: str = "gateway.toml") -> Reach:
+    """The provider's proxy, TLS settings and response cap, as the connection pools use them."""
+    key = f"providers.{provider.name}"
+    try:
+        tls = None
+        if provider.ca_file or provider.client_cert or not provider.verify_tls:
+            tls = tls_context(provider.ca_file, provider.client_cert, provider.client_key, provider.verify_tls)
+        proxy = parse_proxy(provider.proxy) if provider.proxy else None
+    except (OSError, ValueError) as exc:  # proxy.config checks these first: this is for configs built in code
+        raise ConfigError(file, key, str(exc)) from None
+    return Reach(tls, proxy, max(1, int(provider.max_response_mb * (1 << 20))))
 
 
 def make_adapter(provider: ProviderConfig, file: str = "gateway.toml") -> Adapter:
@@ -77,6 +98,11 @@ class Upstream:
     def __init__(self, provider: ProviderConfig, file: str = "gateway.toml") -> None:
         self.provider = provider
         self.adapter = make_adapter(provider, file)
+        self.reach = provider_reach(provider, file)
+        if not provider.verify_tls:
+            log.warning("provider %s: verify_tls = false: the TLS certificate of %s is not checked; anyone on "
+                        "the path can read and change its traffic, provider key included", provider.name,
+                        urlsplit(provider.base_url).netloc)
         self.pools: dict[str, Pool] = {}  # by origin; made on first use, inside the event loop
         self.routes: dict[str, tuple[Pool, str]] = {}  # url -> (pool, request target), parsed once
 
@@ -90,7 +116,7 @@ class Upstream:
             origin = f"{parts.scheme}://{parts.netloc}"
             pool = self.pools.get(origin)
             if pool is None:
-                pool = self.pools[origin] = Pool(origin)
+                pool = self.pools[origin] = Pool(origin, self.reach)
             target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             route = (pool, target)
             if len(self.routes) < 10_000:  # urls are per provider and model: a bounded set
@@ -109,6 +135,10 @@ class Upstream:
             # The connection's own timer enforces total_s: cheaper than an asyncio.timeout scope.
             response = await pool.request(req.method, target, req.headers, req.content, connect_s, None, total_s)
             body = await response.read()
+        except ResponseTooLarge as exc:
+            if response is not None:
+                response.close()
+            raise self.too_large(exc) from None
         except TRANSPORT_ERRORS as exc:
             if response is not None:
                 response.close()
@@ -133,6 +163,8 @@ class Upstream:
             try:
                 async with asyncio.timeout(idle_s):
                     body = await response.read()
+            except ResponseTooLarge as exc:
+                raise self.too_large(exc) from None
             except TRANSPORT_ERRORS:
                 body = b""
             finally:
@@ -142,10 +174,20 @@ class Upstream:
 
     def transport_error(self, exc: BaseException) -> UpstreamError:
         name = self.provider.name
+        kind = UpstreamError
+        if isinstance(exc, NotSent):  # told apart for retries; the client sees what caused it
+            kind, exc = UnreachedError, exc.__cause__ or exc
         if isinstance(exc, TimeoutError):
-            return UpstreamError(504, f"upstream {name} timed out", "timeout", "timeout", "upstream_timeout")
-        return UpstreamError(502, f"connection to upstream {name} failed ({type(exc).__name__})", "connection",
-                             "upstream_error", "upstream_connection_error")
+            return kind(504, f"upstream {name} timed out", "timeout", "timeout", "upstream_timeout")
+        return kind(502, f"connection to upstream {name} failed ({type(exc).__name__})", "connection",
+                    "upstream_error", "upstream_connection_error")
+
+    def too_large(self, exc: ResponseTooLarge) -> UpstreamError:
+        """Past max_response_mb: a 502 that is not retried (the next answer would be as big, and billed)."""
+        mb = self.provider.max_response_mb
+        return UpstreamError(502, f"upstream {self.provider.name} sent a response larger than its "
+                             f"max_response_mb ({mb:g} MB); the gateway stopped reading it", "bad_response",
+                             "upstream_error", "upstream_response_too_large")
 
 
 class EchoStream:
