@@ -44,6 +44,7 @@ class RawUpstream:
         self.url = f"http://127.0.0.1:{self.port}"
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.server: asyncio.Server | None = None
+        self.tasks: set[asyncio.Task] = set()
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -53,6 +54,9 @@ class RawUpstream:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
         number = self.accepted
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
         try:
             if not self.on_accept(number):
                 return
@@ -73,14 +77,24 @@ class RawUpstream:
                 await writer.drain()
         finally:
             writer.transport.abort()
+            self.tasks.discard(task)
 
     def start(self) -> RawUpstream:
         self.thread.start()
         return self
 
+    async def _shutdown(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
     def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop).result(timeout=10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=5)
+        self.loop.close()
         self.sock.close()
 
 
