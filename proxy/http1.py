@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import re
-import ssl
 import time
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import httptools
 
-from proxy.http1_connect import NotSent, Reach, open_tunnel
+from proxy.http1_connect import NotSent, Reach, decoder, default_tls, open_tunnel
 
 IDLE_KEEP_S = 30.0  # drop pooled connections idle for longer (servers often close at 5-75 s)
 MAX_IDLE = 1000  # pooled connections per host
@@ -36,14 +36,6 @@ HIGH_WATER = 1 << 20  # pause reading a stream once this much is buffered and un
 # HttpStream.relaying) and whole-body answers; an event of a burst waits at most BURST_REST_S.
 BURST_GAP_S = 0.0003
 BURST_REST_S = 0.001  # the shortest rest: the loop's timers have 1 ms resolution
-_ssl_context: ssl.SSLContext | None = None
-
-
-def _tls() -> ssl.SSLContext:
-    global _ssl_context
-    if _ssl_context is None:
-        _ssl_context = ssl.create_default_context()
-    return _ssl_context
 
 
 class UpstreamClosed(ConnectionError):
@@ -83,7 +75,7 @@ class Response:
         self._whole = False  # read() wants the body to its end: never paused for being unread
         self._limit = HIGH_WATER  # buffered past this: a stream pauses, a whole read fails (then the cap)
         self._sink_error: Exception | None = None
-        self._decoder: zlib._Decompress | None = None  # Content-Encoding: gzip or deflate
+        self._decoder: Any = None  # Content-Encoding: gzip or deflate (zlib's decompressor)
 
     # fed by the protocol
     def _take(self, parts: list[bytes]) -> None:
@@ -109,9 +101,7 @@ class Response:
         cap = self.conn.pool.reach.max_response_bytes
         try:
             if self._decoder is None:
-                zlib_header = len(data) > 1 and data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
-                gzip = self.headers.get("content-encoding", "").strip().lower() != "deflate"
-                self._decoder = zlib.decompressobj(31 if gzip else 15 if zlib_header else -15)
+                self._decoder = decoder(self.headers.get("content-encoding", ""), data)
             out = self._decoder.decompress(data, cap + 1)
         except zlib.error as exc:
             self.conn.abort(UpstreamClosed(f"undecodable compressed body from upstream: {exc}"))
@@ -411,7 +401,7 @@ class Pool:
         default_port = (self.tls and self.port == 443) or (not self.tls and self.port == 80)
         self.host_header = self.host if default_port else f"{self.host}:{self.port}"
         self.reach = reach = reach or Reach()
-        self.ssl = (reach.tls or _tls()) if self.tls else None
+        self.ssl = (reach.tls or default_tls()) if self.tls else None
         proxy = reach.proxy
         # Plain http through a proxy: each request goes to the proxy in absolute form (RFC 9112 3.2.2);
         # https goes through a CONNECT tunnel, where requests are as if direct.

@@ -1,6 +1,6 @@
 """How a ``proxy.http1`` pool reaches its origin: directly or through an HTTP forward proxy, with a
-provider's TLS settings. Everything here is decided once per provider or per new connection, never
-per request, so a plain direct request pays nothing for it.
+provider's TLS settings; and the gzip/deflate decoder for its bodies. Everything here is decided once
+per provider or per new connection, never per request, so a plain direct request pays nothing for it.
 
 Proxy rules (the curl/requests conventions):
   - ``https_proxy``/``HTTPS_PROXY`` for https origins, ``http_proxy``/``HTTP_PROXY`` for http ones
@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import ipaddress
 import ssl
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 MAX_CONNECT_HEAD = 16 * 1024  # a proxy's answer to CONNECT is a status line and a few headers
@@ -121,6 +124,19 @@ def no_proxy_matches(host: str, port: int, no_proxy: str) -> bool:
         if entry and (host == entry or host.endswith("." + entry)):
             return True
     return False
+
+
+@functools.cache
+def default_tls() -> ssl.SSLContext:
+    return ssl.create_default_context()  # once, on first https use: loading the trust store takes ms
+
+
+def decoder(encoding: str, first: bytes) -> Any:
+    """A zlib decompressor for a gzip or deflate body (deflate: zlib-wrapped, or raw as some servers send it)."""
+    if encoding.strip().lower() != "deflate":
+        return zlib.decompressobj(31)
+    zlib_header = len(first) > 1 and first[0] & 0x0F == 8 and (first[0] << 8 | first[1]) % 31 == 0
+    return zlib.decompressobj(15 if zlib_header else -15)
 
 
 def no_password() -> str:

@@ -194,6 +194,7 @@ def test_a_connection_paused_by_its_last_read_is_pooled_reading() -> None:
     from types import SimpleNamespace
 
     from proxy.http1 import HIGH_WATER, _Conn
+    from proxy.http1_connect import Reach
 
     body = b"x" * (HIGH_WATER + 1)
     framed = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n%x\r\n%b\r\n" % (len(body), body)
@@ -201,7 +202,7 @@ def test_a_connection_paused_by_its_last_read_is_pooled_reading() -> None:
     async def main() -> tuple[list[str], list[str], list[str]]:
         loop = asyncio.get_running_loop()
         pooled: list[_Conn] = []
-        pool = SimpleNamespace(loop=loop, forget=lambda c: None, release=pooled.append)
+        pool = SimpleNamespace(loop=loop, forget=lambda c: None, release=pooled.append, reach=Reach())
         calls = []
         for ending in (b"0\r\n\r\n", b""):
             conn = _Conn(pool)  # type: ignore[arg-type]
