@@ -148,7 +148,7 @@ class Upstream:
                 response.close()
             raise
         if response.status >= 300:
-            raise self.adapter.error(response.status, body, response.headers)
+            raise self.status_error(response, body)
         return body
 
     async def open_stream(self, req: UpstreamRequest, connect_s: float, idle_s: float) -> UpstreamStream:
@@ -169,8 +169,15 @@ class Upstream:
                 body = b""
             finally:
                 response.close()
-            raise self.adapter.error(response.status, body, response.headers)
+            raise self.status_error(response, body)
         return HttpStream(response)
+
+    def status_error(self, response: Response, body: bytes) -> UpstreamError:
+        if response.status == 407 and self.reach.proxy is not None:  # the proxy's answer: the provider saw nothing
+            return UnreachedError(502, f"the proxy for upstream {self.provider.name} refused the request (407 "
+                                  "Proxy Authentication Required)", "connection", "upstream_error",
+                                  "upstream_connection_error")
+        return self.adapter.error(response.status, body, response.headers)
 
     def transport_error(self, exc: BaseException) -> UpstreamError:
         name = self.provider.name

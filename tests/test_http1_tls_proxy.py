@@ -148,15 +148,17 @@ def test_a_provider_proxy_overrides_the_environment(make_gateway, tmp_path, fake
     assert len(tinyproxy.requests()) == 1
 
 
-def test_proxy_basic_auth_from_the_url(make_gateway, tmp_path, certs, tls_upstream):
+@pytest.mark.parametrize("scheme", ["https", "http"])
+def test_proxy_basic_auth_from_the_url(make_gateway, tmp_path, certs, tls_upstream, fake_openai, scheme):
     proxy = Tinyproxy(tmp_path, basic_auth=("gwuser", "s3cret-proxy-pw"))
     try:
-        ca = f'ca_file = "{certs.ca_file}"\n'
+        upstream, ca = (fake_openai.url, "") if scheme == "http" else (tls_upstream.url,
+                                                                        f'ca_file = "{certs.ca_file}"\n')
         base = proxy.url.removeprefix("http://")
-        gw = make_gateway(config(tmp_path, tls_upstream.url, ca + f'proxy = "http://gwuser:s3cret-proxy-pw@{base}"'))
+        gw = make_gateway(config(tmp_path, upstream, ca + f'proxy = "http://gwuser:s3cret-proxy-pw@{base}"'))
         assert chat(gw) == "Hello proxy"
-        denied = make_gateway(config(tmp_path / "b", tls_upstream.url, ca + f'proxy = "{proxy.url}"'))
-        error = failed_chat(denied)
+        denied = make_gateway(config(tmp_path / "b", upstream, ca + f'proxy = "{proxy.url}"'))
+        error = failed_chat(denied)  # the proxy's 407, never passed on as if it were the provider's
         assert error.status_code == 502 and error.code == "upstream_connection_error"
         assert "s3cret" not in str(error.body)
     finally:
