@@ -16,7 +16,7 @@ import ssl
 import time
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from urllib.parse import urlsplit
 
 import httptools
@@ -194,6 +194,7 @@ class _Conn(asyncio.Protocol):
         self.response: Response | None = None
         self.head: asyncio.Future[Response] | None = None
         self.closed = False
+        self.reusable = True  # False once a request body was left half-sent: the connection is not pooled
         self.reused = False
         self.got_bytes = False
         self.idle_since = 0.0
@@ -206,6 +207,7 @@ class _Conn(asyncio.Protocol):
         # httptools calls on_body once per chunk of a chunked body: a bound list.append makes that a C
         # call, not a Python frame. The pieces go to the response once per read, before it completes.
         self.parts: list[bytes] = []
+        self.writable: asyncio.Future[None] | None = None  # set while the transport asks us to stop writing
         self.on_body = self.parts.append
         self.parser = httptools.HttpResponseParser(self)  # after on_body: the parser looks it up once
 
@@ -247,8 +249,17 @@ class _Conn(asyncio.Protocol):
         if not (self.paused or self.closed) and self.transport is not None:
             self.transport.resume_reading()
 
+    def pause_writing(self) -> None:
+        self.writable = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self.writable is not None and not self.writable.done():
+            self.writable.set_result(None)
+        self.writable = None
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.resume_writing()  # a body sender waiting to write sees the close
         self._cancel_timer()
         self.pool.forget(self)
         response = self.response
@@ -284,7 +295,7 @@ class _Conn(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self._cancel_timer()
         response._finish()
-        if keep and not self.closed:
+        if keep and not self.closed and self.reusable:
             self.resume()  # the last read may have paused it (HIGH_WATER): pooled, it must read again
             self.pool.release(self)
         else:
@@ -332,6 +343,21 @@ class _Conn(asyncio.Protocol):
             self.timer = self.loop.call_later(read_timeout, self._check_idle)
         self.transport.write(request)
         return self.head
+
+    async def send_body(self, body: AsyncIterable[bytes], chunked: bool) -> None:
+        """Write a streamed request body after its head, as fast as the upstream takes it; each piece
+        written counts as activity for ``read_timeout`` (the upstream is silent while it receives)."""
+        assert self.transport is not None
+        async for piece in body:
+            if self.closed or (self.response is not None and self.response.complete) or self.response is None:
+                return  # answered (or gone) before the body was all sent
+            if piece:
+                self.transport.write(b"%x\r\n%b\r\n" % (len(piece), piece) if chunked else piece)
+                self.last_read = self.loop.time()
+            if self.writable is not None:
+                await self.writable
+        if chunked and not self.closed:
+            self.transport.write(b"0\r\n\r\n")
 
     def _expire(self, total_timeout: float) -> None:
         self.timer = None
@@ -396,13 +422,17 @@ class Pool:
             conn.abort(None)
         return None
 
-    async def request(self, method: str, target: str, headers: Mapping[str, str], body: bytes,
-                      connect_timeout: float | None, read_timeout: float | None,
-                      total_timeout: float | None = None) -> Response:
+    async def request(self, method: str, target: str, headers: Mapping[str, str],
+                      body: bytes | AsyncIterable[bytes], connect_timeout: float | None,
+                      read_timeout: float | None, total_timeout: float | None = None) -> Response:
         """Send; return once the response head is in. The caller reads the body and calls close().
-        ``read_timeout`` bounds each silence (streams), ``total_timeout`` the exchange after connecting."""
+        ``read_timeout`` bounds each silence (streams), ``total_timeout`` the exchange after connecting.
+        ``body`` may be an async iterable of bytes (see ``_request_streamed``)."""
         if not _TARGET.fullmatch(target):  # proxy.request_target vets URLs; this keeps any caller honest
             raise InvalidTarget(f"refusing to send request target {target!r}")
+        if not isinstance(body, bytes):
+            return await self._request_streamed(method, target, headers, body, connect_timeout, read_timeout,
+                                                total_timeout)
         head = [f"{method} {target} HTTP/1.1\r\nhost: {self.host_header}\r\ncontent-length: {len(body)}\r\n"]
         for name, value in headers.items():
             head.append(f"{name}: {value}\r\n")
@@ -424,6 +454,39 @@ class Pool:
         conn = await self._connect(connect_timeout)
         try:
             return await conn.start(request, read_timeout, total_timeout)
+        except BaseException:
+            conn.abort(None)
+            raise
+
+    async def _request_streamed(self, method: str, target: str, headers: Mapping[str, str],
+                                body: AsyncIterable[bytes], connect_timeout: float | None,
+                                read_timeout: float | None, total_timeout: float | None) -> Response:
+        """A request whose body is written piece by piece as ``body`` yields it: with the
+        ``content-length`` the caller put in ``headers``, else ``transfer-encoding: chunked``. Always on a
+        fresh connection (a pooled one the server closed could not be retried: the body is consumed).
+        An error ``body`` raises (the client's upload failed) closes the connection and is raised here;
+        an answer that comes before the body is all sent stops the sending."""
+        chunked = not any(name.lower() == "content-length" for name in headers)
+        head = [f"{method} {target} HTTP/1.1\r\nhost: {self.host_header}\r\n"]
+        if chunked:
+            head.append("transfer-encoding: chunked\r\n")
+        for name, value in headers.items():
+            head.append(f"{name}: {value}\r\n")
+        head.append("\r\n")
+        conn = await self._connect(connect_timeout)
+        try:
+            answered = conn.start("".join(head).encode("latin-1"), read_timeout, total_timeout)
+            sender = asyncio.ensure_future(conn.send_body(body, chunked))
+            try:
+                await asyncio.wait((answered, sender), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not sender.done():  # answered early, or cancelled: the rest of the body is not sent
+                    sender.cancel()
+                    conn.reusable = False
+                    await asyncio.wait((sender,))
+            if sender.done() and not sender.cancelled() and sender.exception() is not None:
+                raise sender.exception()  # type: ignore[misc]
+            return await answered
         except BaseException:
             conn.abort(None)
             raise
