@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
@@ -73,9 +73,14 @@ def make_app() -> Starlette:
     state = MediaState()
 
     async def record(request: Request) -> dict[str, Any]:
-        raw = await request.body()
         entry: dict[str, Any] = {"method": request.method, "path": request.url.path, "query": request.url.query,
-                                 "headers": dict(request.headers), "raw_size": len(raw)}
+                                 "headers": dict(request.headers)}
+        try:
+            raw = await request.body()
+        except ClientDisconnect:  # the gateway closed the connection mid-upload
+            state.requests.append({**entry, "abandoned": True})
+            raise
+        entry["raw_size"] = len(raw)
         content_type = request.headers.get("content-type", "")
         if content_type.startswith("multipart/form-data"):
             entry["fields"], entry["files"] = parse_multipart(content_type, raw)
@@ -228,7 +233,10 @@ def make_app() -> Starlette:
         obj.update(status="cancelling", cancelling_at=int(time.time()))
         return _json(obj)
 
-    app = Starlette(routes=[
+    async def abandoned(request: Request, exc: Exception) -> Response:
+        return Response(b"", 499)
+
+    app = Starlette(exception_handlers={ClientDisconnect: abandoned}, routes=[
         Route("/v1/images/generations", images, methods=["POST"]),
         Route("/v1/images/edits", images_edit_route(record, failure), methods=["POST"]),
         Route("/v1/audio/speech", speech, methods=["POST"]),
@@ -261,3 +269,29 @@ def images_edit_route(record: Any, failure: Any) -> Any:
         return _json({"created": int(time.time()), "data": [{"b64_json": PNG} for _ in range(n)]})
 
     return edit
+
+
+class AzureStyle:
+    """The same fake behind Azure OpenAI's URLs: ``/openai/deployments/{dep}/...?api-version=``,
+    ``/openai/{files,batches}...?api-version=`` and the v1 style ``/openai/v1/...``; each request's
+    original path and query land in ``paths``."""
+
+    def __init__(self) -> None:
+        self.inner = make_app()
+        self.state = self.inner.state.media
+        self.paths: list[str] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            query = scope.get("query_string", b"").decode()
+            self.paths.append(f"{path}?{query}" if query else path)
+            parts = path.split("/")
+            if path.startswith("/openai/deployments/"):
+                path = "/v1/" + "/".join(parts[4:])
+            elif path.startswith("/openai/v1/"):
+                path = "/v1/" + "/".join(parts[3:])
+            elif path.startswith("/openai/"):
+                path = "/v1/" + "/".join(parts[2:])
+            scope = {**scope, "path": path, "raw_path": path.encode()}
+        await self.inner(scope, receive, send)
