@@ -127,7 +127,7 @@ targets = [{{ provider = "media", model = "whisper-1" }}]
 def test_speech_cut_by_the_upstream_is_not_a_whole_answer(make_gateway, tmp_path):
     async def cut(scope, receive, send):  # an upstream that promises more audio than it sends, then hangs up
         if scope["type"] == "lifespan":
-            while (message := await receive())["type"] != "lifespan.shutdown":
+            while (await receive())["type"] != "lifespan.shutdown":
                 await send({"type": "lifespan.startup.complete"})
             await send({"type": "lifespan.shutdown.complete"})
             return
@@ -174,3 +174,49 @@ def test_the_scanner_finds_the_model_however_the_body_is_split():
             scanner.feed(buf)
         assert scanner.model_span is not None and bytes(buf[slice(*scanner.model_span)]) == b"dall-e"
         assert scanner.fields == {"prompt": "a hat", "model": "dall-e"} and scanner.ended
+
+
+def test_files_model_must_name_an_alias_with_an_openai_kind_target(tmp_path):
+    import tomllib
+
+    from proxy.config import ConfigError, parse_config
+
+    base = f"""{storage(tmp_path)}
+[providers.local]
+kind = "echo"
+
+[[models]]
+name = "echo"
+targets = [{{ provider = "local", model = "e" }}]
+
+{KEYS}"""
+    for files, reason in (('model = "nope"', "not an alias"), ('model = "echo"', "no target of kind")):
+        with pytest.raises(ConfigError) as err:
+            parse_config(tomllib.loads(base + f"\n[files]\n{files}\n"), "gw.toml", {})
+        assert err.value.key == "files.model" and reason in err.value.reason
+
+
+def test_a_prices_file_may_price_a_media_model_by_the_unit_only(tmp_path):
+    import tomllib
+
+    from proxy.config import parse_config
+
+    prices = tmp_path / "prices.json"
+    prices.write_text('{"models": {"openai/dall-e-3": {"per_image": 0.04}, '
+                      '"whisper-1": {"input_per_mtok": 1, "output_per_mtok": 1, "per_second": 0.0001}}}')
+    config = parse_config(tomllib.loads(f"""{storage(tmp_path)}prices_file = "{prices}"
+[providers.oa]
+kind = "openai"
+base_url = "http://127.0.0.1:9/v1"
+
+[[models]]
+name = "dalle"
+targets = [{{ provider = "oa", model = "dall-e-3" }}]
+
+[[models]]
+name = "whisper"
+targets = [{{ provider = "oa", model = "whisper-1", per_second = 0.0002 }}]
+
+{KEYS}"""), str(tmp_path / "gw.toml"), {})
+    assert config.models["dalle"].targets[0].per_image == 0.04
+    assert config.models["whisper"].targets[0].per_second == 0.0002  # gateway.toml's own price wins
