@@ -474,8 +474,8 @@ class Pool:
             head.append(f"{name}: {value}\r\n")
         head.append("\r\n")
         conn = await self._connect(connect_timeout)
+        answered = conn.start("".join(head).encode("latin-1"), read_timeout, total_timeout)
         try:
-            answered = conn.start("".join(head).encode("latin-1"), read_timeout, total_timeout)
             sender = asyncio.ensure_future(conn.send_body(body, chunked))
             try:
                 await asyncio.wait((answered, sender), return_when=asyncio.FIRST_COMPLETED)
@@ -488,6 +488,10 @@ class Pool:
                 raise sender.exception()  # type: ignore[misc]
             return await answered
         except BaseException:
+            if not answered.done():
+                answered.cancel()  # nobody will wait for this head: no "exception never retrieved"
+            elif not answered.cancelled():
+                answered.exception()  # seen: a failed head behind the body's own error is not logged
             conn.abort(None)
             raise
 

@@ -83,9 +83,10 @@ class PassthroughDispatch(Dispatch):
         return plan
 
     async def run(self) -> Outcome:
-        if self.upload is None and not self.spec.raw:
+        if self.upload is None and not self.request.stream:
             return await super().run()
-        # An upload goes once; relayed bytes are not hedged (a losing relay would hold its connection).
+        # An upload goes once; relayed answers (raw, or stream: true) are not hedged: a losing relay would
+        # hold its connection.
         plan = self.plan()
         started = time.perf_counter()
         try:
