@@ -348,6 +348,7 @@ class _Conn(asyncio.Protocol):
         """Write a streamed request body after its head, as fast as the upstream takes it; each piece
         written counts as activity for ``read_timeout`` (the upstream is silent while it receives)."""
         assert self.transport is not None
+        self.reusable = False  # until the body is all sent: an answer that comes before closes the connection
         async for piece in body:
             if self.closed or (self.response is not None and self.response.complete) or self.response is None:
                 return  # answered (or gone) before the body was all sent
@@ -358,6 +359,7 @@ class _Conn(asyncio.Protocol):
                 await self.writable
         if chunked and not self.closed:
             self.transport.write(b"0\r\n\r\n")
+        self.reusable = True
 
     def _expire(self, total_timeout: float) -> None:
         self.timer = None
@@ -482,7 +484,6 @@ class Pool:
             finally:
                 if not sender.done():  # answered early, or cancelled: the rest of the body is not sent
                     sender.cancel()
-                    conn.reusable = False
                     await asyncio.wait((sender,))
             if sender.done() and not sender.cancelled() and sender.exception() is not None:
                 raise sender.exception()  # type: ignore[misc]

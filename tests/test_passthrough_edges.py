@@ -220,3 +220,40 @@ targets = [{{ provider = "oa", model = "whisper-1", per_second = 0.0002 }}]
 {KEYS}"""), str(tmp_path / "gw.toml"), {})
     assert config.models["dalle"].targets[0].per_image == 0.04
     assert config.models["whisper"].targets[0].per_second == 0.0002  # gateway.toml's own price wins
+
+
+def test_http1_stops_sending_a_streamed_body_the_upstream_answered_early_and_does_not_pool_it():
+    import asyncio
+
+    from proxy.http1 import Pool
+
+    async def run() -> None:
+        async def early(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")  # the head only: the answer comes before the body is read
+            writer.write(b"HTTP/1.1 413 Too Large\r\ncontent-length: 2\r\n\r\nno")
+            await writer.drain()
+            await asyncio.sleep(1)
+            writer.close()
+
+        server = await asyncio.start_server(early, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        sent: list[int] = []
+        release = asyncio.Event()
+
+        async def body():
+            for i in range(1000):
+                sent.append(i)
+                yield b"x" * 1000
+                if i == 0:
+                    await release.wait()  # the rest would follow only after the answer is in
+
+        pool = Pool(f"http://127.0.0.1:{port}")
+        task = asyncio.ensure_future(pool.request("POST", "/upload", {}, body(), 5, 5))
+        response = await asyncio.wait_for(task, 5)
+        release.set()
+        assert response.status == 413 and await response.read() == b"no"
+        assert len(sent) == 1 and pool.idle == []  # the body was cut short: that connection is not reused
+        pool.close()
+        server.close()
+
+    asyncio.run(run())
