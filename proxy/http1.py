@@ -194,7 +194,7 @@ class _Conn(asyncio.Protocol):
         self.response: Response | None = None
         self.head: asyncio.Future[Response] | None = None
         self.closed = False
-        self.reusable = True  # False once a request body was left half-sent: the connection is not pooled
+        self.reusable = True  # False while a streamed request body is being sent: answered then, it is closed
         self.reused = False
         self.got_bytes = False
         self.idle_since = 0.0
