@@ -213,6 +213,7 @@ def test_speech_is_binary_and_priced_per_character(gw, media):
         audio = response.read()
     assert audio == SPEECH_PIECE * SPEECH_PIECES
     assert state(media).last("/v1/audio/speech")["body"]["model"] == "tts-1"
+    assert gw.client().audio.speech.create(model="tts", voice="alloy", input="hi").content == audio
     endpoint, model, *_, status, cost, _, _, _ = row(gw, "speech-1")
     assert (endpoint, model, status) == ("audio.speech", "tts", 200)
     assert cost == pytest.approx(len(text) * 0.000015)
@@ -236,11 +237,12 @@ def test_speech_reaches_the_client_as_it_comes(gw, media):
         fake.gate.set()
 
 
-def test_transcription_upload_larger_than_max_body_is_streamed_whole(gw, media):
+def test_transcription_upload_larger_than_max_body_is_streamed_whole(gw, media, schemas):
     audio = os.urandom(3 * 1024 * 1024)  # three times [server] max_body_mb
-    result = gw.client().audio.transcriptions.create(model="whisper", file=("talk.wav", audio, "audio/wav"),
-                                                     extra_headers=rid_headers("transcribe-1"))
-    assert result.text == f"heard {len(audio)} bytes"
+    raw = gw.client().audio.transcriptions.with_raw_response.create(
+        model="whisper", file=("talk.wav", audio, "audio/wav"), extra_headers=rid_headers("transcribe-1"))
+    assert raw.parse().text == f"heard {len(audio)} bytes"
+    schemas("CreateTranscriptionResponseJson", json.loads(raw.content))
     got = state(media).last("/v1/audio/transcriptions")
     assert got["fields"]["model"] == "whisper-1"
     assert got["files"]["file"]["sha256"] == hashlib.sha256(audio).hexdigest()
