@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from adapters.errors import APIError
 from proxy.client_request import ClientRequest
+from proxy.config import FILES_KINDS
 from proxy.errors import GatewayError, internal_error
 from proxy.passthrough.dispatch import Passed, PassthroughDispatch
 from proxy.passthrough.multipart import Upload
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
 __all__ = ["PassthroughInbound", "files_alias", "handle"]
 
 log = logging.getLogger("gateway")
-FILES_KINDS = ("openai", "azure")
 
 
 class PassthroughInbound(Inbound, Protocol):
