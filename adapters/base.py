@@ -25,6 +25,10 @@ class Usage:
     cached_tokens: int = 0  # part of prompt_tokens
     reasoning_tokens: int = 0  # part of completion_tokens
     estimated: bool = False  # counted by the gateway, not reported by the upstream
+    # media units of the pass-through endpoints (proxy.passthrough), priced per unit by proxy.cost
+    images: int = 0
+    audio_seconds: float = 0.0
+    characters: int = 0
 
     @classmethod
     def from_openai(cls, usage: Any) -> Usage | None:

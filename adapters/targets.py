@@ -51,6 +51,9 @@ class Target:
     output_per_mtok: float | None = None
     cached_input_per_mtok: float | None = None
     per_request: float | None = None
+    per_image: float | None = None  # USD per image generated or edited (images endpoints)
+    per_second: float | None = None  # USD per second of audio transcribed or translated
+    per_character: float | None = None  # USD per character of text spoken (audio/speech)
     default_max_tokens: int = 4096  # translating adapters whose API requires max_tokens
     drop_unsupported: bool = False  # drop fields the provider cannot honour instead of a 400
     # routing and resilience

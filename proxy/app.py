@@ -25,6 +25,7 @@ from proxy.errors import GatewayError
 from proxy.keystore import KeyStore
 from proxy.ledger import Ledger
 from proxy.limits import Limits, seed_budgets
+from proxy.passthrough import http as passthrough_http
 from proxy.prices import warn_unpriced
 from proxy.runtime import Runtime
 from proxy.uvicorn_protocol import NoDirectWrites
@@ -86,7 +87,7 @@ def routes() -> list[Route]:
            Route("/admin/keys/{name}", admin.revoke_key, methods=["DELETE"])]
     for prefix in ("/v1", ""):
         out += [Route(prefix + path, handler, methods=methods) for path, handler, methods in table]
-    return out
+    return out + passthrough_http.routes()  # images, audio, moderations, rerank, files, batches
 
 
 def create_app(config: Config, tracer_provider: Any = None) -> Starlette | FastPath:

@@ -25,6 +25,7 @@ from proxy.settings import (
     STRATEGIES,
     Config,
     ConfigError,
+    FilesConfig,
     KeyConfig,
     LimitsConfig,
     ModelAlias,
@@ -251,6 +252,7 @@ def parse_config(raw: dict[str, Any], file: str, env: dict[str, str]) -> Config:
     if limits.on_store_error not in ("allow", "deny"):
         raise ConfigError(file, "limits.on_store_error", "must be 'allow' or 'deny'")
     s.done()
+    files = _parse_files(cfg, root.get("files", dict, {}), models, providers)
     root.done()
 
     used = {t.provider for alias in models.values() for t in alias.targets}
@@ -265,7 +267,25 @@ def parse_config(raw: dict[str, Any], file: str, env: dict[str, str]) -> Config:
     for provider in providers.values():
         provider.redactor = redactor  # every provider's errors hide every secret of the config
     return Config(path=file, server=server, storage=storage, providers=providers, models=models, keys=keys,
-                  limits=limits, observability=observability, redactor=redactor)
+                  limits=limits, observability=observability, redactor=redactor, files=files)
+
+
+FILES_KINDS = ("openai", "azure")  # provider kinds that serve /v1/files and /v1/batches
+
+
+def _parse_files(cfg: _Loader, table: Any, models: dict[str, ModelAlias],
+                 providers: dict[str, ProviderConfig]) -> FilesConfig:
+    s = _Section(cfg, "files", table)
+    files = FilesConfig(model=s.get("model", str, ""))
+    s.done()
+    if files.model:
+        alias = models.get(files.model)
+        if alias is None or alias.is_glob:
+            raise ConfigError(cfg.file, "files.model", f"{files.model!r} is not an alias defined in [[models]]")
+        if not any(t.provider in providers and providers[t.provider].kind in FILES_KINDS for t in alias.targets):
+            raise ConfigError(cfg.file, "files.model", f"alias {files.model!r} has no target of kind "
+                              + " or ".join(FILES_KINDS))
+    return files
 
 
 def _secrets(server: ServerConfig, storage: StorageConfig, providers: dict[str, ProviderConfig]) -> list[str]:
@@ -424,6 +444,9 @@ def _parse_target(cfg: _Loader, t: _Section, providers: dict[str, ProviderConfig
         output_per_mtok=t.number("output_per_mtok", None),
         cached_input_per_mtok=t.number("cached_input_per_mtok", None),
         per_request=t.number("per_request", None),
+        per_image=t.number("per_image", None),
+        per_second=t.number("per_second", None),
+        per_character=t.number("per_character", None),
         default_max_tokens=int(t.number("default_max_tokens", 4096, minimum=1)),
         drop_unsupported=t.get("drop_unsupported", bool, False),
         weight=t.number("weight", 1.0),

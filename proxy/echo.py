@@ -58,6 +58,12 @@ def answer(url: str, content: bytes) -> Answer:
         return _chat(body)
     if url.endswith("/embeddings"):
         return _embeddings(body)
+    if url.endswith("/moderations"):
+        return _moderations(body)
+    if url.endswith("/rerank"):
+        return _rerank(body)
+    if url.endswith("/images/generations"):
+        return _images(body)
     return _json(404, {"error": {"message": f"echo has no {url}", "type": "invalid_request_error",
                                  "param": None, "code": "not_found"}})
 
@@ -163,3 +169,56 @@ def _embeddings(body: dict[str, Any]) -> Answer:
         data.append({"object": "embedding", "index": i, "embedding": vec})
     return _json(200, {"object": "list", "data": data, "model": body.get("model", "echo"),
                        "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+
+# pass-through endpoints (proxy.passthrough): enough of each answer's shape for a client to try them ----------
+
+MODERATION_CATEGORIES = ("harassment", "harassment/threatening", "hate", "hate/threatening", "illicit",
+                         "illicit/violent", "self-harm", "self-harm/instructions", "self-harm/intent", "sexual",
+                         "sexual/minors", "violence", "violence/graphic")
+# A 1x1 transparent PNG: what every echo image is.
+PIXEL_PNG = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==")
+
+
+def _moderations(body: dict[str, Any]) -> Answer:
+    """Nothing is ever flagged."""
+    inputs = body.get("input")
+    items = inputs if isinstance(inputs, list) else [inputs]
+    result = {"flagged": False, "categories": dict.fromkeys(MODERATION_CATEGORIES, False),
+              "category_scores": dict.fromkeys(MODERATION_CATEGORIES, 0.0),
+              "category_applied_input_types": {c: ["text"] for c in MODERATION_CATEGORIES}}
+    ident = "modr-echo-" + hashlib.sha256(orjson.dumps(inputs)).hexdigest()[:16]
+    return _json(200, {"id": ident, "model": body.get("model", "echo"), "results": [result for _ in items]})
+
+
+def _rerank(body: dict[str, Any]) -> Answer:
+    """Documents ranked by how many of the query's words they share (vLLM's /rerank shape)."""
+    query = body.get("query")
+    documents = body.get("documents")
+    if not isinstance(query, str) or not isinstance(documents, list):
+        return _json(400, {"error": {"message": "'query' must be a string and 'documents' an array",
+                                     "type": "invalid_request_error", "param": "documents", "code": None}})
+    words = {w.lower() for w in _TOKEN.findall(query)}
+    results = []
+    for i, doc in enumerate(documents):
+        text = doc if isinstance(doc, str) else str(doc.get("text", "")) if isinstance(doc, dict) else ""
+        doc_words = {w.lower() for w in _TOKEN.findall(text)}
+        score = len(words & doc_words) / (len(words) or 1)
+        results.append({"index": i, "document": {"text": text}, "relevance_score": score})
+    results.sort(key=lambda r: -r["relevance_score"])
+    top = body.get("top_n")
+    if isinstance(top, int) and top > 0:
+        results = results[:top]
+    tokens = count_tokens(query) + sum(count_tokens(r["document"]["text"]) for r in results)
+    return _json(200, {"id": "rerank-echo", "model": body.get("model", "echo"), "results": results,
+                       "usage": {"total_tokens": tokens}})
+
+
+def _images(body: dict[str, Any]) -> Answer:
+    n = body.get("n") if isinstance(body.get("n"), int) else 1
+    if not 1 <= n <= 10:
+        return _json(400, {"error": {"message": "'n' must be from 1 to 10", "type": "invalid_request_error",
+                                     "param": "n", "code": None}})
+    prompt = body.get("prompt") if isinstance(body.get("prompt"), str) else ""
+    item = {"b64_json": PIXEL_PNG, "revised_prompt": f"Echo: {prompt}"}
+    return _json(200, {"created": int(time.time()), "data": [item for _ in range(n)]})

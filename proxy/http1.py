@@ -17,13 +17,14 @@ import re
 import time
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 import httptools
 
 from proxy.http1_connect import NotSent, Reach, decoder, default_tls, open_tunnel
+from proxy.http1_upload import request_streamed
 
 IDLE_KEEP_S = 30.0  # drop pooled connections idle for longer (servers often close at 5-75 s)
 MAX_IDLE = 1000  # pooled connections per host
@@ -226,6 +227,7 @@ class _Conn(asyncio.Protocol):
         self.response: Response | None = None
         self.head: asyncio.Future[Response] | None = None
         self.closed = False
+        self.reusable = True  # False while a streamed request body is being sent: answered then, it is closed
         self.reused = False
         self.got_bytes = False
         self.idle_since = 0.0
@@ -238,6 +240,7 @@ class _Conn(asyncio.Protocol):
         # httptools calls on_body once per chunk of a chunked body: a bound list.append makes that a C
         # call, not a Python frame. The pieces go to the response once per read, before it completes.
         self.parts: list[bytes] = []
+        self.writable: asyncio.Future[None] | None = None  # set while the transport asks us to stop writing
         self.on_body = self.parts.append
         self.parser = httptools.HttpResponseParser(self)  # after on_body: the parser looks it up once
 
@@ -279,8 +282,17 @@ class _Conn(asyncio.Protocol):
         if not (self.paused or self.closed) and self.transport is not None:
             self.transport.resume_reading()
 
+    def pause_writing(self) -> None:
+        self.writable = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self.writable is not None and not self.writable.done():
+            self.writable.set_result(None)
+        self.writable = None
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.resume_writing()  # a body sender waiting to write sees the close
         self._cancel_timer()
         self.pool.forget(self)
         response = self.response
@@ -319,7 +331,7 @@ class _Conn(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self._cancel_timer()
         response._finish()
-        if keep and not self.closed:
+        if keep and not self.closed and self.reusable:
             self.resume()  # the last read may have paused it (HIGH_WATER): pooled, it must read again
             self.pool.release(self)
         else:
@@ -460,13 +472,17 @@ class Pool:
             conn.abort(None)
         return None
 
-    async def request(self, method: str, target: str, headers: Mapping[str, str], body: bytes,
-                      connect_timeout: float | None, read_timeout: float | None,
-                      total_timeout: float | None = None) -> Response:
+    async def request(self, method: str, target: str, headers: Mapping[str, str],
+                      body: bytes | AsyncIterable[bytes], connect_timeout: float | None,
+                      read_timeout: float | None, total_timeout: float | None = None) -> Response:
         """Send; return once the response head is in. The caller reads the body and calls close().
-        ``read_timeout`` bounds each silence (streams), ``total_timeout`` the exchange after connecting."""
+        ``read_timeout`` bounds each silence (streams), ``total_timeout`` the exchange after connecting.
+        ``body`` may be an async iterable of bytes (see ``_request_streamed``)."""
         if not _TARGET.fullmatch(target):  # proxy.request_target vets URLs; this keeps any caller honest
             raise InvalidTarget(f"refusing to send request target {target!r}")
+        if not isinstance(body, bytes):
+            return await request_streamed(self, method, target, headers, body, connect_timeout, read_timeout,
+                                          total_timeout)
         head = [f"{method} {self.target_prefix}{target} HTTP/1.1\r\nhost: {self.host_header}\r\n{self.proxy_head}"
                 f"content-length: {len(body)}\r\n"]
         for name, value in headers.items():

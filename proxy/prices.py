@@ -29,7 +29,9 @@ from proxy.settings import Config, ConfigError, ModelAlias, ProviderConfig, Targ
 log = logging.getLogger("gateway")
 
 OPENROUTER_URL = "https://openrouter.ai"
-PRICE_FIELDS = ("input_per_mtok", "output_per_mtok", "cached_input_per_mtok", "per_request")
+PRICE_FIELDS = ("input_per_mtok", "output_per_mtok", "cached_input_per_mtok", "per_request", "per_image",
+                "per_second", "per_character")
+MEDIA_FIELDS = ("per_image", "per_second", "per_character")  # pass-through endpoints' unit prices
 VENDORS = {"openai": "openai", "azure": "openai", "anthropic": "anthropic", "gemini": "google"}
 
 
@@ -53,8 +55,10 @@ def load_prices(path: str | os.PathLike[str]) -> dict[str, dict[str, float]]:
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise ValueError(f"models.{model_id}.{name}: expected a number >= 0")
             entry[name] = float(value)
-        if "input_per_mtok" not in entry or "output_per_mtok" not in entry:
-            raise ValueError(f"models.{model_id}: input_per_mtok and output_per_mtok are required")
+        tokens = "input_per_mtok" in entry and "output_per_mtok" in entry
+        if not tokens and not any(name in entry for name in MEDIA_FIELDS):  # a media model may have only those
+            raise ValueError(f"models.{model_id}: input_per_mtok and output_per_mtok are required "
+                             f"(or one of {', '.join(MEDIA_FIELDS)})")
         out[model_id] = entry
     return out
 
@@ -75,7 +79,8 @@ def apply_prices_file(file: str, path: str, providers: dict[str, ProviderConfig]
                 found = lookup(prices, target, providers.get(target.provider))
                 if found is not None:
                     for name, value in found.items():
-                        setattr(target, name, value)
+                        if getattr(target, name) is None:  # a unit price set in gateway.toml wins too
+                            setattr(target, name, value)
 
 
 def lookup(prices: dict[str, dict[str, float]], target: Target,
@@ -98,7 +103,8 @@ def unpriced_targets(config: Config) -> list[str]:
             provider = config.providers.get(t.provider)
             if provider is None or provider.kind == "echo":
                 continue
-            if t.input_per_mtok is None or t.output_per_mtok is None:
+            media = any(getattr(t, name) is not None for name in MEDIA_FIELDS)
+            if (t.input_per_mtok is None or t.output_per_mtok is None) and not media:
                 out.append(f"{alias.name} -> {t.provider}/{t.model or '<requested model>'}")
     return out
 

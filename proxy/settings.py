@@ -15,7 +15,7 @@ from adapters.targets import FALLBACK_REASONS, RETRYABLE_STATUSES, ProviderConfi
 
 __all__ = [  # ProviderConfig and Target are re-exported: every setting is read from here
     "BUDGET_PERIODS", "FALLBACK_REASONS", "RETRYABLE_STATUSES", "STRATEGIES", "Config", "ConfigError",
-    "KeyConfig", "LimitsConfig", "ModelAlias", "ObservabilityConfig", "ProviderConfig", "ServerConfig",
+    "FilesConfig", "KeyConfig", "LimitsConfig", "ModelAlias", "ObservabilityConfig", "ProviderConfig", "ServerConfig",
     "StorageConfig", "Target",
 ]
 
@@ -116,6 +116,13 @@ class LimitsConfig:
 
 
 @dataclass(slots=True)
+class FilesConfig:
+    # The alias whose first OpenAI-kind target serves /v1/files and /v1/batches (they name no model):
+    # its key allow-list, limits and usage rows apply. "" = the first such alias in gateway.toml.
+    model: str = ""
+
+
+@dataclass(slots=True)
 class Config:
     path: str
     server: ServerConfig
@@ -125,4 +132,5 @@ class Config:
     keys: list[KeyConfig]
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    files: FilesConfig = field(default_factory=FilesConfig)
     redactor: Redactor = field(default=NO_SECRETS, repr=False, compare=False)  # every secret above, to hide
