@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from proxy.auth import presented_key
 from proxy.errors import GatewayError
 from proxy.pipeline import Answer, ClientWatch, WholeAnswer
 from proxy.requests import read_json
@@ -39,7 +40,7 @@ class HttpInbound:
         headers = request.headers
         self.request = request
         self.endpoint = endpoint
-        self.authorization = headers.get("authorization")
+        self.authorization = presented_key(headers)
         self.client_request_id = headers.get("x-request-id")
         self.watch = ClientWatch()
         self.hooked = on_disconnect(request.scope, self.watch)  # our protocol calls it on a hang-up
@@ -112,7 +113,7 @@ def _model_object(runtime: Runtime, name: str) -> dict:
 async def list_models(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     try:
-        key = runtime.authenticate(request.headers.get("authorization"))
+        key = runtime.authenticate(presented_key(request.headers))
     except GatewayError as e:
         runtime.obs.auth_failed(e.code or "invalid_api_key")
         return e.response()
@@ -123,7 +124,7 @@ async def list_models(request: Request) -> Response:
 async def get_model(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     try:
-        key = runtime.authenticate(request.headers.get("authorization"))
+        key = runtime.authenticate(presented_key(request.headers))
         alias = runtime.resolve(request.path_params["model_id"], key)
     except GatewayError as e:
         if e.status == 401:
