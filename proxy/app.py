@@ -74,6 +74,8 @@ def routes() -> list[Route]:
     table = [
         ("/chat/completions", endpoints.chat_completions, ["POST"]),
         ("/embeddings", endpoints.embeddings, ["POST"]),
+        ("/messages", endpoints.messages, ["POST"]),
+        ("/messages/count_tokens", endpoints.count_tokens, ["POST"]),
         ("/models", endpoints.list_models, ["GET"]),
         ("/models/{model_id:path}", endpoints.get_model, ["GET"]),
     ]

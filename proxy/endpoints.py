@@ -12,9 +12,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from adapters.errors import APIError
+from adapters.inbound import anthropic_messages
 from proxy.auth import presented_key
-from proxy.errors import GatewayError
+from proxy.errors import GatewayError, error_body
 from proxy.pipeline import Answer, ClientWatch, WholeAnswer
+from proxy.pipeline.estimate import estimate_prompt_tokens
 from proxy.requests import read_json
 from proxy.runtime import Runtime
 from proxy.sse_response import SSEResponse
@@ -31,10 +34,39 @@ async def embeddings(request: Request) -> Response | SSEResponse:
     return await _serve(request, "embeddings")
 
 
+async def messages(request: Request) -> Response | SSEResponse:
+    """Anthropic's Messages API (adapters.inbound)."""
+    return await _serve(request, "messages")
+
+
+async def count_tokens(request: Request) -> Response:
+    """``POST /v1/messages/count_tokens``: the gateway's own estimate of the request's input tokens
+    (proxy.pipeline.estimate), after the same key and model checks as a message; no upstream call."""
+    runtime: Runtime = request.app.state.runtime
+    try:
+        key = runtime.authenticate(presented_key(request.headers))
+    except GatewayError as e:
+        runtime.obs.auth_failed(e.code or "invalid_api_key")
+        return _error(e, "count_tokens")
+    try:
+        body = await read_json(request, runtime.config.server.max_body_bytes)
+        anthropic_messages.check_request(body, counting=True)
+        runtime.resolve(body["model"], key)
+        tokens = estimate_prompt_tokens(anthropic_messages.to_chat(body))
+    except APIError as e:
+        return _error(e, "count_tokens")
+    return Response(orjson.dumps({"input_tokens": tokens}), media_type=JSON)
+
+
+def _error(e: APIError, endpoint: str) -> Response:
+    return Response(orjson.dumps(error_body(e, endpoint)), e.status, e.headers, media_type=JSON)
+
+
 class HttpInbound:
     """One HTTP request as the pipeline reads it."""
 
-    __slots__ = ("request", "endpoint", "authorization", "client_request_id", "watch", "hooked", "watcher")
+    __slots__ = ("request", "endpoint", "authorization", "client_request_id", "watch", "hooked", "watcher",
+                 "api_headers")
 
     def __init__(self, request: Request, endpoint: str) -> None:
         headers = request.headers
@@ -42,6 +74,8 @@ class HttpInbound:
         self.endpoint = endpoint
         self.authorization = presented_key(headers)
         self.client_request_id = headers.get("x-request-id")
+        beta = headers.get("anthropic-beta") if endpoint == "messages" else None
+        self.api_headers = {"anthropic-beta": beta} if beta else None
         self.watch = ClientWatch()
         self.hooked = on_disconnect(request.scope, self.watch)  # our protocol calls it on a hang-up
         self.watcher: asyncio.Task[None] | None = None

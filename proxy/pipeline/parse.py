@@ -7,8 +7,10 @@ import re
 import time
 from typing import Any
 
+from adapters.inbound import anthropic_messages
 from proxy.client_request import ClientRequest
 from proxy.errors import bad_request
+from proxy.frontend import MessagesFrontend
 from proxy.pipeline.estimate import choices_of, estimate_prompt_tokens
 from proxy.pipeline.validate import CHAT, EMBEDDINGS, check_input, check_messages, check_model, check_params
 
@@ -30,8 +32,11 @@ def request_ids(given: str | None) -> tuple[str, str]:
     return rid, rid
 
 
-def parse(endpoint: str, body: dict[str, Any], request_id: str, header_id: str) -> ClientRequest:
+def parse(endpoint: str, body: dict[str, Any], request_id: str, header_id: str,
+          api_headers: dict[str, str] | None = None) -> ClientRequest:
     """Validate ``body`` for ``endpoint`` (a 400 naming the parameter) and read what later stages need."""
+    if endpoint == "messages":
+        return parse_messages(body, request_id, header_id, api_headers or {})
     model = check_model(body.get("model"))
     if endpoint == "chat":
         check_chat(body)
@@ -40,6 +45,18 @@ def parse(endpoint: str, body: dict[str, Any], request_id: str, header_id: str) 
     stream = endpoint == "chat" and body.get("stream") is True
     return ClientRequest(endpoint, model, body, request_id, header_id, stream, include_usage(body),
                          estimate_prompt_tokens(body), requested_max_tokens(body), choices_of(body))
+
+
+def parse_messages(body: dict[str, Any], request_id: str, header_id: str, api_headers: dict[str, str]
+                   ) -> ClientRequest:
+    """An Anthropic Messages request: checked as Anthropic does, then read as the chat request it asks for."""
+    anthropic_messages.check_request(body)
+    model = check_model(body["model"])
+    chat = anthropic_messages.to_chat(body)
+    frontend = MessagesFrontend(body, api_headers.get("anthropic-beta"))
+    # include_usage: the usage chunk of the target's stream becomes message_delta's usage
+    return ClientRequest("messages", model, chat, request_id, header_id, body.get("stream") is True, True,
+                         estimate_prompt_tokens(chat), requested_max_tokens(chat), 1, frontend)
 
 
 def check_chat(body: dict[str, Any]) -> None:
