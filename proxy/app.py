@@ -76,6 +76,8 @@ def routes() -> list[Route]:
         ("/embeddings", endpoints.embeddings, ["POST"]),
         ("/messages", endpoints.messages, ["POST"]),
         ("/messages/count_tokens", endpoints.count_tokens, ["POST"]),
+        ("/responses", endpoints.responses, ["POST"]),
+        ("/responses/{response_id}", endpoints.get_response, ["GET"]),
         ("/models", endpoints.list_models, ["GET"]),
         ("/models/{model_id:path}", endpoints.get_model, ["GET"]),
     ]

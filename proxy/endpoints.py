@@ -58,6 +58,24 @@ async def count_tokens(request: Request) -> Response:
     return Response(orjson.dumps({"input_tokens": tokens}), media_type=JSON)
 
 
+async def responses(request: Request) -> Response | SSEResponse:
+    """OpenAI's Responses API (adapters.inbound)."""
+    return await _serve(request, "responses")
+
+
+async def get_response(request: Request) -> Response:
+    """``GET /v1/responses/{id}``: the gateway stores no responses (README), so there is none to get."""
+    runtime: Runtime = request.app.state.runtime
+    try:
+        runtime.authenticate(presented_key(request.headers))
+    except GatewayError as e:
+        runtime.obs.auth_failed(e.code or "invalid_api_key")
+        return e.response()
+    ident = request.path_params["response_id"]
+    return GatewayError(404, f"No response found with id '{ident}': the gateway does not store responses.",
+                        param="response_id", code="not_found").response()
+
+
 def _error(e: APIError, endpoint: str) -> Response:
     return Response(orjson.dumps(error_body(e, endpoint)), e.status, e.headers, media_type=JSON)
 

@@ -57,6 +57,11 @@ def error_event(err: APIError, endpoint: str = "chat") -> bytes:
     SDKs on its ``event: error`` form."""
     if endpoint in ANTHROPIC_ENDPOINTS:
         return b"event: error\ndata: " + orjson.dumps(error_body(err, endpoint)) + b"\n\n"
+    if endpoint == "responses":  # the Responses API's own error event (its sequence is the gateway's, not the target's)
+        body = err.body()["error"]
+        event = {"type": "error", "code": body["code"] or body["type"], "message": body["message"], "param": None,
+                 "sequence_number": 0}
+        return b"event: error\ndata: " + orjson.dumps(event) + b"\n\n"
     return b"data: " + orjson.dumps(err.body()) + b"\n\n"
 
 
