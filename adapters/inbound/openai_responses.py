@@ -106,6 +106,10 @@ def tools(body: dict[str, Any], out: dict[str, Any]) -> None:
     if given:
         converted = []
         for i, tool in enumerate(given):
+            if not isinstance(tool, dict) or tool.get("type") != "function":
+                kind = tool.get("type") if isinstance(tool, dict) else None
+                raise invalid(f"hosted tool {kind!r} is only available on OpenAI models", f"tools[{i}]",
+                              "unsupported_parameter")
             if not isinstance(tool.get("name"), str):
                 raise invalid("a function tool needs a 'name'", f"tools[{i}].name", "missing_required_parameter")
             fn: dict[str, Any] = {"name": tool["name"]}

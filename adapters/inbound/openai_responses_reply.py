@@ -20,8 +20,8 @@ from adapters.sse_decoder import SSEDecoder
 
 # Fields of the request echoed in the response object, with OpenAI's defaults.
 ECHOED = {"instructions": None, "max_output_tokens": None, "metadata": {}, "parallel_tool_calls": True,
-          "temperature": 1.0, "tool_choice": "auto", "tools": [], "top_p": 1.0, "truncation": "disabled",
-          "user": None, "previous_response_id": None}
+          "temperature": 1.0, "tool_choice": "auto", "top_p": 1.0, "truncation": "disabled",
+          "previous_response_id": None}
 
 
 def usage_of(usage: Usage | None) -> dict[str, Any]:
@@ -41,10 +41,16 @@ def envelope(request: dict[str, Any], alias: str, ident: str, created: int) -> d
     """The response object before any output: what the request asked for, echoed."""
     out: dict[str, Any] = {"id": ident, "object": "response", "created_at": created, "status": "in_progress",
                            "error": None, "incomplete_details": None, "model": alias, "output": [],
-                           "store": False, "background": False, "usage": None}
+                           "store": False, "background": False}
     for name, default in ECHOED.items():
         value = request.get(name)
         out[name] = default if value is None else value
+    if isinstance(request.get("user"), str):
+        out["user"] = request["user"]
+    # Function tools as the response shows them: every field present (strict: whether it is enforced).
+    out["tools"] = [{"type": "function", "name": t.get("name"), "description": t.get("description"),
+                     "parameters": t.get("parameters"), "strict": bool(t.get("strict"))}
+                    for t in request.get("tools") or () if isinstance(t, dict)]
     reasoning = request.get("reasoning") if isinstance(request.get("reasoning"), dict) else {}
     out["reasoning"] = {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")}
     text = request.get("text") if isinstance(request.get("text"), dict) else {}
@@ -276,7 +282,7 @@ class ResponsesFromChat(StreamTranslator):
         self.done = True
         self.error = self.inner.error
         status = self.error.status if self.error is not None else 500
-        self.response.update(status="failed", output=self.items, usage=usage_of(self.inner.usage),
+        self.response.update(status="failed", output=self.items,
                              error={"code": "rate_limit_exceeded" if status == 429 else "server_error",
                                     "message": str(err.get("message") or "upstream stream error")})
         return self._event("response.failed", response=self.response)

@@ -42,9 +42,11 @@ def response(body: dict[str, Any], output: list[dict[str, Any]], status: str = "
             "max_output_tokens": body.get("max_output_tokens"), "model": body["model"] + UPSTREAM_SUFFIX,
             "output": output, "parallel_tool_calls": True, "previous_response_id": None,
             "reasoning": {"effort": None, "summary": None}, "store": body.get("store", True), "temperature": 1.0,
-            "text": {"format": {"type": "text"}}, "tool_choice": "auto", "tools": body.get("tools") or [],
-            "top_p": 1.0, "truncation": "disabled", "metadata": {}, "user": None,
-            "usage": {"input_tokens": words, "input_tokens_details": {"cached_tokens": 2},
+            "text": {"format": {"type": "text"}}, "tool_choice": "auto",
+            "tools": [{"strict": True, "description": None, **t} for t in body.get("tools") or []
+                      if t.get("type") == "function"],
+            "top_p": 1.0, "truncation": "disabled", "metadata": {},
+            "usage": {"input_tokens": words, "input_tokens_details": {"cached_tokens": 2, "cache_write_tokens": 0},
                       "output_tokens": out_words, "output_tokens_details": {"reasoning_tokens": 0},
                       "total_tokens": words + out_words}}
 
@@ -67,7 +69,8 @@ def event(seq: list[int], kind: str, **fields: Any) -> bytes:
 async def stream(body: dict[str, Any]) -> AsyncIterator[bytes]:
     seq = [0]
     output = output_for(body)
-    start = response(body, [], "in_progress") | {"usage": None}
+    start = response(body, [], "in_progress")
+    del start["usage"]
     yield event(seq, "response.created", response=start)
     yield event(seq, "response.in_progress", response=start)
     for index, item in enumerate(output):
