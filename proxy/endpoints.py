@@ -12,6 +12,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from adapters.anthropic import AnthropicAdapter
+from adapters.base import UpstreamRequest
 from adapters.errors import APIError
 from adapters.inbound import anthropic_messages
 from proxy.auth import presented_key
@@ -21,6 +23,7 @@ from proxy.pipeline.estimate import estimate_prompt_tokens
 from proxy.requests import read_json
 from proxy.runtime import Runtime
 from proxy.sse_response import SSEResponse
+from proxy.upstream import TRANSPORT_ERRORS
 from proxy.uvicorn_protocol import on_disconnect, write_whole
 
 JSON = "application/json"
@@ -40,8 +43,9 @@ async def messages(request: Request) -> Response | SSEResponse:
 
 
 async def count_tokens(request: Request) -> Response:
-    """``POST /v1/messages/count_tokens``: the gateway's own estimate of the request's input tokens
-    (proxy.pipeline.estimate), after the same key and model checks as a message; no upstream call."""
+    """``POST /v1/messages/count_tokens``: after the same key and model checks as a message, Anthropic's
+    own count when the alias's first target is Anthropic-kind, else the gateway's estimate (the one its
+    limits use, proxy.pipeline.estimate). Free at Anthropic: no usage row."""
     runtime: Runtime = request.app.state.runtime
     try:
         key = runtime.authenticate(presented_key(request.headers))
@@ -51,10 +55,19 @@ async def count_tokens(request: Request) -> Response:
     try:
         body = await read_json(request, runtime.config.server.max_body_bytes)
         anthropic_messages.check_request(body, counting=True)
-        runtime.resolve(body["model"], key)
+        target = runtime.resolve(body["model"], key).targets[0]
+        upstream = runtime.upstreams[target.provider]
+        if isinstance(upstream.adapter, AnthropicAdapter):
+            adapter = upstream.adapter
+            req = UpstreamRequest(adapter.url + "/count_tokens", adapter.headers,
+                                  orjson.dumps({**body, "model": target.model or body["model"]}))
+            raw = await upstream.fetch(req, target.connect_timeout_s, target.timeout_s)
+            return Response(raw, media_type=JSON)
         tokens = estimate_prompt_tokens(anthropic_messages.to_chat(body))
     except APIError as e:
         return _error(e, "count_tokens")
+    except TRANSPORT_ERRORS as exc:
+        return _error(upstream.transport_error(exc), "count_tokens")
     return Response(orjson.dumps({"input_tokens": tokens}), media_type=JSON)
 
 

@@ -337,7 +337,7 @@ def test_system_images_and_sampling_translated(client: anthropic.Anthropic, fake
         {"type": "text", "text": "what is this?"},
         {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG_1PX}"}},
         {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]
-    assert (sent["max_tokens"], sent["temperature"], sent["stop"], sent["user"]) == (33, 0.5, ["X"], "u-9")
+    assert (sent["max_completion_tokens"], sent["temperature"], sent["stop"], sent["user"]) == (33, 0.5, ["X"], "u-9")
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -397,10 +397,15 @@ def test_unknown_model_and_upstream_failure(client: anthropic.Anthropic) -> None
     assert PROVIDER_KEY not in json.dumps(failed.value.body)
 
 
-def test_count_tokens(client: anthropic.Anthropic, gateway: Running) -> None:
-    short = client.messages.count_tokens(model="claude", messages=HI)
+def test_count_tokens(client: anthropic.Anthropic, gateway: Running, fakes: dict[str, Running]) -> None:
+    counted = client.messages.count_tokens(model="claude", system="be brief", messages=HI)
+    assert counted.input_tokens == 4 + 2 + 3  # the fake's words + overhead: Anthropic's own count
+    sent = claude_requests(fakes)[-1]
+    assert sent["path"] == "/v1/messages/count_tokens" and sent["body"]["model"] == "claude-ok"
+    assert sent["headers"]["x-api-key"] == ANTHROPIC_KEY
+    short = client.messages.count_tokens(model="gpt", messages=HI)
     longer = client.messages.count_tokens(model="gpt", system="you are a helpful assistant", messages=HI)
-    assert 0 < short.input_tokens < longer.input_tokens
+    assert 0 < short.input_tokens < longer.input_tokens  # the gateway's estimate
     with pytest.raises(anthropic.NotFoundError):
         client.messages.count_tokens(model="no-such-model", messages=HI)
     r = httpx.post(gateway.url + "/v1/messages/count_tokens", json={"model": "echo", "messages": HI}, timeout=10)

@@ -64,8 +64,8 @@ def check_request(body: dict[str, Any], *, counting: bool = False) -> None:
 def to_chat(body: dict[str, Any]) -> dict[str, Any]:
     """The OpenAI chat body that asks the same of a non-Anthropic target. Never mutates ``body``."""
     out: dict[str, Any] = {"model": body["model"], "messages": messages(body)}
-    if body.get("max_tokens") is not None:
-        out["max_tokens"] = body["max_tokens"]
+    if body.get("max_tokens") is not None:  # OpenAI's current name: its reasoning models refuse max_tokens
+        out["max_completion_tokens"] = body["max_tokens"]
     for name in ("temperature", "top_p", "top_k"):
         if body.get(name) is not None:
             out[name] = body[name]

@@ -54,7 +54,7 @@ def test_to_chat_maps_every_part() -> None:
     chat = to_chat(body)
     assert json.dumps(body) == original  # not mutated
     assert chat == {
-        "model": "a", "max_tokens": 50, "top_p": 0.9, "reasoning_effort": "medium", "stream": True,
+        "model": "a", "max_completion_tokens": 50, "top_p": 0.9, "reasoning_effort": "medium", "stream": True,
         "stream_options": {"include_usage": True},
         "response_format": {"type": "json_schema", "json_schema": {"name": "output", "schema": {"type": "object"}}},
         "messages": [
