@@ -1,4 +1,5 @@
-"""The gateway's own errors, in OpenAI's error format (see adapters.errors for the shape they share)."""
+"""The gateway's own errors, in OpenAI's error format (see adapters.errors for the shape they share),
+and their rendering in the format of the client's API (Anthropic's for /v1/messages)."""
 
 from __future__ import annotations
 

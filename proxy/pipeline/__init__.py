@@ -1,8 +1,8 @@
 """The request pipeline: how one request goes from the client to its usage row. Read this first.
 
-Every model request (chat completions, embeddings, and Anthropic Messages, which parse translates to
-a chat request, see adapters.inbound) runs ``Pipeline.handle`` below, whose body is the whole path,
-one stage a line:
+Every model request (chat completions, embeddings, and Anthropic Messages and OpenAI Responses, which
+parse reads as the chat request they ask for, see adapters.inbound) runs ``Pipeline.handle`` below,
+whose body is the whole path, one stage a line:
 
     stage           module                          what it does
     authenticate    proxy.auth (Runtime)            the gateway key: 401 without a usage row

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 class Inbound(Protocol):
     """Where a request comes from: the HTTP edge, or a program calling the gateway in-process."""
 
-    endpoint: str  # chat | embeddings | messages
+    endpoint: str  # chat | embeddings | messages | responses
     authorization: str | None  # the key's header as an Authorization value (proxy.auth.presented_key)
     # Optional: headers of the client's API a pass-through target needs too (anthropic-beta).
     # api_headers: dict[str, str]
