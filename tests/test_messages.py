@@ -432,3 +432,30 @@ def test_langchain_chat_anthropic(gateway: Running, alias: str) -> None:
     if alias != "echo":
         calls = tooled.invoke("weather in Paris?").tool_calls
         assert calls and calls[0]["name"] == "get_weather" and isinstance(calls[0]["args"], dict)
+
+
+def test_limits_apply_and_refuse_in_anthropic_format(make_gateway: Any, tmp_path: Path) -> None:
+    """A key's rpm counts messages like chat requests; the 429 is Anthropic's rate_limit_error."""
+    gw = make_gateway(f"""
+[storage]
+database_url = "sqlite:///{tmp_path / "gw.db"}"
+spill_dir = "{tmp_path / "spill"}"
+
+[providers.local]
+kind = "echo"
+
+[[models]]
+name = "echo"
+targets = [{{ provider = "local", model = "echo-1" }}]
+
+[[keys]]
+name = "slow"
+key = "{GATEWAY_KEY}"
+rpm = 1
+""")
+    client = anthropic.Anthropic(base_url=gw.url, api_key=GATEWAY_KEY, max_retries=0)
+    client.messages.create(model="echo", max_tokens=10, messages=HI)
+    with pytest.raises(anthropic.RateLimitError) as limited:
+        client.messages.create(model="echo", max_tokens=10, messages=HI)
+    assert limited.value.body["type"] == "error" and limited.value.body["error"]["type"] == "rate_limit_error"
+    assert limited.value.response.headers.get("retry-after")
