@@ -8,4 +8,9 @@ Anthropic provider), a pass-through module forwards the client's bytes with only
     anthropic_messages        Anthropic Messages request -> OpenAI chat request (and its validation)
     anthropic_messages_reply  OpenAI chat answer / stream chunks -> Anthropic Messages answer / events
     anthropic_passthrough     Messages to an Anthropic-kind target: body and SSE bytes forwarded
+    openai_responses          OpenAI Responses request -> OpenAI chat request (and its validation)
+    openai_responses_reply    OpenAI chat answer / stream chunks -> Responses object / typed events
+    openai_responses_passthrough  Responses to a kind = "openai" target: body and SSE bytes forwarded
+
+proxy/frontend.py picks, per attempt, pass-through or translation by the target's adapter.
 """
