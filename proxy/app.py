@@ -75,6 +75,10 @@ def routes() -> list[Route]:
     table = [
         ("/chat/completions", endpoints.chat_completions, ["POST"]),
         ("/embeddings", endpoints.embeddings, ["POST"]),
+        ("/messages", endpoints.messages, ["POST"]),
+        ("/messages/count_tokens", endpoints.count_tokens, ["POST"]),
+        ("/responses", endpoints.responses, ["POST"]),
+        ("/responses/{response_id}", endpoints.get_response, ["GET"]),
         ("/models", endpoints.list_models, ["GET"]),
         ("/models/{model_id:path}", endpoints.get_model, ["GET"]),
     ]
@@ -154,12 +158,13 @@ class FastPath:
     """The proxy endpoints straight from the server, everything else through Starlette.
 
     Starlette's middleware stack, router and response-send wrappers are a real share of a proxied
-    request's CPU, and the two hot POST routes need none of them. Only used when no middleware (such
+    request's CPU, and the hot POST routes need none of them. Only used when no middleware (such
     as tracing) must see every request.
     """
 
     HOT = {"/v1/chat/completions": endpoints.chat_completions, "/chat/completions": endpoints.chat_completions,
-           "/v1/embeddings": endpoints.embeddings, "/embeddings": endpoints.embeddings}
+           "/v1/embeddings": endpoints.embeddings, "/embeddings": endpoints.embeddings,
+           "/v1/messages": endpoints.messages, "/v1/responses": endpoints.responses}
 
     def __init__(self, app: Starlette) -> None:
         self.app = app

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 
@@ -41,6 +42,24 @@ class KeyRing:
         if key.expires_at is not None and datetime.now(UTC) >= key.expires_at:
             raise GatewayError(401, "This API key has expired.", code="expired_api_key")
         return key
+
+
+# Headers that carry a bare key, in the order they are read after Authorization: Anthropic's SDKs send
+# x-api-key, Azure's api-key.
+KEY_HEADERS = ("x-api-key", "api-key")
+
+
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """The key a request names, as an Authorization value, so that every header is checked the same way:
+    ``Authorization`` as sent, else ``x-api-key`` or ``api-key`` read as ``Bearer <value>``."""
+    authorization = headers.get("authorization")
+    if authorization:
+        return authorization
+    for name in KEY_HEADERS:
+        value = headers.get(name)
+        if value and value.strip():
+            return "Bearer " + value.strip()
+    return None
 
 
 def bearer_secret(authorization: str | None) -> str:

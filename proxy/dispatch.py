@@ -282,10 +282,11 @@ class Dispatch:
         if self.request.stream:
             start = await self._open_stream(upstream, call, state)
             return Outcome(state, upstream, call, stream=start)
-        if self.request.endpoint == "chat":
-            req = self._started(state, call, adapter.chat_request(call))
+        if self.request.endpoint != "embeddings":  # chat, or another client API through its frontend
+            frontend = self.request.frontend
+            req = self._started(state, call, frontend.request(adapter, call))
             raw = await upstream.fetch(req, target.connect_timeout_s, target.timeout_s)
-            return Outcome(state, upstream, call, reply=adapter.chat_response(call, raw))
+            return Outcome(state, upstream, call, reply=frontend.reply(adapter, call, raw))
         req = self._started(state, call, adapter.embeddings_request(call))
         raw = await upstream.fetch(req, target.connect_timeout_s, target.timeout_s)
         return Outcome(state, upstream, call, reply=adapter.embeddings_response(call, raw))
@@ -293,8 +294,9 @@ class Dispatch:
     async def _open_stream(self, upstream: Upstream, call: Call, state: TargetState) -> StreamStart:
         """Open the upstream stream and read until there is something to send the client: until
         then a failure is still an attempt that can be retried or fall back."""
-        req = self._started(state, call, upstream.adapter.chat_request(call))
-        translator = upstream.adapter.chat_stream(call)
+        frontend = self.request.frontend
+        req = self._started(state, call, frontend.request(upstream.adapter, call))
+        translator = frontend.stream(upstream.adapter, call)
         response: UpstreamStream | None = None
         try:
             async with asyncio.timeout(call.target.first_byte_timeout_s):

@@ -12,11 +12,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from proxy.errors import GatewayError
+from adapters.anthropic import AnthropicAdapter
+from adapters.base import UpstreamRequest
+from adapters.errors import APIError
+from adapters.inbound import anthropic_messages
+from proxy.auth import presented_key
+from proxy.errors import GatewayError, error_body
 from proxy.pipeline import Answer, ClientWatch, WholeAnswer
+from proxy.pipeline.estimate import estimate_prompt_tokens
 from proxy.requests import read_json
 from proxy.runtime import Runtime
 from proxy.sse_response import SSEResponse
+from proxy.upstream import TRANSPORT_ERRORS
 from proxy.uvicorn_protocol import on_disconnect, write_whole
 
 JSON = "application/json"
@@ -30,17 +37,76 @@ async def embeddings(request: Request) -> Response | SSEResponse:
     return await _serve(request, "embeddings")
 
 
+async def messages(request: Request) -> Response | SSEResponse:
+    """Anthropic's Messages API (adapters.inbound)."""
+    return await _serve(request, "messages")
+
+
+async def count_tokens(request: Request) -> Response:
+    """``POST /v1/messages/count_tokens``: after the same key and model checks as a message, Anthropic's
+    own count when the alias's first target is Anthropic-kind, else the gateway's estimate (the one its
+    limits use, proxy.pipeline.estimate). Free at Anthropic: no usage row."""
+    runtime: Runtime = request.app.state.runtime
+    try:
+        key = runtime.authenticate(presented_key(request.headers))
+    except GatewayError as e:
+        runtime.obs.auth_failed(e.code or "invalid_api_key")
+        return _error(e, "count_tokens")
+    try:
+        body = await read_json(request, runtime.config.server.max_body_bytes)
+        anthropic_messages.check_request(body, counting=True)
+        target = runtime.resolve(body["model"], key).targets[0]
+        upstream = runtime.upstreams[target.provider]
+        if isinstance(upstream.adapter, AnthropicAdapter):
+            adapter = upstream.adapter
+            req = UpstreamRequest(adapter.url + "/count_tokens", adapter.headers,
+                                  orjson.dumps({**body, "model": target.model or body["model"]}))
+            raw = await upstream.fetch(req, target.connect_timeout_s, target.timeout_s)
+            return Response(raw, media_type=JSON)
+        tokens = estimate_prompt_tokens(anthropic_messages.to_chat(body))
+    except APIError as e:
+        return _error(e, "count_tokens")
+    except TRANSPORT_ERRORS as exc:
+        return _error(upstream.transport_error(exc), "count_tokens")
+    return Response(orjson.dumps({"input_tokens": tokens}), media_type=JSON)
+
+
+async def responses(request: Request) -> Response | SSEResponse:
+    """OpenAI's Responses API (adapters.inbound)."""
+    return await _serve(request, "responses")
+
+
+async def get_response(request: Request) -> Response:
+    """``GET /v1/responses/{id}``: the gateway stores no responses (README), so there is none to get."""
+    runtime: Runtime = request.app.state.runtime
+    try:
+        runtime.authenticate(presented_key(request.headers))
+    except GatewayError as e:
+        runtime.obs.auth_failed(e.code or "invalid_api_key")
+        return e.response()
+    ident = request.path_params["response_id"]
+    return GatewayError(404, f"No response found with id '{ident}': the gateway does not store responses.",
+                        param="response_id", code="not_found").response()
+
+
+def _error(e: APIError, endpoint: str) -> Response:
+    return Response(orjson.dumps(error_body(e, endpoint)), e.status, e.headers, media_type=JSON)
+
+
 class HttpInbound:
     """One HTTP request as the pipeline reads it."""
 
-    __slots__ = ("request", "endpoint", "authorization", "client_request_id", "watch", "hooked", "watcher")
+    __slots__ = ("request", "endpoint", "authorization", "client_request_id", "watch", "hooked", "watcher",
+                 "api_headers")
 
     def __init__(self, request: Request, endpoint: str) -> None:
         headers = request.headers
         self.request = request
         self.endpoint = endpoint
-        self.authorization = headers.get("authorization")
+        self.authorization = presented_key(headers)
         self.client_request_id = headers.get("x-request-id")
+        beta = headers.get("anthropic-beta") if endpoint == "messages" else None
+        self.api_headers = {"anthropic-beta": beta} if beta else None
         self.watch = ClientWatch()
         self.hooked = on_disconnect(request.scope, self.watch)  # our protocol calls it on a hang-up
         self.watcher: asyncio.Task[None] | None = None
@@ -112,7 +178,7 @@ def _model_object(runtime: Runtime, name: str) -> dict:
 async def list_models(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     try:
-        key = runtime.authenticate(request.headers.get("authorization"))
+        key = runtime.authenticate(presented_key(request.headers))
     except GatewayError as e:
         runtime.obs.auth_failed(e.code or "invalid_api_key")
         return e.response()
@@ -123,7 +189,7 @@ async def list_models(request: Request) -> Response:
 async def get_model(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     try:
-        key = runtime.authenticate(request.headers.get("authorization"))
+        key = runtime.authenticate(presented_key(request.headers))
         alias = runtime.resolve(request.path_params["model_id"], key)
     except GatewayError as e:
         if e.status == 401:

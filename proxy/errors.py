@@ -1,4 +1,5 @@
-"""The gateway's own errors, in OpenAI's error format (see adapters.errors for the shape they share)."""
+"""The gateway's own errors, in OpenAI's error format (see adapters.errors for the shape they share),
+and their rendering in the format of the client's API (Anthropic's for /v1/messages)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,11 @@ import orjson
 from starlette.responses import Response
 
 from adapters.errors import APIError
+from adapters.inbound import anthropic_messages_reply as anthropic
 from adapters.redact import MIN_SECRET_CHARS, Redactor
+
+# Endpoints whose clients speak Anthropic's API: their errors are rendered in its format.
+ANTHROPIC_ENDPOINTS = frozenset({"messages", "count_tokens"})
 
 
 class GatewayError(APIError):
@@ -28,10 +33,19 @@ class GatewayError(APIError):
         return Response(orjson.dumps(self.body()), self.status, merged, media_type="application/json")
 
 
-def render(err: APIError, redactor: Redactor, client_secret: str = "") -> bytes:
+def error_body(err: APIError, endpoint: str = "chat") -> dict:
+    """An error's body in the format of the API ``endpoint`` speaks: OpenAI's ``{"error": {...}}``, or
+    Anthropic's ``{"type": "error", "error": {"type", "message"}}`` with the type its status stands for."""
+    if endpoint in ANTHROPIC_ENDPOINTS:
+        body = anthropic.error_body(err.status, err.message)
+        return err.redactor.value(body) if err.redactor else body
+    return err.body()
+
+
+def render(err: APIError, redactor: Redactor, client_secret: str = "", endpoint: str = "chat") -> bytes:
     """An error's JSON body for a client, every string scrubbed of the config's secrets and of the key
     the client authenticated with: the last line of defence, on the error path only."""
-    body = redactor.value(err.body())
+    body = redactor.value(error_body(err, endpoint))
     out = orjson.dumps(body)
     # The client's key is hidden only when present: one substring search, no pattern built per request.
     if len(client_secret) >= MIN_SECRET_CHARS and orjson.dumps(client_secret)[1:-1] in out:
@@ -39,8 +53,16 @@ def render(err: APIError, redactor: Redactor, client_secret: str = "") -> bytes:
     return out
 
 
-def error_event(err: APIError) -> bytes:
-    """The SSE form of an error once a stream has started; OpenAI SDKs raise APIError on it."""
+def error_event(err: APIError, endpoint: str = "chat") -> bytes:
+    """The SSE form of an error once a stream has started; OpenAI SDKs raise APIError on it, Anthropic
+    SDKs on its ``event: error`` form."""
+    if endpoint in ANTHROPIC_ENDPOINTS:
+        return b"event: error\ndata: " + orjson.dumps(error_body(err, endpoint)) + b"\n\n"
+    if endpoint == "responses":  # the Responses API's own error event (its sequence is the gateway's, not the target's)
+        body = err.body()["error"]
+        event = {"type": "error", "code": body["code"] or body["type"], "message": body["message"], "param": None,
+                 "sequence_number": 0}
+        return b"event: error\ndata: " + orjson.dumps(event) + b"\n\n"
     return b"data: " + orjson.dumps(err.body()) + b"\n\n"
 
 

@@ -1,17 +1,20 @@
 """The request pipeline: how one request goes from the client to its usage row. Read this first.
 
-Every OpenAI-compatible request (chat completions, embeddings) runs ``Pipeline.handle`` below, whose
-body is the whole path, one stage a line:
+Every model request (chat completions, embeddings, and Anthropic Messages and OpenAI Responses, which
+parse reads as the chat request they ask for, see adapters.inbound) runs ``Pipeline.handle`` below,
+whose body is the whole path, one stage a line:
 
     stage           module                          what it does
     authenticate    proxy.auth (Runtime)            the gateway key: 401 without a usage row
-    parse           proxy.pipeline.parse            body -> ClientRequest, read once; 400 naming the parameter
+    parse           proxy.pipeline.parse            body -> ClientRequest, read once; 400 naming the parameter;
+                                                    the client's API (proxy.frontend)
     resolve         proxy.runtime                   model name -> ModelAlias (globs, fuzzy); 404 / 403
     before hooks    proxy.pipeline.hooks            guardrails and middleware (none yet)
     limits          proxy.limits                    rpm, tpm, max_parallel, budget; 429 / 503
     cache           proxy.pipeline.cache            a stored answer instead of an upstream call (none yet)
     dispatch        proxy.dispatch                  targets in order: retries, fallbacks, hedging
                     proxy.pipeline.stream           streams: first bytes, then relayed as they come
+                    proxy.frontend                  the answer in the client's API (or its bytes passed through)
     after hooks     proxy.pipeline.hooks            see the answer before it is sent (none yet)
     account         proxy.pipeline.account          the usage row, built once: ledger, limits settle,
                                                     metrics, access log, traces
@@ -32,7 +35,7 @@ import orjson
 
 from adapters.errors import APIError
 from proxy.dispatch import Dispatch, Outcome
-from proxy.errors import GatewayError, client_gone, internal_error
+from proxy.errors import GatewayError, client_gone, error_body, internal_error
 from proxy.limits import Ticket
 from proxy.pipeline.account import Accounting
 from proxy.pipeline.cache import Cache, NoCache
@@ -76,7 +79,7 @@ class Pipeline:
         self.account.begin(tx)
         try:
             tx.body = await inbound.json(self.runtime.config.server.max_body_bytes)
-            tx.request = parse(tx.endpoint, tx.body, tx.request_id, tx.header_id)
+            tx.request = parse(tx.endpoint, tx.body, tx.request_id, tx.header_id, getattr(inbound, "api_headers", None))
             tx.alias = self.resolve(tx)
             await self.hooks.before_request(tx)
             tx.ticket = await self.admit(tx)
@@ -108,7 +111,7 @@ class Pipeline:
         except GatewayError as e:
             self.runtime.obs.auth_failed(e.code or "invalid_api_key")
             headers = {"x-request-id": header_id, **e.headers}
-            return WholeAnswer(e.status, headers, orjson.dumps(e.body()), no_bookkeeping)
+            return WholeAnswer(e.status, headers, orjson.dumps(error_body(e, inbound.endpoint)), no_bookkeeping)
         return Transaction(inbound.endpoint, request_id, header_id, key, headers={"x-request-id": header_id},
                            authorization=inbound.authorization)
 

@@ -50,7 +50,7 @@ class Accounting:
         """The client's error answer, in OpenAI's shape, with the status it names."""
         record, overhead = self._record(tx, error.status, error.error_type)
         tx.headers.update(error.headers)
-        body = render(error, self.runtime.config.redactor, bearer_secret(tx.authorization))
+        body = render(error, self.runtime.config.redactor, bearer_secret(tx.authorization), tx.endpoint)
         return WholeAnswer(error.status, tx.headers, body, self._after(tx, record, overhead))
 
     async def durable(self, answer: WholeAnswer) -> WholeAnswer:

@@ -7,8 +7,11 @@ import re
 import time
 from typing import Any
 
+from adapters.errors import APIError
+from adapters.inbound import anthropic_messages, openai_responses
 from proxy.client_request import ClientRequest
 from proxy.errors import bad_request
+from proxy.frontend import MessagesFrontend, ResponsesFrontend
 from proxy.pipeline.estimate import choices_of, estimate_prompt_tokens
 from proxy.pipeline.validate import CHAT, EMBEDDINGS, check_input, check_messages, check_model, check_params
 
@@ -30,8 +33,13 @@ def request_ids(given: str | None) -> tuple[str, str]:
     return rid, rid
 
 
-def parse(endpoint: str, body: dict[str, Any], request_id: str, header_id: str) -> ClientRequest:
+def parse(endpoint: str, body: dict[str, Any], request_id: str, header_id: str,
+          api_headers: dict[str, str] | None = None) -> ClientRequest:
     """Validate ``body`` for ``endpoint`` (a 400 naming the parameter) and read what later stages need."""
+    if endpoint == "messages":
+        return parse_messages(body, request_id, header_id, api_headers or {})
+    if endpoint == "responses":
+        return parse_responses(body, request_id, header_id)
     model = check_model(body.get("model"))
     if endpoint == "chat":
         check_chat(body)
@@ -40,6 +48,37 @@ def parse(endpoint: str, body: dict[str, Any], request_id: str, header_id: str) 
     stream = endpoint == "chat" and body.get("stream") is True
     return ClientRequest(endpoint, model, body, request_id, header_id, stream, include_usage(body),
                          estimate_prompt_tokens(body), requested_max_tokens(body), choices_of(body))
+
+
+def parse_messages(body: dict[str, Any], request_id: str, header_id: str, api_headers: dict[str, str]
+                   ) -> ClientRequest:
+    """An Anthropic Messages request: checked as Anthropic does, then read as the chat request it asks for."""
+    anthropic_messages.check_request(body)
+    model = check_model(body["model"])
+    chat, untranslatable = _translated(anthropic_messages.to_chat, body)
+    frontend = MessagesFrontend(body, api_headers.get("anthropic-beta"), untranslatable)
+    # include_usage: the usage chunk of the target's stream becomes message_delta's usage
+    return ClientRequest("messages", model, chat, request_id, header_id, body.get("stream") is True, True,
+                         estimate_prompt_tokens(chat), requested_max_tokens(chat), 1, frontend)
+
+
+def parse_responses(body: dict[str, Any], request_id: str, header_id: str) -> ClientRequest:
+    """An OpenAI Responses request: checked, then read as the chat request it asks for."""
+    openai_responses.check_request(body)
+    model = check_model(body["model"])
+    chat, untranslatable = _translated(openai_responses.to_chat, body)
+    return ClientRequest("responses", model, chat, request_id, header_id, body.get("stream") is True, True,
+                         estimate_prompt_tokens(chat), requested_max_tokens(chat), 1,
+                         ResponsesFrontend(body, untranslatable))
+
+
+def _translated(to_chat: Any, body: dict[str, Any]) -> tuple[dict[str, Any], APIError | None]:
+    """The chat form of a body, or why it has none: then only a target that speaks the client's API
+    itself can serve it (the 400 is raised at dispatch for any other), and the estimates see no prompt."""
+    try:
+        return to_chat(body), None
+    except APIError as e:
+        return {"model": body["model"], "messages": []}, e
 
 
 def check_chat(body: dict[str, Any]) -> None:

@@ -101,7 +101,8 @@ class StreamRelay:
 
     def _failed(self, e: APIError) -> bytes:
         self.status, self.error_type = e.status, e.error_type
-        return error_event(GatewayError(e.status, e.message, e.type, e.code))  # param is not relayed mid-stream
+        # param is not relayed mid-stream
+        return error_event(GatewayError(e.status, e.message, e.type, e.code), self.tx.endpoint)
 
     async def chunks(self, direct: DirectBody | None) -> AsyncGenerator[bytes, None]:
         """The stream's bytes for the client. With ``direct`` and an upstream that can push, the steady
@@ -192,7 +193,7 @@ class StreamRelay:
         self.status, self.error_type = 503, "gateway_shutdown"
         self.tx.prompt_billed = True  # the upstream had the request: its prompt may be billed
         return error_event(GatewayError(503, "The gateway is shutting down; this answer was cut short.",
-                                        "service_unavailable_error", "gateway_shutdown"))
+                                        "service_unavailable_error", "gateway_shutdown"), self.tx.endpoint)
 
     async def finish(self, disconnected: bool) -> None:
         if self.finished:

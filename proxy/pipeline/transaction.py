@@ -23,8 +23,10 @@ if TYPE_CHECKING:
 class Inbound(Protocol):
     """Where a request comes from: the HTTP edge, or a program calling the gateway in-process."""
 
-    endpoint: str  # chat | embeddings
-    authorization: str | None  # the Authorization header's value
+    endpoint: str  # chat | embeddings | messages | responses
+    authorization: str | None  # the key's header as an Authorization value (proxy.auth.presented_key)
+    # Optional: headers of the client's API a pass-through target needs too (anthropic-beta).
+    # api_headers: dict[str, str]
     client_request_id: str | None  # the client's x-request-id, if any
     watch: ClientWatch
 

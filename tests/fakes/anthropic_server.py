@@ -29,6 +29,8 @@ error-stream               a stream that sends one text delta, then ``event: err
 cut-stream                 a stream that stops after one text delta, mid-event, without message_stop
 split-stream               every event split across three writes, mid-line
 
+``POST /v1/messages/count_tokens`` answers ``{"input_tokens": <the fake's count>}``.
+
 Every model thinks first when ``thinking`` is enabled: a thinking block (signed), a redacted
 thinking block, then the answer. Requests are recorded in ``state.requests``; the messages sent
 back (usage included) in ``state.replies``.
@@ -581,6 +583,17 @@ def make_app(api_key: str) -> Starlette:
         leaked = leaked_error(request.headers, body) if model == "leakall-stream" else None
         return StreamingResponse(stream_body(model, stream_events(message), leaked), media_type="text/event-stream")
 
-    app = Starlette(routes=[Route("/v1/messages", messages, methods=["POST"])])
+    async def count(request: Request) -> Response:
+        """POST /v1/messages/count_tokens: the fake's count of the request, as ``{"input_tokens": n}``."""
+        body = json.loads(await request.body())
+        state.requests.append({"path": request.url.path, "headers": dict(request.headers), "body": body})
+        try:
+            check_headers(request.headers, api_key)
+        except Invalid as e:
+            return error_response(e.status, e.type, e.message)
+        return Response(json.dumps({"input_tokens": count_tokens(body)}), media_type="application/json")
+
+    app = Starlette(routes=[Route("/v1/messages", messages, methods=["POST"]),
+                            Route("/v1/messages/count_tokens", count, methods=["POST"])])
     app.state.fake = state
     return app

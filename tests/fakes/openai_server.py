@@ -29,6 +29,8 @@ leakall-<status>    that status (429: with the key as Retry-After) whose error b
                     unknown members (a member name too), percent-encoded and base64-encoded
 leakall-stream      stream: one chunk, then that error in-band (``data: {"id":..., "error": ...}``)
 
+``POST /v1/responses`` is in tests/fakes/openai_responses.py.
+
 Every request is recorded (path, headers, body) in ``state.requests``.
 """
 
@@ -48,6 +50,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.fakes import openai_responses
 
 UPSTREAM_SUFFIX = "-2024-07-18"  # the fake reports a dated model name; the gateway must hide it
 
@@ -201,8 +205,12 @@ def make_app() -> Starlette:
                                       "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}),
                         media_type="application/json")
 
+    async def responses(request: Request) -> Response:
+        return await openai_responses.responses(request, state)
+
     app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]),
-                            Route("/v1/embeddings", embeddings, methods=["POST"])])
+                            Route("/v1/embeddings", embeddings, methods=["POST"]),
+                            Route("/v1/responses", responses, methods=["POST"])])
     app.state.fake = state
     return app
 

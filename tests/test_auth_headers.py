@@ -1,0 +1,51 @@
+"""Every header a client SDK names its key in: Authorization (OpenAI), x-api-key (Anthropic), api-key (Azure)."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import GATEWAY_KEY, LIMITED_KEY, Running
+
+BODY = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.mark.parametrize("header", ["x-api-key", "api-key"])
+def test_key_headers_other_than_authorization_are_accepted(gateway: Running, header: str) -> None:
+    r = httpx.post(gateway.url + "/v1/chat/completions", headers={header: GATEWAY_KEY}, json=BODY, timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == "Echo: hi"
+    models = httpx.get(gateway.url + "/v1/models", headers={header: GATEWAY_KEY}, timeout=10)
+    assert models.status_code == 200
+
+
+@pytest.mark.parametrize("header", ["authorization", "x-api-key", "api-key"])
+def test_wrong_key_is_the_same_401_whatever_the_header(gateway: Running, header: str) -> None:
+    value = "Bearer sk-wrong" if header == "authorization" else "sk-wrong"
+    r = httpx.post(gateway.url + "/v1/chat/completions", headers={header: value}, json=BODY, timeout=10)
+    assert r.status_code == 401
+    assert r.json()["error"]["code"] == "invalid_api_key"
+    assert r.json()["error"]["message"] == "Incorrect API key provided."
+
+
+def test_the_key_header_is_checked_like_authorization(gateway: Running) -> None:
+    """The allow-list of the key named in x-api-key applies: the limited key may not use a-ok."""
+    r = httpx.post(gateway.url + "/v1/chat/completions", headers={"x-api-key": LIMITED_KEY},
+                   json={**BODY, "model": "a-ok"}, timeout=10)
+    assert r.status_code == 403
+
+
+def test_no_key_is_todays_401(gateway: Running) -> None:
+    r = httpx.post(gateway.url + "/v1/chat/completions", json=BODY, timeout=10)
+    assert r.status_code == 401
+    assert r.json()["error"]["code"] == "invalid_api_key"
+    assert r.json()["error"]["message"].startswith("Missing API key")
+
+
+def test_azure_sdk_style_client(gateway: Running) -> None:
+    """The OpenAI SDK with its key only in an api-key header, as Azure clients send it."""
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0,
+                           default_headers={"api-key": GATEWAY_KEY, "Authorization": ""})
+    reply = client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "yo"}])
+    assert reply.choices[0].message.content == "Echo: yo"
