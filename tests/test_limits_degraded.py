@@ -4,10 +4,12 @@ replica's share and adds what it admitted to Redis's counters when Redis answers
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import os
 import signal
 import time
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -15,9 +17,14 @@ import openai
 import pytest
 import redis
 
+from proxy.config import ConfigError, load_config, parse_config
+from proxy.errors import GatewayError
+from proxy.limits import Check, Limits, MemoryBackend, StoreUnavailable, Ticket
 from proxy.limits.checks import PREFIX, WINDOW_S
+from proxy.limits.store import Settlement, Verdict
+from proxy.records import UsageRecord
 from tests.redis_util import RedisServer
-from tests.test_limits import MSG, limits_config
+from tests.test_limits import MSG, chat_request, limits_config
 
 BURST = 150
 BEFORE = 10  # requests answered through Redis before it stalls
@@ -154,3 +161,159 @@ def test_allow_and_deny_behave_as_before_during_a_stall(make_gateway, fake_opena
         assert [status for status, *_ in during] == [200] * 60
     else:
         assert {(status, code) for status, _, _, code in during} == {(503, "limits_unavailable")}
+
+
+# --- the share of each limit, in-process (a store that stalls on demand) ------------------------------
+
+
+class StallingStore(MemoryBackend):
+    """The in-process store's arithmetic behind the remote store's interface, unreachable while ``down``."""
+
+    remote = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    async def acquire(self, checks: list[Check], request_id: str, asks: list[float] | None = None) -> Verdict:
+        if self.down:
+            raise StoreUnavailable("stalled")
+        return await super().acquire(checks, request_id, asks)
+
+    async def settle(self, entries: list[Settlement]) -> None:
+        if self.down:
+            raise StoreUnavailable("stalled")
+        await super().settle(entries)
+
+    async def renew(self, slots: list[tuple[Check, str]]) -> None:
+        if self.down:
+            raise StoreUnavailable("stalled")
+
+    async def ping(self) -> bool:
+        return not self.down
+
+
+SHARE_TOML = """
+[limits]
+expected_replicas = 4
+[providers.local]
+kind = "echo"
+[[models]]
+name = "m"
+targets = [{ provider = "local", model = "e", input_per_mtok = 1000.0, output_per_mtok = 1000.0 }]
+[[keys]]
+name = "k"
+key = "sk-k"
+"""
+
+
+async def _tries(limits: Limits, n: int, tag: str, body: dict | None = None) -> list[Ticket]:
+    config = limits.config
+    admitted = []
+    for i in range(n):
+        try:
+            ticket = await limits.acquire(config.keys[0], config.models["m"],
+                                          chat_request(body or {"messages": MSG, "max_tokens": 1}, f"{tag}{i}"))
+        except GatewayError as e:
+            assert e.status == 429, e.body()
+            continue
+        assert ticket is not None
+        admitted.append(ticket)
+    return admitted
+
+
+def _row(ticket: Ticket, tokens: int = 0, cost: float = 0.0) -> UsageRecord:
+    return UsageRecord(ticket.request_id, time.time(), "k", "m", "chat", False, prompt_tokens=tokens, cost_usd=cost)
+
+
+async def _back(limits: Limits) -> None:
+    deadline = time.monotonic() + 10
+    while limits.degraded.active:
+        assert time.monotonic() < deadline, "never went back to the store"
+        await asyncio.sleep(0.05)
+
+
+def test_each_replica_admits_its_share_of_an_rpm_less_its_own_use_and_reconciles():
+    """rpm = 40 over expected_replicas = 4: a share of 10 a minute; 4 already taken through the store
+    leave 6 for the stall, and the store then holds all 10."""
+    config = parse_config(tomllib.loads(SHARE_TOML + "rpm = 40\n"), "t.toml", {})
+    store = StallingStore()
+    limits = Limits(config, store)
+
+    async def run() -> tuple[int, int, float, float]:
+        started = time.monotonic()
+        before = await _tries(limits, 4, "a")
+        store.down = True
+        during = await _tries(limits, 20, "b")
+        store.down = False
+        await _back(limits)
+        now = time.monotonic()
+        held = (store.values[f"{PREFIX}rpm:key:k"] - now) * 40 / WINDOW_S
+        await limits.aclose()
+        return len(before), len(during), held, now - started
+
+    before, during, held, elapsed = asyncio.run(run())
+    assert (before, during) == (4, 6)
+    assert 10 - elapsed * 40 / WINDOW_S - 1e-6 <= held <= 10 + 1e-6  # less only what drained meanwhile
+
+
+def test_a_budget_stall_spends_a_share_of_what_was_left_and_reconciles():
+    """budget_usd = 0.1 over 4 replicas: a stall may spend a quarter of what was left when it began.
+    A request reserves 2 tokens at $0.001 ($0.002); settled at 1 token it costs $0.001."""
+    config = parse_config(tomllib.loads(SHARE_TOML + "budget_usd = 0.1\n"), "t.toml", {})
+    store = StallingStore()
+    limits = Limits(config, store)
+    key = f"{PREFIX}spend:key:k:"
+
+    async def run() -> tuple[int, int, float, float]:
+        first = await _tries(limits, 20, "a")  # $0.04 reserved: 0.06 left, of which a stall may spend 0.015
+        spent = next(v for k, v in store.values.items() if k.startswith(key))
+        store.down = True
+        during = await _tries(limits, 20, "b")
+        for ticket in during:  # settled while still stalled: 1 token used of the 2 reserved
+            limits.settle(ticket, _row(ticket, tokens=1, cost=0.001))
+        store.down = False
+        await _back(limits)
+        after = next(v for k, v in store.values.items() if k.startswith(key))
+        await limits.aclose()
+        return len(first), len(during), spent, after
+
+    first, during, spent, after = asyncio.run(run())
+    assert first == 20 and spent == pytest.approx(0.04)
+    assert during == 7  # 7 x $0.002 = 0.014 <= 0.015 < 0.016
+    assert after == pytest.approx(0.04 + 7 * 0.001)  # the stall's real spend, not its reservations
+
+
+def test_max_parallel_counts_this_replicas_running_requests():
+    """max_parallel = 8 over 4 replicas: 2 in flight per replica, counting one the store admitted."""
+    config = parse_config(tomllib.loads(SHARE_TOML + "max_parallel = 8\n"), "t.toml", {})
+    store = StallingStore()
+    limits = Limits(config, store)
+
+    async def run() -> tuple[int, int, int]:
+        running = await _tries(limits, 1, "a")
+        store.down = True
+        during = await _tries(limits, 5, "b")
+        for ticket in during:
+            limits.settle(ticket, _row(ticket))
+        again = await _tries(limits, 5, "c")
+        await limits.aclose()
+        return len(running), len(during), len(again)
+
+    assert asyncio.run(run()) == (1, 1, 1)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("[limits]\nexpected_replicas = 0\n", "gw.toml:limits.expected_replicas: must be >= 1"),
+    ("[limits]\nexpected_replicas = 2.5\n", "gw.toml:limits.expected_replicas: expected an integer, got a number"),
+    ('[limits]\non_store_error = "open"\n', "gw.toml:limits.on_store_error: must be 'local', 'allow' or 'deny'"),
+])
+def test_limits_keys_are_checked_at_start(tmp_path, text, expected):
+    path = tmp_path / "gw.toml"
+    path.write_text(text + SHARE_TOML.replace("[limits]\nexpected_replicas = 4\n", ""))
+    with pytest.raises(ConfigError) as e:
+        load_config(path, env={})
+    assert expected in str(e.value)
+    path.write_text(SHARE_TOML.replace("[limits]\nexpected_replicas = 4\n", ""))
+    defaults = load_config(path, env={}).limits
+    assert (defaults.on_store_error, defaults.expected_replicas) == ("local", 1)
