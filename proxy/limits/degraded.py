@@ -18,19 +18,22 @@ from proxy.limits.checks import BUDGET_SLACK_USD, GCRA_SLACK_S, PARALLEL_RETRY_S
 from proxy.limits.store import Backend, SpendUnknown
 
 PROBE_S = 0.25  # while degraded, Redis is pinged this often (requests do not wait on it meanwhile)
+SHADOW_MAX = 100_000  # limits shadowed; past it the shadow starts over (a stall then allows a whole share)
 RECONCILE_ID = "reconcile"  # the request id of the zero-amount checks that make sure a counter exists
 
 
 class Degraded:
     """The shadow buckets, the local admissions not yet in the store, and whether the replica is degraded."""
 
-    __slots__ = ("admitted", "budget_share", "clock", "owed", "replicas", "since", "slots", "tickets", "values")
+    __slots__ = ("admitted", "budget_share", "clock", "owed", "replicas", "since", "slots", "spent", "tats",
+                 "tickets")
 
     def __init__(self, replicas: int = 1, clock: Callable[[], float] = time.monotonic) -> None:
         self.replicas = replicas
         self.clock = clock
         self.since: float | None = None  # monotonic start of the current degraded spell; None while Redis answers
-        self.values: dict[str, float] = {}  # rpm/tpm store key -> local theoretical arrival time; budget -> spend
+        self.tats: dict[str, float] = {}  # rpm/tpm store key -> theoretical arrival time of this replica's share
+        self.spent: dict[str, float] = {}  # budget store key -> the key's spend as Redis last reported it
         self.budget_share: dict[str, float] = {}  # budget store key -> this replica's ceiling for this spell
         self.slots: dict[str, set[str]] = {}  # max_parallel store key -> request ids admitted locally
         self.owed: dict[str, tuple[Check, float]] = {}  # store key -> (check, units admitted locally, not in Redis)
@@ -52,29 +55,32 @@ class Degraded:
     def seen(self, checks: list[Check], results: list[float], grants: list[float] | None) -> None:
         """A request the store admitted (and the lease units it granted with it) joins the shadow."""
         now = self.clock()
-        values = self.values
+        tats = self.tats
+        if len(tats) >= SHADOW_MAX:
+            tats.clear()
         for i, check in enumerate(checks):
             if check.kind == "gcra":
                 units = check.amount + (grants[i] if grants else 0.0)
-                tat = max(values.get(check.key, now), now) + units * WINDOW_S * self.replicas / check.limit
-                values[check.key] = min(tat, now + WINDOW_S)  # a full bucket: older use is forgotten
+                tat = max(tats.get(check.key, now), now) + units * WINDOW_S * self.replicas / check.limit
+                tats[check.key] = min(tat, now + WINDOW_S)  # a full bucket: older use is forgotten
             elif check.kind == "budget":
-                values[check.key] = check.limit - results[2 * i]  # the key's spend after this request
+                self.spend(check.key, check.limit - results[2 * i], True)  # the key's spend after this request
 
     def corrected(self, check: Check, delta: float) -> None:
         """A correction owed to the store (real usage in place of a reservation, lease units given back)."""
-        values = self.values
-        if check.key not in values:
-            return
         if check.kind == "gcra":
-            now = self.clock()
-            values[check.key] = max(now, values[check.key] + delta * WINDOW_S * self.replicas / check.limit)
-        elif check.kind == "budget":
-            values[check.key] += delta
+            tat = self.tats.get(check.key)
+            if tat is not None:
+                self.tats[check.key] = max(self.clock(), tat + delta * WINDOW_S * self.replicas / check.limit)
+        elif check.kind == "budget" and check.key in self.spent:
+            self.spent[check.key] += delta
 
-    def spend(self, key: str, value: float) -> None:
-        """A budget's spend as read from the ledger at start, unless Redis already told more."""
-        self.values.setdefault(key, value)
+    def spend(self, key: str, value: float, latest: bool = False) -> None:
+        """A budget's spend: as Redis reported it (``latest``), or as the ledger had it at start."""
+        if len(self.spent) >= SHADOW_MAX:
+            self.spent.clear()
+        if latest or key not in self.spent:
+            self.spent[key] = value
 
     # while Redis is unreachable: admissions ------------------------------------------------------------
 
@@ -83,14 +89,14 @@ class Degraded:
         ``held`` counts this replica's requests in flight under a max_parallel key that Redis admitted.
         Raises SpendUnknown for a budget this replica never learnt the spend of."""
         now = self.clock()
-        values = self.values
+        tats, spends = self.tats, self.spent
         results: list[float] = []
         new: list[float] = []
         for check in plan.checks:
             if check.kind == "gcra":
                 share = check.limit / self.replicas
                 step = WINDOW_S / share
-                value = max(values.get(check.key, now), now) + check.amount * step
+                value = max(tats.get(check.key, now), now) + check.amount * step
                 if value - now > WINDOW_S + GCRA_SLACK_S:
                     wait = value - WINDOW_S - now
                     return Denial(check, WINDOW_S if check.amount > share else wait)
@@ -104,7 +110,7 @@ class Degraded:
                 new.append(0.0)
                 results += (share - taken - 1, 0.0)
             else:
-                spent = values.get(check.key)
+                spent = spends.get(check.key)
                 if spent is None:
                     raise SpendUnknown(check)
                 ceiling = self.budget_share.get(check.key)
@@ -118,7 +124,7 @@ class Degraded:
             if check.kind == "parallel":
                 self.slots.setdefault(check.key, set()).add(plan.request_id)
                 continue
-            values[check.key] = value
+            (tats if check.kind == "gcra" else spends)[check.key] = value
             self._owe(check, check.amount)
         self.tickets[plan.request_id] = plan.checks
         self.admitted += 1

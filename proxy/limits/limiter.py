@@ -150,6 +150,7 @@ class Limits:
         while self.degraded.active:
             await asyncio.sleep(PROBE_S)
             if not await self.backend.ping():
+                self.outage.failed("no answer to PING", "probing it")  # a summary line every 30 s, no more
                 continue
             admitted = self.degraded.admitted
             try:
