@@ -146,6 +146,38 @@ def test_a_redis_stall_keeps_each_limit_in_process_and_reconciles(make_gateway, 
         assert again == [], after
 
 
+def test_two_replicas_each_keep_their_share_and_the_sum_stays_within_the_limit(make_gateway, fake_openai,
+                                                                                private_redis):
+    """rpm = 40 over two gateways with expected_replicas = 2: 5 requests each through Redis, then a
+    stall. Each admits its share of 20 less its own 5, so the two together stay within the 40, and
+    once Redis answers it holds all 40: neither gateway admits more than the refill after."""
+    text, secret, model = limits_config(fake_openai.url, private_redis.url, key_extra="rpm = 40",
+                                        limits="expected_replicas = 2")
+    name = secret.removeprefix("sk-")
+    gateways = [make_gateway(text), make_gateway(text)]
+    clients = [openai.OpenAI(base_url=gw.url + "/v1", api_key=secret, max_retries=0, timeout=30) for gw in gateways]
+    started = time.monotonic()
+    before = [_call(clients[i % 2], model) for i in range(BEFORE)]
+    assert all(status == 200 for status, *_ in before), before
+    with paused(private_redis):
+        first = [_call(client, model) for client in clients]  # each meets the stall once, then is degraded
+        with concurrent.futures.ThreadPoolExecutor(20) as pool:
+            during = first + list(pool.map(lambda i: _call(clients[i % 2], model), range(BURST - 2)))
+        assert [_degraded(gw.url) for gw in gateways] == [1.0, 1.0]
+    burst_ended = time.monotonic()
+    answered = sum(1 for status, *_ in before + during if status == 200)
+    assert 40 <= answered <= 40 + (burst_ended - started) * 40 / WINDOW_S + 1, answered
+
+    deadline = time.monotonic() + 15
+    while any(_degraded(gw.url) for gw in gateways):
+        assert time.monotonic() < deadline, "a gateway never went back to Redis"
+        time.sleep(0.1)
+    store = redis.Redis.from_url(private_redis.url)
+    assert _used(store, f"{PREFIX}rpm:key:{name}", 40) >= answered - (time.monotonic() - started) * 40 / 60 - 2.5
+    after = [_call(clients[i % 2], model)[0] for i in range(10)]
+    assert after.count(200) <= 1 + (time.monotonic() - burst_ended) * 40 / WINDOW_S, after
+
+
 @pytest.mark.parametrize("mode", ["allow", "deny"])
 def test_allow_and_deny_behave_as_before_during_a_stall(make_gateway, fake_openai, private_redis, mode):
     """"allow" serves every request while Redis is paused (no limit holds); "deny" answers 503."""
