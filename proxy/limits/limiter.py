@@ -87,6 +87,7 @@ class Limits:
         if self.outage.down_since is not None and not self.degraded.active:
             self.outage.recovered()
         if local and denial is None:
+            self.degraded.replicas = self.config.limits.expected_replicas  # a reload may change it
             self.degraded.seen(plan.checks, results, grants)
         return self._verdict(plan, denial, results, grants)
 
