@@ -146,6 +146,35 @@ def test_a_redis_stall_keeps_each_limit_in_process_and_reconciles(make_gateway, 
         assert again == [], after
 
 
+def test_a_stall_in_the_middle_of_a_burst_gives_no_more_than_the_allowance(make_gateway, fake_openai, private_redis):
+    """The issue's case: 150 requests at rpm = 40 over about 2 s, Redis paused for 1.5 s of them ("allow"
+    gave 103). Requests in flight to Redis when it stalls, and the reconciliation while traffic goes on,
+    never let the total past the allowance."""
+    text, secret, model = limits_config(fake_openai.url, private_redis.url, key_extra="rpm = 40")
+    gw = make_gateway(text)
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=secret, max_retries=0, timeout=30)
+    assert private_redis.proc is not None
+    pid = private_redis.proc.pid
+
+    started = time.monotonic()
+
+    def paced(i: int) -> Answer:
+        time.sleep(max(0.0, started + 0.02 * i - time.monotonic()))  # the burst spreads over 3 s
+        return _call(client, model)
+
+    with concurrent.futures.ThreadPoolExecutor(40) as pool:
+        answers = pool.map(paced, range(BURST))
+        time.sleep(0.3)
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(1.5)
+        os.kill(pid, signal.SIGCONT)
+        answers = list(answers)
+    elapsed = time.monotonic() - started
+    assert {status for status, *_ in answers} <= {200, 429}
+    answered = sum(1 for status, *_ in answers if status == 200)
+    assert 40 <= answered <= 40 + elapsed * 40 / WINDOW_S + 1, (answered, elapsed)
+
+
 def test_two_replicas_each_keep_their_share_and_the_sum_stays_within_the_limit(make_gateway, fake_openai,
                                                                                 private_redis):
     """rpm = 40 over two gateways with expected_replicas = 2: 5 requests each through Redis, then a
