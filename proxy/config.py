@@ -248,9 +248,10 @@ def parse_config(raw: dict[str, Any], file: str, env: dict[str, str]) -> Config:
     keys = _parse_keys(cfg, root.get("keys", list, []))
     s = _Section(cfg, "limits", root.get("limits", dict, {}))
     limits = LimitsConfig(rpm=_opt_count(s, "rpm"), tpm=_opt_count(s, "tpm"),
-                          on_store_error=s.get("on_store_error", str, "allow"))
-    if limits.on_store_error not in ("allow", "deny"):
-        raise ConfigError(file, "limits.on_store_error", "must be 'allow' or 'deny'")
+                          on_store_error=s.get("on_store_error", str, "local"),
+                          expected_replicas=_count(s, "expected_replicas", 1, 1))
+    if limits.on_store_error not in ("local", "allow", "deny"):
+        raise ConfigError(file, "limits.on_store_error", "must be 'local', 'allow' or 'deny'")
     s.done()
     files = _parse_files(cfg, root.get("files", dict, {}), models, providers)
     root.done()

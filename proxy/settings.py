@@ -112,7 +112,9 @@ class KeyConfig:
 class LimitsConfig:
     rpm: int | None = None
     tpm: int | None = None
-    on_store_error: str = "allow"  # allow | deny: what to do when Redis cannot be reached
+    # local | allow | deny: what to do when Redis cannot be reached (local: each replica enforces its share)
+    on_store_error: str = "local"
+    expected_replicas: int = 1  # under "local", each replica enforces every limit divided by this
 
 
 @dataclass(slots=True)

@@ -13,10 +13,11 @@ import uuid
 from pathlib import Path
 
 import httpx
+import pytest
 import redis
 
 from proxy.config import parse_config
-from proxy.limits import Limits, RedisBackend
+from proxy.limits import Limits, RedisBackend, Ticket
 from tests.conftest import ledger_rows
 from tests.procs import GatewayProcess
 from tests.redis_util import RedisServer
@@ -179,10 +180,12 @@ def test_a_killed_replica_frees_its_max_parallel_slots_within_seconds(fake_opena
         server.stop()
 
 
-def test_a_redis_outage_is_logged_once_not_per_request(caplog):
+@pytest.mark.parametrize("mode", ["allow", "local"])
+def test_a_redis_outage_is_logged_once_not_per_request(caplog, mode):
     """Requests while Redis is unreachable: one warning for the outage, not one per request."""
     url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
-    config = parse_config(tomllib.loads(GCRA_TOML.replace("tpm = 600\n", "")), "t.toml", {})
+    toml = GCRA_TOML.replace("tpm = 600\n", "") + f'[limits]\non_store_error = "{mode}"\n'
+    config = parse_config(tomllib.loads(toml), "t.toml", {})
     key, alias = config.keys[0], config.models["m"]
 
     async def run() -> list[object]:
@@ -193,7 +196,10 @@ def test_a_redis_outage_is_logged_once_not_per_request(caplog):
 
     with caplog.at_level(logging.WARNING, logger="gateway.limits"):
         tickets = asyncio.run(run())
-    assert tickets == [None] * 20  # on_store_error = "allow"
+    if mode == "allow":
+        assert tickets == [None] * 20
+    else:  # admitted in-process, within the key's rpm = 60
+        assert all(isinstance(t, Ticket) for t in tickets)
     warnings = [r for r in caplog.records if r.name == "gateway.limits" and r.levelno >= logging.WARNING]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
     assert "unavailable" in warnings[0].getMessage()

@@ -25,12 +25,15 @@ Semantics (identical in both backends):
   together never admit more than a limit; near a limit no leases are granted, and a replica may refuse
   early by at most what other replicas still hold. Keys with a budget or max_parallel, and requests
   that come slower than one per ``LEASE_AFTER_S``, are checked one by one.
+- While Redis does not answer, ``on_store_error`` decides: "allow" admits, "deny" refuses (503), and
+  "local" (the default) checks every limit in-process at this replica's share (``degraded``), counts
+  what it admits, and adds it to Redis's counters when Redis answers again.
 
 Modules: ``checks`` (the types and pure helpers), ``planner`` (a request's checks), ``memory`` and
 ``redis_backend`` (the stores, behind ``store.Backend``), ``leases``, ``settlements`` (corrections sent
 in batches), ``heartbeat`` (slot renewals), ``refusals`` (the client-facing errors), ``outage`` (store
-outages logged once), ``limiter`` (``Limits``, composing them), ``seeding`` (budgets from the ledger at
-start) and ``reseed`` (a lost spend read again).
+outages logged once), ``degraded`` (limits in-process while Redis is away), ``limiter`` (``Limits``,
+composing them), ``seeding`` (budgets from the ledger at start) and ``reseed`` (a lost spend read again).
 """
 
 from proxy.limits.checks import Check, Denial, Plan, Ticket, duration, period_of

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from proxy.client_request import ClientRequest
 from proxy.limits.checks import Denial, Plan, Ticket, period_of
+from proxy.limits.degraded import PROBE_S, Degraded
 from proxy.limits.heartbeat import Heartbeat
 from proxy.limits.leases import Leases
 from proxy.limits.memory import MemoryBackend
@@ -28,8 +30,8 @@ class Limits:
     store's counts, this replica's leases and slots) outlives it. ``spend`` reads a key's spend from the
     usage ledger when the store has lost it (None: it starts again at 0)."""
 
-    __slots__ = ("backend", "config", "heartbeat", "leases", "observer", "outage", "planner", "reseeder",
-                 "settlements")
+    __slots__ = ("backend", "config", "degraded", "heartbeat", "leases", "observer", "outage", "planner", "prober",
+                 "reseeder", "settlements")
 
     def __init__(self, config: Config, backend: Backend, observer: Observer | None = None,
                  spend: SpendSource | None = None) -> None:
@@ -43,6 +45,11 @@ class Limits:
         self.heartbeat = Heartbeat(backend, lambda exc: self._store_error(exc, "renewing max_parallel slots"),
                                    self._store_back)
         self.reseeder = Reseeder(backend, spend)
+        # on_store_error = "local": this replica's share of every limit, enforced here while Redis is away
+        self.degraded = Degraded(config.limits.expected_replicas)
+        if backend.remote:
+            self.settlements.mirror = self.degraded.corrected
+        self.prober: asyncio.Task[None] | None = None
 
     @classmethod
     def from_config(cls, config: Config, observer: Observer | None = None) -> Limits:
@@ -62,7 +69,12 @@ class Limits:
     async def admit(self, plan: Plan) -> Ticket | None:
         """Check and reserve in one store call: a Ticket, None when the store is down and
         ``on_store_error = "allow"``, or a GatewayError (429, or 503 under ``"deny"``). A budget whose
-        spend the store lost is re-read from the ledger first (one more round trip, rarely)."""
+        spend the store lost is re-read from the ledger first (one more round trip, rarely). Under
+        ``"local"``, once the store failed, requests are checked in-process until it answers again."""
+        local = self.backend.remote and self.config.limits.on_store_error == "local"
+        if local and self.degraded.active:
+            self.leases.granted(plan, None, None)
+            return self._admit_locally(plan)
         try:
             denial, results, grants = await self.backend.acquire(plan.checks, plan.request_id, plan.asks)
         except StoreUnavailable as exc:
@@ -72,8 +84,11 @@ class Limits:
         except BaseException:  # cancelled: a lease granted meanwhile is lost (it refills like any use)
             self.leases.granted(plan, None, None)
             raise
-        if self.outage.down_since is not None:
+        if self.outage.down_since is not None and not self.degraded.active:
             self.outage.recovered()
+        if local and denial is None:
+            self.degraded.replicas = self.config.limits.expected_replicas  # a reload may change it
+            self.degraded.seen(plan.checks, results, grants)
         return self._verdict(plan, denial, results, grants)
 
     async def _admit_reseeded(self, plan: Plan, unknown: SpendUnknown) -> Ticket | None:
@@ -83,13 +98,15 @@ class Limits:
         try:
             if await self.reseeder.reseed(unknown.check, plan.owner):
                 denial, results, grants = await self.backend.acquire(plan.checks, plan.request_id, plan.asks)
+                if denial is None and self.backend.remote and self.config.limits.on_store_error == "local":
+                    self.degraded.seen(plan.checks, results, grants)
                 return self._verdict(plan, denial, results, grants)
         except StoreUnavailable as exc:
             return self._unavailable(plan, exc)
         except SpendUnknown:  # lost again at once: Redis is flapping
             pass
         self.leases.granted(plan, None, None)
-        if self.config.limits.on_store_error == "deny":
+        if self.config.limits.on_store_error != "allow":  # "local" too: the spend is unknown here as well
             raise store_unavailable()
         return None
 
@@ -98,12 +115,51 @@ class Limits:
         plan = self.plan(key, alias, request)
         return None if plan is None else await self.admit(plan)
 
-    def _unavailable(self, plan: Plan, exc: StoreUnavailable) -> None:
+    def _unavailable(self, plan: Plan, exc: StoreUnavailable) -> Ticket | None:
         self.leases.granted(plan, None, None)
-        self._store_error(exc, f"checking a request (on_store_error = {self.config.limits.on_store_error})")
-        if self.config.limits.on_store_error == "deny":
+        mode = self.config.limits.on_store_error
+        self._store_error(exc, f"checking a request (on_store_error = {mode})")
+        if mode == "deny":
             raise store_unavailable() from None
+        if mode == "local" and self.backend.remote:
+            self.degraded.start()
+            if self.prober is None or self.prober.done():
+                self.prober = asyncio.ensure_future(self._probe())
+            return self._admit_locally(plan)
         return None
+
+    def _admit_locally(self, plan: Plan) -> Ticket:
+        """This replica's share of every limit of the plan, checked and taken in-process; 429 past it,
+        503 for a budget whose spend this replica never learnt."""
+        self.degraded.replicas = self.config.limits.expected_replicas
+        try:
+            verdict = self.degraded.admit(plan, self._held_slots)
+        except SpendUnknown:
+            raise store_unavailable() from None
+        if isinstance(verdict, Denial):
+            self.observer.ratelimited(verdict.check.scope)
+            raise rejection(verdict)
+        return verdict
+
+    def _held_slots(self, key: str) -> int:
+        """This replica's running requests that hold a max_parallel slot of ``key`` in the store."""
+        return sum(1 for check, _ in self.heartbeat.held.values() if check.key == key)
+
+    async def _probe(self) -> None:
+        """While degraded: ping the store; once it answers, add what was admitted here to its counters
+        and go back to it."""
+        while self.degraded.active:
+            await asyncio.sleep(PROBE_S)
+            if not await self.backend.ping():
+                self.outage.failed("no answer to PING", "probing it")  # a summary line every 30 s, no more
+                continue
+            admitted = self.degraded.admitted
+            try:
+                await self.degraded.reconcile(self.backend)
+            except StoreUnavailable as exc:
+                self._store_error(exc, "adding the requests admitted in-process to its counters")
+                continue
+            self.outage.recovered(f"{admitted} requests admitted in-process meanwhile were added to its counters")
 
     def _verdict(self, plan: Plan, denial: Denial | None, results: list[float],
                  grants: list[float] | None) -> Ticket:
@@ -120,7 +176,7 @@ class Limits:
         self.outage.failed(exc, doing)
 
     def _store_back(self) -> None:
-        if self.outage.down_since is not None:
+        if self.outage.down_since is not None and not self.degraded.active:
             self.outage.recovered()
 
     def settle(self, ticket: Ticket | None, record: UsageRecord, extra_records: Sequence[UsageRecord] = ()) -> None:
@@ -134,6 +190,8 @@ class Limits:
         for row in extra_records:
             used_tokens += row.prompt_tokens + row.completion_tokens
             cost += row.cost_usd or 0.0
+        if self.degraded.tickets and self.degraded.settle(ticket, used_tokens, cost):
+            return  # admitted in-process: settled there, and in what is owed to the store
         urgent = settling = False
         settlements = self.settlements
         for check in ticket.checks:
@@ -172,10 +230,13 @@ class Limits:
             if key.budget_usd is None:
                 continue
             period_id, _, ttl = period_of(key.budget_period, now)
+            self.degraded.spend(budget_key(key.name, period_id), spend_by_key.get(key.name, 0.0))
             with contextlib.suppress(StoreUnavailable):
                 await self.backend.seed(budget_key(key.name, period_id), spend_by_key.get(key.name, 0.0), ttl)
 
     async def aclose(self) -> None:
+        if self.prober is not None:
+            self.prober.cancel()
         self.heartbeat.stop()
         self.leases.give_back_all()
         self.settlements.stop()

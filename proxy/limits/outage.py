@@ -38,7 +38,8 @@ class Outage:
                         now - self.down_since, self.errors, now - self.last_log, self.last_error)
             self.last_log, self.errors = now, 0
 
-    def recovered(self) -> None:
+    def recovered(self, note: str = "") -> None:
         if self.down_since is not None:
-            log.warning("%s is back after %.1fs", self.what, time.monotonic() - self.down_since)
+            log.warning("%s is back after %.1fs%s", self.what, time.monotonic() - self.down_since,
+                        f"; {note}" if note else "")
             self.down_since, self.errors = None, 0

@@ -15,7 +15,7 @@ SETTLE_BATCH_MAX = 500  # entries per script call
 class Settlements:
     """Corrections not yet sent, and the task that sends them; runs off the request path."""
 
-    __slots__ = ("backend", "flusher", "on_store_error", "owed", "releases")
+    __slots__ = ("backend", "flusher", "mirror", "on_store_error", "owed", "releases")
 
     def __init__(self, backend: Backend, on_store_error: Callable[[StoreUnavailable, str], None]) -> None:
         self.backend = backend
@@ -24,11 +24,14 @@ class Settlements:
         # Token and budget corrections summed per store key: the script adds them, so one entry per key.
         self.owed: dict[str, tuple[Check, float]] = {}
         self.flusher: asyncio.Task[None] | None = None
+        self.mirror: Callable[[Check, float], None] | None = None  # told of every correction (degraded.py's shadow)
 
     def release(self, check: Check, request_id: str) -> None:
         self.releases.append((check, 0.0, request_id))
 
     def owe(self, check: Check, delta: float) -> None:
+        if self.mirror is not None:
+            self.mirror(check, delta)
         seen = self.owed.get(check.key)
         self.owed[check.key] = (check, delta if seen is None else seen[1] + delta)
 

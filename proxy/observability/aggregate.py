@@ -153,6 +153,7 @@ class Totals:
         self.circuits: dict[tuple, float] = {}  # (provider, target): open in any live worker
         self.counters = {"spilled_rows": 0.0, "write_errors": 0.0, "limits_store_errors": 0.0}
         self.gauges = {"inflight": 0.0, "queue_rows": 0.0}  # live workers only
+        self.degraded = 0.0  # 1 if any live worker enforces limits in-process
         self.process: dict[tuple, list[Any]] = {}
         for snap, alive in snapshots:
             self.add(snap, alive)
@@ -191,6 +192,7 @@ class Totals:
             return
         for name in self.gauges:
             self.gauges[name] += snap[name]
+        self.degraded = max(self.degraded, snap.get("limits_degraded", 0))
         for provider, target, is_open in snap["circuits"]:
             self.circuits[(provider, target)] = max(self.circuits.get((provider, target), 0), is_open)
 

@@ -266,6 +266,7 @@ class Metrics(Observer):
             "spilled_rows": getattr(sink, "spilled_rows_total", 0),
             "write_errors": getattr(sink, "write_errors_total", 0),
             "circuits": self._circuits(),
+            "limits_degraded": 1 if self.runtime is not None and self.runtime.limits.degraded.active else 0,
         }
         if self.dir is not None:
             snap["process"] = aggregate.process_samples()
@@ -321,6 +322,8 @@ class _GatewayCollector(Collector):
                        "(401; they leave no usage row).", ("code",), auth_failures)
         yield _counter("gateway_limits_store_errors", "Rate-limit checks that could not reach Redis "
                        "(handled per [limits] on_store_error).", (), {(): t.counters["limits_store_errors"]})
+        yield _gauge("gateway_limits_degraded", "1 while a worker enforces limits in-process because Redis is "
+                     "unreachable ([limits] on_store_error = \"local\").", (), {(): t.degraded})
         yield _counter("gateway_cache_requests", "Response cache lookups.", ("result",), t.cache)
         yield _gauge("gateway_inflight_requests", "Requests in progress.", (), {(): t.gauges["inflight"]})
         yield _gauge("gateway_circuit_open", "1 while the target's circuit breaker is open (in any worker).",
