@@ -20,7 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from proxy import admin, endpoints, observability, reload, usage_api
 from proxy.admin import ManagedKeys, apply_keys
-from proxy.config import Config, load_config
+from proxy.config import Config, keyless_providers, load_config
 from proxy.errors import GatewayError
 from proxy.keystore import KeyStore
 from proxy.ledger import Ledger
@@ -73,6 +73,7 @@ async def server_error(request: Request, exc: Exception) -> Response:
 def routes() -> list[Route]:
     table = [
         ("/chat/completions", endpoints.chat_completions, ["POST"]),
+        ("/completions", endpoints.completions, ["POST"]),
         ("/embeddings", endpoints.embeddings, ["POST"]),
         ("/models", endpoints.list_models, ["GET"]),
         ("/models/{model_id:path}", endpoints.get_model, ["GET"]),
@@ -101,6 +102,9 @@ def create_app(config: Config, tracer_provider: Any = None) -> Starlette | FastP
         ledger = app.state.ledger = Ledger.from_config(config.storage)
         await ledger.start()
         warn_unpriced(config)
+        for name in keyless_providers(config):
+            log.warning("provider %s (kind %s) has no api_key: its upstream will refuse every call", name,
+                        config.providers[name].kind)
         # Metrics, access log and traces: app-level like the ledger, built before what reports to them.
         metrics = app.state.metrics = observability.metrics_for(config, ledger)
         observer = observability.observer_for(config, metrics, tracing)

@@ -10,7 +10,7 @@ from typing import Any
 class ClientRequest:
     """What the parse stage reads from the body, so that no later stage scans it again."""
 
-    endpoint: str  # chat | embeddings
+    endpoint: str  # chat | completions | embeddings
     model: str  # the model name the client sent
     body: dict[str, Any]  # the client's JSON, as sent
     request_id: str  # the usage row's unique id
@@ -24,6 +24,6 @@ class ClientRequest:
     def completion_allowance(self, default: int) -> int:
         """The completion tokens to plan for: what the client asked for (else the target's default)
         for each of the ``n`` completions."""
-        if self.endpoint != "chat":
+        if self.endpoint not in ("chat", "completions"):
             return 0
         return (self.max_tokens if self.max_tokens is not None else default) * self.choices

@@ -35,7 +35,7 @@ from proxy.settings import (
 )
 
 __all__ = [  # the settings are re-exported for callers of load_config
-    "PROVIDER_KINDS", "load_config", "parse_config",
+    "PROVIDER_KINDS", "keyless_providers", "load_config", "parse_config",
     "BUDGET_PERIODS", "FALLBACK_REASONS", "RETRYABLE_STATUSES", "STRATEGIES", "Config", "ConfigError",
     "KeyConfig", "LimitsConfig", "ModelAlias", "ObservabilityConfig", "ProviderConfig", "ServerConfig",
     "StorageConfig", "Target",
@@ -265,6 +265,19 @@ def parse_config(raw: dict[str, Any], file: str, env: dict[str, str]) -> Config:
         provider.redactor = redactor  # every provider's errors hide every secret of the config
     return Config(path=file, server=server, storage=storage, providers=providers, models=models, keys=keys,
                   limits=limits, observability=observability, redactor=redactor)
+
+
+def keyless_providers(config: Config) -> list[str]:
+    """Providers of a kind that needs a key (anthropic, gemini, azure, openai at api.openai.com) configured
+    with neither ``api_key`` nor a credential header: each upstream call will be refused (a 502)."""
+    out = []
+    for name, p in config.providers.items():
+        needs_key = p.kind in ("anthropic", "gemini", "azure") or (
+            p.kind == "openai" and "api.openai.com" in p.base_url)
+        credential_header = any(w in h.lower() for h in p.headers for w in ("auth", "key", "token"))
+        if needs_key and not p.api_key and not credential_header:
+            out.append(name)
+    return out
 
 
 def _secrets(server: ServerConfig, storage: StorageConfig, providers: dict[str, ProviderConfig]) -> list[str]:

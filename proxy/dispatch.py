@@ -42,7 +42,7 @@ def category(e: UpstreamError) -> str:
         return "timeout"
     if e.reason == "connection":
         return "connection"
-    if e.reason in ("status_5xx", "bad_response"):
+    if e.reason in ("status_5xx", "bad_response", "auth_refused"):  # auth_refused: the provider's credentials
         return "server_error"
     if e.status == 400 and (e.code == "context_length_exceeded" or _CONTEXT_WINDOW.search(e.message)):
         return "context_window"
@@ -278,6 +278,10 @@ class Dispatch:
             req = self._started(state, call, adapter.chat_request(call))
             raw = await upstream.fetch(req, target.connect_timeout_s, target.timeout_s)
             return Outcome(state, upstream, call, reply=adapter.chat_response(call, raw))
+        if self.request.endpoint == "completions":
+            req = self._started(state, call, adapter.completions_request(call))
+            raw = await upstream.fetch(req, target.connect_timeout_s, target.timeout_s)
+            return Outcome(state, upstream, call, reply=adapter.completions_response(call, raw))
         req = self._started(state, call, adapter.embeddings_request(call))
         raw = await upstream.fetch(req, target.connect_timeout_s, target.timeout_s)
         return Outcome(state, upstream, call, reply=adapter.embeddings_response(call, raw))
@@ -285,8 +289,13 @@ class Dispatch:
     async def _open_stream(self, upstream: Upstream, call: Call, state: TargetState) -> StreamStart:
         """Open the upstream stream and read until there is something to send the client: until
         then a failure is still an attempt that can be retried or fall back."""
-        req = self._started(state, call, upstream.adapter.chat_request(call))
-        translator = upstream.adapter.chat_stream(call)
+        adapter = upstream.adapter
+        if self.request.endpoint == "completions":
+            req = self._started(state, call, adapter.completions_request(call))
+            translator = adapter.completions_stream(call)
+        else:
+            req = self._started(state, call, adapter.chat_request(call))
+            translator = adapter.chat_stream(call)
         response: UpstreamStream | None = None
         try:
             async with asyncio.timeout(call.target.first_byte_timeout_s):

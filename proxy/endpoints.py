@@ -26,6 +26,10 @@ async def chat_completions(request: Request) -> Response | SSEResponse:
     return await _serve(request, "chat")
 
 
+async def completions(request: Request) -> Response | SSEResponse:
+    return await _serve(request, "completions")
+
+
 async def embeddings(request: Request) -> Response | SSEResponse:
     return await _serve(request, "embeddings")
 

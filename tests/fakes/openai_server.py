@@ -29,6 +29,7 @@ leakall-<status>    that status (429: with the key as Retry-After) whose error b
                     unknown members (a member name too), percent-encoded and base64-encoded
 leakall-stream      stream: one chunk, then that error in-band (``data: {"id":..., "error": ...}``)
 
+POST /v1/completions (legacy text completions) answers "Hello <prompt>"; fail-<status> fails as above.
 Every request is recorded (path, headers, body) in ``state.requests``.
 """
 
@@ -201,7 +202,39 @@ def make_app() -> Starlette:
                                       "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}),
                         media_type="application/json")
 
+    async def completions(request: Request) -> Response:
+        """Legacy text completions: "Hello <prompt>"; fail-<status> as for chat."""
+        body = orjson.loads(await request.body())
+        state.requests.append({"path": request.url.path, "headers": dict(request.headers), "body": body})
+        model = body["model"]
+        if model.startswith("fail-"):
+            return _error(int(model[5:]), f"fake failure {model[5:]}", "server_error")
+        text = "Hello " + str(body["prompt"])
+        prompt = len(str(body["prompt"]).split())
+        usage = {"prompt_tokens": prompt, "completion_tokens": len(words_of(text)),
+                 "total_tokens": prompt + len(words_of(text))}
+        head = {"id": "cmpl-fake123", "object": "text_completion", "created": int(time.time()),
+                "model": model + UPSTREAM_SUFFIX}
+        if not body.get("stream"):
+            return Response(orjson.dumps({**head, "choices": [
+                {"text": text, "index": 0, "logprobs": None, "finish_reason": "stop"}], "usage": usage}),
+                media_type="application/json")
+        include_usage = (body.get("stream_options") or {}).get("include_usage") is True
+
+        async def events() -> AsyncIterator[bytes]:
+            for word in words_of(text):
+                choice = {"text": word, "index": 0, "logprobs": None, "finish_reason": None}
+                yield b"data: " + orjson.dumps({**head, "choices": [choice]}) + b"\n\n"
+            choice = {"text": "", "index": 0, "logprobs": None, "finish_reason": "stop"}
+            yield b"data: " + orjson.dumps({**head, "choices": [choice]}) + b"\n\n"
+            if include_usage:
+                yield b"data: " + orjson.dumps({**head, "choices": [], "usage": usage}) + b"\n\n"
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
     app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]),
+                            Route("/v1/completions", completions, methods=["POST"]),
                             Route("/v1/embeddings", embeddings, methods=["POST"])])
     app.state.fake = state
     return app
