@@ -86,3 +86,30 @@ def test_paths_without_v1_prefix(gateway):
 def test_health_endpoints(gateway):
     assert httpx.get(gateway.url + "/healthz").json() == {"status": "ok"}
     assert httpx.get(gateway.url + "/readyz").status_code == 200
+
+
+def test_float_arrays_answered_to_base64_are_encoded(make_gateway, fake_openai, tmp_path):
+    """An upstream that answers float arrays to encoding_format=base64 (Ollama, LM Studio, Infinity): the
+    gateway packs them as OpenAI does (little-endian float32), since an SDK that asked for base64 decodes
+    whatever it gets (the Node SDK turns an array into [0, 0])."""
+    import base64
+    import struct
+
+    from tests.conftest import base_config
+
+    extra = '[[models]]\nname = "floaty"\ntargets = [{ provider = "fake", model = "floats-always" }]\n'
+    gw = make_gateway(base_config(fake_openai.url, tmp_path / "gw.db", extra))
+    raw = gw.client().embeddings.with_raw_response.create(model="floaty", input=["hello world", "abc"],
+                                                          dimensions=4, encoding_format="base64")
+    wire = raw.http_response.json()["data"]
+    assert fake_openai.app.state.fake.last()["body"]["encoding_format"] == "base64"
+    assert all(isinstance(d["embedding"], str) for d in wire)
+    expected = [[round((len(t) + j) / 100, 4) for j in range(4)] for t in ("hello world", "abc")]
+    for d, vec in zip(wire, expected, strict=True):
+        assert list(struct.unpack("<4f", base64.b64decode(d["embedding"]))) == pytest.approx(vec, rel=1e-6)
+    # Unless told a format, the SDK asks for base64 and decodes it (with numpy or struct) itself.
+    parsed = gw.client().embeddings.create(model="floaty", input=["hello world", "abc"], dimensions=4)
+    assert fake_openai.app.state.fake.last()["body"]["encoding_format"] == "base64"
+    assert [d.embedding for d in parsed.data] == [pytest.approx(v, rel=1e-6) for v in expected]
+    floats = gw.client().embeddings.create(model="floaty", input="abc", dimensions=4, encoding_format="float")
+    assert floats.data[0].embedding == pytest.approx(expected[1], rel=1e-6)  # float requests stay floats

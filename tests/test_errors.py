@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -264,3 +265,37 @@ def test_odd_gemini_answers_become_openai_errors(make_gateway, fake_openai, tmp_
     r, _ = _ask_raw_upstream(make_gateway, fake_openai, tmp_path, answer, kind="gemini")
     err = assert_openai_error(r, 502)
     assert err["code"] == code and says in err["message"] and "raw-key" not in r.text
+
+
+def test_provider_refusing_its_credentials_is_a_502_naming_it_and_counted(make_gateway, fake_openai, tmp_path):
+    """An upstream 401/403 is the gateway's provider key refused, not the client's key: the client gets a
+    502 naming the provider (never invalid_api_key), and gateway_upstream_errors_total counts it."""
+    gw = make_gateway(base_config(fake_openai.url, tmp_path / "gw.db"))
+    client = gw.client()
+    for stream in (False, True):
+        with pytest.raises(openai.InternalServerError) as e:
+            client.chat.completions.create(model="a-fail-401", messages=MSGS, stream=stream)
+        assert e.value.status_code == 502 and e.value.body["code"] == "upstream_auth_failed"
+        assert e.value.body["code"] != "invalid_api_key" and e.value.body["type"] == "upstream_error"
+        assert "upstream fake refused the gateway's credentials for it (HTTP 401)" in e.value.message
+    metrics = httpx.get(gw.url + "/metrics").text
+    assert 'gateway_upstream_errors_total{provider="fake",reason="auth_refused"} 2.0' in metrics
+
+
+def test_a_provider_without_the_key_its_kind_needs_is_named_at_start(make_gateway, fake_openai, tmp_path, caplog):
+    extra = """
+[providers.claude]
+kind = "anthropic"
+
+[providers.openai_com]
+kind = "openai"
+
+[providers.vertex]
+kind = "gemini"
+headers = { authorization = "Bearer ya29.token" }
+"""
+    with caplog.at_level(logging.WARNING, logger="gateway"):
+        make_gateway(base_config(fake_openai.url, tmp_path / "gw.db", extra))
+    warned = " ".join(r.getMessage() for r in caplog.records if "has no api_key" in r.getMessage())
+    assert "provider claude (kind anthropic)" in warned and "provider openai_com (kind openai)" in warned
+    assert "vertex" not in warned and "local" not in warned and "fake" not in warned  # a key, a header, or none needed

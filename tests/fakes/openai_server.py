@@ -17,6 +17,7 @@ delay-<ms>          answers after <ms> milliseconds (stream: before the response
 hang-<ms>           answers after <ms> milliseconds unless the client leaves first; records which
 flaky-<n>-<tag>     500 for the first <n> requests with this exact model name, then normal answers
 alternate-<tag>     500 for every other request with this exact model name (the 1st, 3rd, ...)
+floats-always       embeddings: float arrays even when asked for base64 (as Ollama, LM Studio, Infinity do)
 ctx-limit           400 context_length_exceeded, as OpenAI reports a prompt over the context window
 fail-429x           429 without Retry-After
 stall-<ms>          stream: response head at once, first chunk after <ms> ms; records client_gone
@@ -194,7 +195,7 @@ def make_app() -> Starlette:
         for i, text in enumerate(inputs):
             vec = [round((len(str(text)) + j) / 100, 4) for j in range(dims)]
             emb: Any = vec
-            if body.get("encoding_format") == "base64":
+            if body.get("encoding_format") == "base64" and body["model"] != "floats-always":
                 emb = base64.b64encode(struct.pack(f"<{dims}f", *vec)).decode()
             data.append({"object": "embedding", "index": i, "embedding": emb})
         tokens = sum(len(str(t).split()) for t in inputs)
