@@ -197,6 +197,7 @@ def parse_config(raw: dict[str, Any], file: str, env: dict[str, str]) -> Config:
         header_timeout_s=s.number("header_timeout_s", 10.0, minimum=0.001),
         body_timeout_s=s.number("body_timeout_s", 30.0, minimum=0.001),
         max_connections=_count(s, "max_connections", 10_000, minimum=1),
+        cors_origins=_origins(s),
     )
     if server.port > 65535:
         raise ConfigError(file, "server.port", "must be <= 65535")
@@ -415,6 +416,19 @@ def _parse_target(cfg: _Loader, t: _Section, providers: dict[str, ProviderConfig
         target.retry_on = tuple(retry_on)
     t.done()
     return target
+
+
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\*")
+
+
+def _origins(s: _Section) -> list[str]:
+    """[server] cors_origins: "*" or origins as a browser sends them (scheme://host[:port], no path)."""
+    origins = s.string_list("cors_origins", [])
+    for i, origin in enumerate(origins):
+        if not _ORIGIN.fullmatch(origin):
+            raise ConfigError(s.cfg.file, f"{s.key('cors_origins')}[{i}]", f"{origin!r} is not an origin: expected "
+                              '"*" or scheme://host[:port] without a path, e.g. "https://app.example.com"')
+    return origins
 
 
 def _count(s: _Section, name: str, default: int, minimum: int) -> int:

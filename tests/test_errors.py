@@ -299,3 +299,31 @@ headers = { authorization = "Bearer ya29.token" }
     warned = " ".join(r.getMessage() for r in caplog.records if "has no api_key" in r.getMessage())
     assert "provider claude (kind anthropic)" in warned and "provider openai_com (kind openai)" in warned
     assert "vertex" not in warned and "local" not in warned and "fake" not in warned  # a key, a header, or none needed
+
+
+def test_first_byte_timeout_bounds_a_whole_body_answers_head(make_gateway, fake_openai, tmp_path):
+    """first_byte_timeout_s is not only for streams: a whole-body request whose response head has not come
+    in time fails with 504 (and may fall back), instead of waiting out timeout_s."""
+    extra = """
+[[models]]
+name = "late-head"
+targets = [{ provider = "fake", model = "delay-3000", first_byte_timeout_s = 0.3, timeout_s = 20, max_retries = 0 }]
+"""
+    gw = make_gateway(base_config(fake_openai.url, tmp_path / "gw.db", extra))
+    with pytest.raises(openai.APIStatusError) as e:
+        gw.client(timeout=15).chat.completions.create(model="late-head", messages=MSGS)
+    assert e.value.status_code == 504 and e.value.body["code"] == "upstream_timeout"
+    assert "sent no response head in 0.3s" in e.value.message
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/v1/chat/completions/", {"model": "echo", "messages": MSGS}),
+    ("/v1/embeddings/", {"model": "echo", "input": "hi"}),
+    ("/v1/completions/", {"model": "echo", "prompt": "hi"}),
+    ("/chat/completions/", {"model": "echo", "messages": MSGS}),
+])
+def test_a_trailing_slash_is_served_like_the_route_without_it(gateway, path, body):
+    r = httpx.post(gateway.url + path, headers=AUTH, json=body)
+    assert r.status_code == 200 and r.json()["model"] == "echo"
+    r = httpx.get(gateway.url + "/v1/models/", headers=AUTH)
+    assert r.status_code == 200 and r.json()["object"] == "list"
