@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from adapters.redact import Redactor, provider_secrets
 from proxy.auth import hash_key
-from proxy.prices import apply_prices_file
+from proxy.prices import CAPABILITIES, apply_prices_file
 from proxy.settings import (
     BUDGET_PERIODS,
     FALLBACK_REASONS,
@@ -359,6 +359,12 @@ def _parse_models(cfg: _Loader, items: list[Any], providers: dict[str, ProviderC
                 raise ConfigError(cfg.file, m.key("fallback_on"), f"unknown reason {reason!r}; expected any of "
                                   + ", ".join(FALLBACK_REASONS))
         hedge = m.number("hedge_after_ms", None)
+        capabilities = m.get("capabilities", list, None)
+        if capabilities is not None:
+            for item in capabilities:
+                if item not in CAPABILITIES:
+                    raise ConfigError(cfg.file, m.key("capabilities"), f"unknown capability {item!r}; expected any "
+                                      "of " + ", ".join(CAPABILITIES))
         models[name] = ModelAlias(
             name=name,
             targets=targets,
@@ -370,6 +376,7 @@ def _parse_models(cfg: _Loader, items: list[Any], providers: dict[str, ProviderC
             retry_after_cap_s=m.number("retry_after_cap_s", 5.0),
             rpm=_opt_count(m, "rpm"),
             tpm=_opt_count(m, "tpm"),
+            capabilities=None if capabilities is None else tuple(capabilities),
         )
         m.done()
     return models

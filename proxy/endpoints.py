@@ -13,6 +13,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from proxy.errors import GatewayError
+from proxy.models_api import model_object
 from proxy.pipeline import Answer, ClientWatch, WholeAnswer
 from proxy.requests import read_json
 from proxy.runtime import Runtime
@@ -109,8 +110,7 @@ class AccountedResponse(Response):
 
 
 def _model_object(runtime: Runtime, name: str) -> dict:
-    alias = runtime.config.models[name]
-    return {"id": name, "object": "model", "created": runtime.created, "owned_by": alias.targets[0].provider}
+    return model_object(runtime.config.models[name], runtime.config.providers, runtime.created)
 
 
 async def list_models(request: Request) -> Response:

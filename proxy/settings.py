@@ -85,6 +85,8 @@ class ModelAlias:
     retry_after_cap_s: float = 5.0
     rpm: int | None = None  # limits for the alias as a whole, e.g. to protect a provider quota
     tpm: int | None = None
+    capabilities: tuple[str, ...] | None = None  # what GET /v1/models says the alias can do; None = not said
+    file_metadata: dict[str, Any] = field(default_factory=dict)  # the prices file's context_window, capabilities
     is_glob: bool = field(init=False)  # a pattern such as "openai/*": set from the name, read per request
 
     def __post_init__(self) -> None:
