@@ -409,6 +409,7 @@ def _parse_target(cfg: _Loader, t: _Section, providers: dict[str, ProviderConfig
         context_window=_opt_int(t.number("context_window", None, minimum=1)),
         connect_timeout_s=t.number("connect_timeout_s", p.connect_timeout_s if p else 10.0, minimum=0.001),
         first_byte_timeout_s=t.number("first_byte_timeout_s", timeout, minimum=0.001),
+        head_timeout_s=t.number("first_byte_timeout_s", None, minimum=0.001),
         timeout_s=t.number("timeout_s", timeout, minimum=0.001),
         stream_idle_timeout_s=t.number("stream_idle_timeout_s", timeout, minimum=0.001),
         failure_threshold=int(t.number("failure_threshold", 5, minimum=1)),

@@ -276,14 +276,14 @@ class Dispatch:
             return Outcome(state, upstream, call, stream=start)
         if self.request.endpoint == "chat":
             req = self._started(state, call, adapter.chat_request(call))
-            raw = await upstream.fetch(req, target.connect_timeout_s, target.timeout_s, target.first_byte_timeout_s)
+            raw = await upstream.fetch(req, target.connect_timeout_s, target.timeout_s, target.head_timeout_s)
             return Outcome(state, upstream, call, reply=adapter.chat_response(call, raw))
         if self.request.endpoint == "completions":
             req = self._started(state, call, adapter.completions_request(call))
-            raw = await upstream.fetch(req, target.connect_timeout_s, target.timeout_s, target.first_byte_timeout_s)
+            raw = await upstream.fetch(req, target.connect_timeout_s, target.timeout_s, target.head_timeout_s)
             return Outcome(state, upstream, call, reply=adapter.completions_response(call, raw))
         req = self._started(state, call, adapter.embeddings_request(call))
-        raw = await upstream.fetch(req, target.connect_timeout_s, target.timeout_s, target.first_byte_timeout_s)
+        raw = await upstream.fetch(req, target.connect_timeout_s, target.timeout_s, target.head_timeout_s)
         return Outcome(state, upstream, call, reply=adapter.embeddings_response(call, raw))
 
     async def _open_stream(self, upstream: Upstream, call: Call, state: TargetState) -> StreamStart:

@@ -308,12 +308,19 @@ def test_first_byte_timeout_bounds_a_whole_body_answers_head(make_gateway, fake_
 [[models]]
 name = "late-head"
 targets = [{ provider = "fake", model = "delay-3000", first_byte_timeout_s = 0.3, timeout_s = 20, max_retries = 0 }]
+
+[[models]]
+name = "slow-body"
+targets = [{ provider = "fake", model = "delay-1800", timeout_s = 20, max_retries = 0 }]
 """
     gw = make_gateway(base_config(fake_openai.url, tmp_path / "gw.db", extra))
     with pytest.raises(openai.APIStatusError) as e:
         gw.client(timeout=15).chat.completions.create(model="late-head", messages=MSGS)
     assert e.value.status_code == 504 and e.value.body["code"] == "upstream_timeout"
     assert "sent no response head in 0.3s" in e.value.message
+    # Unset on the target, the provider-wide default (1.5 s here) does not cut a slow whole-body answer
+    # that the target's own timeout_s allows.
+    assert gw.client(timeout=15).chat.completions.create(model="slow-body", messages=MSGS).choices
 
 
 @pytest.mark.parametrize("path,body", [
