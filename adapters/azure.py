@@ -42,6 +42,11 @@ class AzureAdapter(OpenAIAdapter):
         req.url = self._url(call, "embeddings")
         return req
 
+    def completions_request(self, call: Call) -> UpstreamRequest:
+        req = super().completions_request(call)
+        req.url = self._url(call, "completions")
+        return req
+
     def chat_stream(self, call: Call) -> StreamTranslator:
         return AzureStream(call.alias, call.include_usage, self.provider.redactor)
 

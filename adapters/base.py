@@ -90,7 +90,7 @@ class Reply:
 class UpstreamError(APIError):
     """A failed upstream attempt, already in the shape the client will see.
 
-    ``reason`` is one of: timeout, connection, status_5xx, status_429, status_4xx, bad_response.
+    ``reason`` is one of: timeout, connection, status_5xx, status_429, status_4xx, bad_response, auth_refused.
     The router decides from ``reason`` whether another attempt (or target) may succeed.
     """
 
@@ -168,6 +168,19 @@ class Adapter:
     def embeddings_response(self, call: Call, body: bytes) -> Reply:
         raise NotImplementedError
 
+    def completions_request(self, call: Call) -> UpstreamRequest:
+        """Legacy text completions (POST /v1/completions): only OpenAI-kind providers have them."""
+        raise UpstreamError(400, f"Model {call.alias!r} is served by provider {self.provider.name!r} (kind "
+                            f"{self.provider.kind!r}), which has no /v1/completions endpoint; use "
+                            "/v1/chat/completions for this model.", "status_4xx", type="invalid_request_error",
+                            code="unsupported_endpoint", param="model")
+
+    def completions_response(self, call: Call, body: bytes) -> Reply:
+        raise NotImplementedError
+
+    def completions_stream(self, call: Call) -> StreamTranslator:
+        raise NotImplementedError
+
     def error(self, status: int, body: bytes, headers: dict[str, str]) -> UpstreamError:
         """Map a non-2xx upstream answer to the error the client sees."""
         raise NotImplementedError
@@ -182,9 +195,12 @@ def upstream_status_error(
     param: str | None = None,
     retry_after: str | None = None,
 ) -> UpstreamError:
-    """Shared status policy: 4xx passes through, 429 keeps Retry-After, 5xx becomes 502. Every string
+    """Shared status policy: 4xx passes through, 429 keeps Retry-After, 5xx becomes 502, and so does a 401
+    or 403 (the provider refused the gateway's own credentials: not the client's key). Every string
     the upstream sent is scrubbed of the config's secrets (see adapters.redact)."""
     redactor = provider.redactor
+    if status in (401, 403):
+        return credentials_refused(provider, status, message)
     if status == 429:
         return UpstreamError(429, message, "status_429", type or "rate_limit_error", code or "rate_limit_exceeded",
                              param, retry_after, status, redactor)
@@ -193,6 +209,14 @@ def upstream_status_error(
                              upstream_status=status, redactor=redactor)
     return UpstreamError(502, f"upstream {provider.name} returned {status}: {message}", "status_5xx",
                          "upstream_error", code or "upstream_error", param, retry_after, status, redactor)
+
+
+def credentials_refused(provider: ProviderConfig, status: int, message: str) -> UpstreamError:
+    """The provider refused the gateway's credentials (401/403): a 502 naming the provider, so that a client
+    never mistakes it for its own bad gateway key; reason ``auth_refused`` (counted, and a fallback may help)."""
+    return UpstreamError(502, f"upstream {provider.name} refused the gateway's credentials for it (HTTP {status}): "
+                         f"{message}", "auth_refused", "upstream_error", "upstream_auth_failed",
+                         upstream_status=status, redactor=provider.redactor)
 
 
 def invalid_request(message: str, param: str | None, code: str = "invalid_value") -> UpstreamError:

@@ -6,7 +6,9 @@ Requests are forwarded as sent except ``model``. Streams pass through at the byt
 
 from __future__ import annotations
 
+import base64
 import re
+import struct
 from typing import Any
 
 import orjson
@@ -41,20 +43,12 @@ class OpenAIAdapter(Adapter):
             self.headers["authorization"] = f"Bearer {provider.api_key}"
         self.chat_url = f"{provider.base_url}/chat/completions"
         self.embeddings_url = f"{provider.base_url}/embeddings"
+        self.completions_url = f"{provider.base_url}/completions"
 
     # chat -------------------------------------------------------------------------------------------
 
     def chat_request(self, call: Call) -> UpstreamRequest:
-        body = dict(call.body)
-        body["model"] = call.target.model
-        if call.stream:
-            # Always ask for usage so the ledger has real numbers; the client's choice is honoured
-            # by the stream translator, which drops the usage-only chunk if it was not asked for.
-            options = body.get("stream_options")
-            body["stream_options"] = {**options, "include_usage": True} if isinstance(options, dict) else {
-                "include_usage": True
-            }
-        return UpstreamRequest(self.chat_url, self.headers, orjson.dumps(body))
+        return UpstreamRequest(self.chat_url, self.headers, orjson.dumps(_forwarded(call)))
 
     def chat_response(self, call: Call, body: bytes) -> Reply:
         data = loads_object(self.provider, body)
@@ -68,6 +62,17 @@ class OpenAIAdapter(Adapter):
     def chat_stream(self, call: Call) -> StreamTranslator:
         return OpenAIStream(call.alias, call.include_usage, self.provider.redactor)
 
+    # legacy completions: the chat wire format's twin (choices[].text), so the same pass-through --------
+
+    def completions_request(self, call: Call) -> UpstreamRequest:
+        return UpstreamRequest(self.completions_url, self.headers, orjson.dumps(_forwarded(call)))
+
+    def completions_response(self, call: Call, body: bytes) -> Reply:
+        return self.chat_response(call, body)
+
+    def completions_stream(self, call: Call) -> StreamTranslator:
+        return self.chat_stream(call)
+
     # embeddings -------------------------------------------------------------------------------------
 
     def embeddings_request(self, call: Call) -> UpstreamRequest:
@@ -80,12 +85,36 @@ class OpenAIAdapter(Adapter):
         if not isinstance(data.get("data"), list):
             raise bad_response(self.provider, "an embeddings response without data")
         data["model"] = call.alias
+        if call.body.get("encoding_format") == "base64":
+            _as_base64(data["data"])
         return Reply(orjson.dumps(data), Usage.from_openai(data.get("usage")))
 
     # errors -----------------------------------------------------------------------------------------
 
     def error(self, status: int, body: bytes, headers: dict[str, str]) -> UpstreamError:
         return openai_error(self.provider, status, body, headers)
+
+
+def _as_base64(items: list[Any]) -> None:
+    """Float arrays an upstream answered to a base64 request (Ollama, LM Studio, Infinity do) packed as
+    OpenAI packs them, little-endian float32: SDKs that asked for base64 decode whatever string comes."""
+    for item in items:
+        vec = item.get("embedding") if isinstance(item, dict) else None
+        if isinstance(vec, list) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in vec):
+            item["embedding"] = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
+
+
+def _forwarded(call: Call) -> dict[str, Any]:
+    """The client's body with the target's model; a stream always asks for usage so the ledger has real
+    numbers (the stream translator drops the usage-only chunk if the client did not ask for it)."""
+    body = dict(call.body)
+    body["model"] = call.target.model
+    if call.stream:
+        options = body.get("stream_options")
+        body["stream_options"] = {**options, "include_usage": True} if isinstance(options, dict) else {
+            "include_usage": True
+        }
+    return body
 
 
 def openai_error(provider: ProviderConfig, status: int, body: bytes, headers: dict[str, str]) -> UpstreamError:

@@ -63,6 +63,9 @@ class Target:
     context_window: int | None = None
     connect_timeout_s: float = 10.0
     first_byte_timeout_s: float = 120.0
+    # first_byte_timeout_s when the config sets it: then it bounds a whole-body answer's head too (the
+    # provider-wide default does not, so a target that raises timeout_s alone keeps its slow answers)
+    head_timeout_s: float | None = None
     timeout_s: float = 120.0
     stream_idle_timeout_s: float = 120.0
     failure_threshold: int = 5

@@ -20,7 +20,8 @@ from starlette.types import Receive, Scope, Send
 
 from proxy import admin, endpoints, observability, reload, usage_api
 from proxy.admin import ManagedKeys, apply_keys
-from proxy.config import Config, load_config
+from proxy.config import Config, keyless_providers, load_config
+from proxy.cors import Cors
 from proxy.errors import GatewayError
 from proxy.keystore import KeyStore
 from proxy.ledger import Ledger
@@ -74,6 +75,7 @@ async def server_error(request: Request, exc: Exception) -> Response:
 def routes() -> list[Route]:
     table = [
         ("/chat/completions", endpoints.chat_completions, ["POST"]),
+        ("/completions", endpoints.completions, ["POST"]),
         ("/embeddings", endpoints.embeddings, ["POST"]),
         ("/messages", endpoints.messages, ["POST"]),
         ("/messages/count_tokens", endpoints.count_tokens, ["POST"]),
@@ -94,7 +96,7 @@ def routes() -> list[Route]:
     return out + passthrough_http.routes()  # images, audio, moderations, rerank, files, batches
 
 
-def create_app(config: Config, tracer_provider: Any = None) -> Starlette | FastPath:
+def create_app(config: Config, tracer_provider: Any = None) -> Starlette | FastPath | Cors:
     """``tracer_provider``: an OpenTelemetry TracerProvider to trace into (tests, embedding programs);
     without one, traces follow the OTEL_* environment (see proxy.observability.tracing)."""
     tracing = observability.tracing_for(config, tracer_provider)
@@ -106,6 +108,9 @@ def create_app(config: Config, tracer_provider: Any = None) -> Starlette | FastP
         ledger = app.state.ledger = Ledger.from_config(config.storage)
         await ledger.start()
         warn_unpriced(config)
+        for name in keyless_providers(config):
+            log.warning("provider %s (kind %s) has no api_key: its upstream will refuse every call", name,
+                        config.providers[name].kind)
         # Metrics, access log and traces: app-level like the ledger, built before what reports to them.
         metrics = app.state.metrics = observability.metrics_for(config, ledger)
         observer = observability.observer_for(config, metrics, tracing)
@@ -145,13 +150,36 @@ def create_app(config: Config, tracer_provider: Any = None) -> Starlette | FastP
     middleware = observability.middleware(tracing)
     if middleware:  # they see responses through send: no response may be written around it
         middleware.insert(0, Middleware(NoDirectWrites))
+        middleware.insert(0, Middleware(TrailingSlash))
     app = Starlette(
         routes=routes(),
         middleware=middleware,
         lifespan=lifespan,
         exception_handlers={HTTPException: http_error, Exception: server_error},
     )
-    return app if app.user_middleware else FastPath(app)
+    served: Starlette | FastPath = app if app.user_middleware else FastPath(app)
+    return Cors(served, config.server.cors_origins) if config.server.cors_origins else served
+
+
+def without_trailing_slash(scope: Scope) -> str:
+    """``POST /v1/chat/completions/`` is served as the path without the slash (Starlette would answer a
+    307 that clients do not follow for a POST)."""
+    path: str = scope["path"]
+    if path[-1:] == "/" and len(path) > 1:
+        scope["path"] = path = path.rstrip("/") or "/"
+    return path
+
+
+class TrailingSlash:
+    """``without_trailing_slash`` as middleware, for when FastPath is not used."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            without_trailing_slash(scope)
+        await self.app(scope, receive, send)
 
 
 class FastPath:
@@ -174,6 +202,9 @@ class FastPath:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         handler = self.HOT.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if handler is None and scope["type"] == "http" and scope["path"][-1:] == "/":
+            path = without_trailing_slash(scope)  # off the hot path: only a miss pays for it
+            handler = self.HOT.get(path) if scope["method"] == "POST" else None
         if handler is None:
             await self.app(scope, receive, send)
             return
@@ -186,6 +217,6 @@ class FastPath:
         await response(scope, receive, send)
 
 
-def app_from_env() -> Starlette | FastPath:
+def app_from_env() -> Starlette | FastPath | Cors:
     """Factory for `uvicorn --factory` and for worker processes: the config path comes from the env."""
     return create_app(load_config(os.environ.get("GATEWAY_CONFIG", "gateway.toml")))

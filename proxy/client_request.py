@@ -12,7 +12,7 @@ from proxy.frontend import CHAT, Frontend
 class ClientRequest:
     """What the parse stage reads from the body, so that no later stage scans it again."""
 
-    endpoint: str  # chat | embeddings | messages | responses
+    endpoint: str  # chat | completions | embeddings | messages | responses
     model: str  # the model name the client sent
     body: dict[str, Any]  # the client's JSON, as sent (for another client API: as a chat request)
     request_id: str  # the usage row's unique id

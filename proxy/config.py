@@ -16,8 +16,9 @@ from urllib.parse import urlsplit
 
 from adapters.redact import Redactor, provider_secrets
 from proxy.auth import hash_key
-from proxy.http1_connect import env_proxy, no_password, parse_proxy, tls_context
-from proxy.prices import apply_prices_file
+from proxy.config_providers import PROVIDER_KINDS, keyless_providers, parse_providers
+from proxy.config_reader import Loader, Section
+from proxy.prices import CAPABILITIES, apply_prices_file
 from proxy.settings import (
     BUDGET_PERIODS,
     FALLBACK_REASONS,
@@ -37,138 +38,11 @@ from proxy.settings import (
 )
 
 __all__ = [  # the settings are re-exported for callers of load_config
-    "PROVIDER_KINDS", "load_config", "parse_config",
+    "PROVIDER_KINDS", "keyless_providers", "load_config", "parse_config",
     "BUDGET_PERIODS", "FALLBACK_REASONS", "RETRYABLE_STATUSES", "STRATEGIES", "Config", "ConfigError",
     "KeyConfig", "LimitsConfig", "ModelAlias", "ObservabilityConfig", "ProviderConfig", "ServerConfig",
     "StorageConfig", "Target",
 ]
-
-PROVIDER_KINDS = ("openai", "echo", "anthropic", "gemini", "azure")
-
-DEFAULT_BASE_URLS = {
-    "openai": "https://api.openai.com/v1",
-    "anthropic": "https://api.anthropic.com",
-    "gemini": "https://generativelanguage.googleapis.com",
-    "echo": "http://echo.local/v1",
-}
-
-
-# --- interpolation -------------------------------------------------------------------------------
-
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-class _MissingVar(Exception):
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-
-def _interpolate(value: str, env: dict[str, str]) -> str:
-    def sub(m: re.Match[str]) -> str:
-        name, default = m.group(1), m.group(2)
-        got = env.get(name)
-        if got:
-            return got
-        if default is not None:
-            return default
-        raise _MissingVar(name)
-
-    return _VAR.sub(sub, value)
-
-
-# --- field checking ------------------------------------------------------------------------------
-
-
-class _Section:
-    """Reads typed fields out of one TOML table and rejects keys nobody reads."""
-
-    def __init__(self, cfg: _Loader, path: str, table: Any) -> None:
-        if not isinstance(table, dict):
-            raise ConfigError(cfg.file, path, f"expected a table, got {_type_name(table)}")
-        self.cfg = cfg
-        self.path = path
-        self.table = table
-        self.seen: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self.path}.{name}" if self.path else name
-
-    def get(self, name: str, kind: type | tuple[type, ...], default: Any = None, required: bool = False) -> Any:
-        self.seen.add(name)
-        if name not in self.table:
-            if required:
-                raise ConfigError(self.cfg.file, self.key(name), "is required")
-            return default
-        value = self.table[name]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if isinstance(value, bool) and bool not in kinds:
-            raise ConfigError(self.cfg.file, self.key(name), f"expected {_kinds(kinds)}, got a boolean")
-        if not isinstance(value, kinds):
-            raise ConfigError(self.cfg.file, self.key(name), f"expected {_kinds(kinds)}, got {_type_name(value)}")
-        if isinstance(value, str):
-            value = self.cfg.interpolate(self.key(name), value)
-        return value
-
-    def number(self, name: str, default: float | None, minimum: float = 0) -> float | None:
-        value = self.get(name, float, default)
-        if value is not None and value < minimum:
-            raise ConfigError(self.cfg.file, self.key(name), f"must be >= {minimum}")
-        return value
-
-    def string_map(self, name: str) -> dict[str, str]:
-        table = self.get(name, dict, {})
-        out = {}
-        for k, v in table.items():
-            if not isinstance(v, str):
-                raise ConfigError(self.cfg.file, f"{self.key(name)}.{k}", f"expected a string, got {_type_name(v)}")
-            out[k] = self.cfg.interpolate(f"{self.key(name)}.{k}", v)
-        return out
-
-    def string_list(self, name: str, default: list[str]) -> list[str]:
-        value = self.get(name, list, default)
-        for i, item in enumerate(value):
-            if not isinstance(item, str):
-                raise ConfigError(self.cfg.file, f"{self.key(name)}[{i}]", "expected a string")
-        return list(value)
-
-    def done(self) -> None:
-        unknown = sorted(set(self.table) - self.seen)
-        if unknown:
-            raise ConfigError(self.cfg.file, self.key(unknown[0]), "unknown key")
-
-
-def _type_name(value: Any) -> str:
-    return {
-        str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "an array", dict: "a table"
-    }.get(type(value), type(value).__name__)
-
-
-def _kinds(kinds: tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "an array",
-             dict: "a table", datetime: "a date-time"}
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
-
-
-class _Loader:
-    def __init__(self, file: str, env: dict[str, str]) -> None:
-        self.file = file
-        self.env = env
-        # A provider whose secret is missing is an error only if an alias uses it.
-        self.deferred: dict[str, ConfigError] = {}
-        self.current_provider: str | None = None
-
-    def interpolate(self, key: str, value: str) -> str:
-        try:
-            return _interpolate(value, self.env)
-        except _MissingVar as e:
-            err = ConfigError(self.file, key, f"environment variable {e.name} is not set and has no default")
-            if self.current_provider is None:
-                raise err from None
-            self.deferred.setdefault(self.current_provider, err)
-            return ""
-
 
 def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Config:
     file = str(path)
@@ -182,10 +56,10 @@ def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None)
 
 
 def parse_config(raw: dict[str, Any], file: str, env: dict[str, str]) -> Config:
-    cfg = _Loader(file, env)
-    root = _Section(cfg, "", raw)
+    cfg = Loader(file, env)
+    root = Section(cfg, "", raw)
 
-    s = _Section(cfg, "server", root.get("server", dict, {}))
+    s = Section(cfg, "server", root.get("server", dict, {}))
     server = ServerConfig(
         host=s.get("host", str, "127.0.0.1"),
         port=int(s.number("port", 8080, minimum=0)),
@@ -199,6 +73,7 @@ def parse_config(raw: dict[str, Any], file: str, env: dict[str, str]) -> Config:
         header_timeout_s=s.number("header_timeout_s", 10.0, minimum=0.001),
         body_timeout_s=s.number("body_timeout_s", 30.0, minimum=0.001),
         max_connections=_count(s, "max_connections", 10_000, minimum=1),
+        cors_origins=_origins(s),
     )
     if server.port > 65535:
         raise ConfigError(file, "server.port", "must be <= 65535")
@@ -210,7 +85,7 @@ def parse_config(raw: dict[str, Any], file: str, env: dict[str, str]) -> Config:
         raise ConfigError(file, "server.metrics_require_admin", "needs server.admin_key to be set")
     s.done()
 
-    s = _Section(cfg, "storage", root.get("storage", dict, {}))
+    s = Section(cfg, "storage", root.get("storage", dict, {}))
     storage = StorageConfig(
         database_url=s.get("database_url", str, "sqlite:///gateway.db"),
         redis_url=s.get("redis_url", str, ""),
@@ -233,7 +108,7 @@ def parse_config(raw: dict[str, Any], file: str, env: dict[str, str]) -> Config:
         raise ConfigError(file, "storage.redis_url", "must start with redis://, rediss:// or unix://")
     s.done()
 
-    s = _Section(cfg, "observability", root.get("observability", dict, {}))
+    s = Section(cfg, "observability", root.get("observability", dict, {}))
     observability = ObservabilityConfig(
         access_log=s.get("access_log", bool, True),
         log_bodies=s.get("log_bodies", bool, False),
@@ -241,12 +116,12 @@ def parse_config(raw: dict[str, Any], file: str, env: dict[str, str]) -> Config:
     )
     s.done()
 
-    providers = _parse_providers(cfg, root.get("providers", dict, {}))
+    providers = parse_providers(cfg, root.get("providers", dict, {}))
     models = _parse_models(cfg, root.get("models", list, []), providers)
     if storage.prices_file:
         apply_prices_file(file, storage.prices_file, providers, models)
     keys = _parse_keys(cfg, root.get("keys", list, []))
-    s = _Section(cfg, "limits", root.get("limits", dict, {}))
+    s = Section(cfg, "limits", root.get("limits", dict, {}))
     limits = LimitsConfig(rpm=_opt_count(s, "rpm"), tpm=_opt_count(s, "tpm"),
                           on_store_error=s.get("on_store_error", str, "local"),
                           expected_replicas=_count(s, "expected_replicas", 1, 1))
@@ -274,9 +149,9 @@ def parse_config(raw: dict[str, Any], file: str, env: dict[str, str]) -> Config:
 FILES_KINDS = ("openai", "azure")  # provider kinds that serve /v1/files and /v1/batches
 
 
-def _parse_files(cfg: _Loader, table: Any, models: dict[str, ModelAlias],
+def _parse_files(cfg: Loader, table: Any, models: dict[str, ModelAlias],
                  providers: dict[str, ProviderConfig]) -> FilesConfig:
-    s = _Section(cfg, "files", table)
+    s = Section(cfg, "files", table)
     files = FilesConfig(model=s.get("model", str, ""))
     s.done()
     if files.model:
@@ -305,87 +180,10 @@ def _secrets(server: ServerConfig, storage: StorageConfig, providers: dict[str, 
     return secrets
 
 
-def _parse_providers(cfg: _Loader, table: dict[str, Any]) -> dict[str, ProviderConfig]:
-    providers: dict[str, ProviderConfig] = {}
-    for name, body in table.items():
-        cfg.current_provider = name
-        p = _Section(cfg, f"providers.{name}", body)
-        kind = p.get("kind", str, required=True)
-        if kind not in PROVIDER_KINDS:
-            expected = ", ".join(PROVIDER_KINDS)
-            raise ConfigError(cfg.file, p.key("kind"), f"unknown kind {kind!r}; expected one of {expected}")
-        base_url = p.get("base_url", str, DEFAULT_BASE_URLS.get(kind, ""))
-        if kind == "azure" and not base_url:
-            raise ConfigError(cfg.file, p.key("base_url"), "is required for kind 'azure'")
-        if not base_url.startswith(("http://", "https://")):
-            raise ConfigError(cfg.file, p.key("base_url"), "must start with http:// or https://")
-        timeout = p.number("timeout_s", 120.0, minimum=0.001)
-        api_key, headers = p.get("api_key", str, ""), p.string_map("headers")
-        anthropic_beta = p.get("anthropic_beta", str, "")
-        # These go into request headers: a CR or LF (say from an env file's line end) would split them.
-        for key, value in [("api_key", api_key), ("anthropic_beta", anthropic_beta),
-                           *((f"headers.{h}", v) for h, v in headers.items()), *((f"headers.{h}", h) for h in headers)]:
-            if any(c in value for c in "\r\n\0"):
-                raise ConfigError(cfg.file, p.key(key), "must not contain a line break or NUL character")
-        providers[name] = ProviderConfig(
-            name=name,
-            kind=kind,
-            base_url=base_url.rstrip("/"),
-            api_key=api_key,
-            timeout_s=timeout,
-            connect_timeout_s=p.number("connect_timeout_s", min(10.0, timeout), minimum=0.001),
-            headers=headers,
-            api_version=p.get("api_version", str, ""),
-            anthropic_beta=anthropic_beta,
-            max_response_mb=p.number("max_response_mb", 64.0, minimum=0.001),
-            **_connection_keys(cfg, p, base_url),
-        )
-        p.done()
-    cfg.current_provider = None
-    return providers
-
-
-def _connection_keys(cfg: _Loader, p: _Section, base_url: str) -> dict[str, Any]:
-    """proxy, ca_file, client_cert, client_key, verify_tls: checked here, so a bad one fails at start."""
-    proxy = p.get("proxy", str, None)
-    key = p.key("proxy")
-    if proxy is None:  # not set: the environment's, as curl does it
-        proxy, variable = env_proxy(base_url, cfg.env)
-        key = f"{key} (from {variable} in the environment)"
-    if proxy:
-        try:
-            parse_proxy(proxy)
-        except ValueError as e:
-            raise ConfigError(cfg.file, key, str(e)) from None
-    files = {name: p.get(name, str, "") for name in ("ca_file", "client_cert", "client_key")}
-    for name, path in files.items():
-        if path:  # relative to the config file, as prices_file is
-            path = files[name] = str(Path(cfg.file).parent / path)
-            if not os.access(path, os.R_OK):
-                reason = "no such file" if not os.path.exists(path) else "not readable"
-                raise ConfigError(cfg.file, p.key(name), f"{reason}: {path}")
-    verify = p.get("verify_tls", bool, True)
-    if files["client_key"] and not files["client_cert"]:
-        raise ConfigError(cfg.file, p.key("client_key"), "needs client_cert")
-    if files["ca_file"] and not verify:
-        raise ConfigError(cfg.file, p.key("ca_file"), "has no use with verify_tls = false")
-    try:
-        context = tls_context(files["ca_file"])
-    except OSError as e:  # ssl.SSLError included
-        raise ConfigError(cfg.file, p.key("ca_file"), f"not a usable PEM CA bundle: {e}") from None
-    if files["client_cert"]:
-        try:
-            context.load_cert_chain(files["client_cert"], files["client_key"] or None, password=no_password)
-        except OSError as e:
-            raise ConfigError(cfg.file, p.key("client_cert"), "certificate and key do not load (PEM, matching, "
-                              f"key not encrypted): {e}") from None
-    return {"proxy": proxy, "verify_tls": verify, **files}
-
-
-def _parse_models(cfg: _Loader, items: list[Any], providers: dict[str, ProviderConfig]) -> dict[str, ModelAlias]:
+def _parse_models(cfg: Loader, items: list[Any], providers: dict[str, ProviderConfig]) -> dict[str, ModelAlias]:
     models: dict[str, ModelAlias] = {}
     for i, body in enumerate(items):
-        m = _Section(cfg, f"models[{i}]", body)
+        m = Section(cfg, f"models[{i}]", body)
         name = m.get("name", str, required=True)
         if not name:
             raise ConfigError(cfg.file, m.key("name"), "must not be empty")
@@ -396,7 +194,7 @@ def _parse_models(cfg: _Loader, items: list[Any], providers: dict[str, ProviderC
             raise ConfigError(cfg.file, m.key("targets"), "needs at least one target")
         is_glob = any(c in name for c in "*?[")
         targets = [
-            _parse_target(cfg, _Section(cfg, f"models[{i}].targets[{j}]", tbody), providers, "" if is_glob else name)
+            _parse_target(cfg, Section(cfg, f"models[{i}].targets[{j}]", tbody), providers, "" if is_glob else name)
             for j, tbody in enumerate(raw_targets)
         ]
         strategy = m.get("strategy", str, "priority")
@@ -409,6 +207,12 @@ def _parse_models(cfg: _Loader, items: list[Any], providers: dict[str, ProviderC
                 raise ConfigError(cfg.file, m.key("fallback_on"), f"unknown reason {reason!r}; expected any of "
                                   + ", ".join(FALLBACK_REASONS))
         hedge = m.number("hedge_after_ms", None)
+        capabilities = m.get("capabilities", list, None)
+        if capabilities is not None:
+            for item in capabilities:
+                if item not in CAPABILITIES:
+                    raise ConfigError(cfg.file, m.key("capabilities"), f"unknown capability {item!r}; expected any "
+                                      "of " + ", ".join(CAPABILITIES))
         models[name] = ModelAlias(
             name=name,
             targets=targets,
@@ -420,12 +224,13 @@ def _parse_models(cfg: _Loader, items: list[Any], providers: dict[str, ProviderC
             retry_after_cap_s=m.number("retry_after_cap_s", 5.0),
             rpm=_opt_count(m, "rpm"),
             tpm=_opt_count(m, "tpm"),
+            capabilities=None if capabilities is None else tuple(capabilities),
         )
         m.done()
     return models
 
 
-def _parse_target(cfg: _Loader, t: _Section, providers: dict[str, ProviderConfig], default_model: str) -> Target:
+def _parse_target(cfg: Loader, t: Section, providers: dict[str, ProviderConfig], default_model: str) -> Target:
     provider = t.get("provider", str, required=True)
     if provider not in providers and provider not in cfg.deferred:
         raise ConfigError(cfg.file, t.key("provider"), f"undefined provider {provider!r}")
@@ -455,6 +260,7 @@ def _parse_target(cfg: _Loader, t: _Section, providers: dict[str, ProviderConfig
         context_window=_opt_int(t.number("context_window", None, minimum=1)),
         connect_timeout_s=t.number("connect_timeout_s", p.connect_timeout_s if p else 10.0, minimum=0.001),
         first_byte_timeout_s=t.number("first_byte_timeout_s", timeout, minimum=0.001),
+        head_timeout_s=t.number("first_byte_timeout_s", None, minimum=0.001),
         timeout_s=t.number("timeout_s", timeout, minimum=0.001),
         stream_idle_timeout_s=t.number("stream_idle_timeout_s", timeout, minimum=0.001),
         failure_threshold=int(t.number("failure_threshold", 5, minimum=1)),
@@ -471,14 +277,27 @@ def _parse_target(cfg: _Loader, t: _Section, providers: dict[str, ProviderConfig
     return target
 
 
-def _count(s: _Section, name: str, default: int, minimum: int) -> int:
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\*")
+
+
+def _origins(s: Section) -> list[str]:
+    """[server] cors_origins: "*" or origins as a browser sends them (scheme://host[:port], no path)."""
+    origins = s.string_list("cors_origins", [])
+    for i, origin in enumerate(origins):
+        if not _ORIGIN.fullmatch(origin):
+            raise ConfigError(s.cfg.file, f"{s.key('cors_origins')}[{i}]", f"{origin!r} is not an origin: expected "
+                              '"*" or scheme://host[:port] without a path, e.g. "https://app.example.com"')
+    return origins
+
+
+def _count(s: Section, name: str, default: int, minimum: int) -> int:
     value = s.get(name, int, default)
     if value < minimum:
         raise ConfigError(s.cfg.file, s.key(name), f"must be >= {minimum}")
     return value
 
 
-def _opt_count(s: _Section, name: str) -> int | None:
+def _opt_count(s: Section, name: str) -> int | None:
     value = s.get(name, int, None)
     if value is not None and value < 1:
         raise ConfigError(s.cfg.file, s.key(name), "must be >= 1")
@@ -489,12 +308,12 @@ def _opt_int(value: float | None) -> int | None:
     return None if value is None else int(value)
 
 
-def _parse_keys(cfg: _Loader, items: list[Any]) -> list[KeyConfig]:
+def _parse_keys(cfg: Loader, items: list[Any]) -> list[KeyConfig]:
 
     keys: list[KeyConfig] = []
     names: set[str] = set()
     for i, body in enumerate(items):
-        k = _Section(cfg, f"keys[{i}]", body)
+        k = Section(cfg, f"keys[{i}]", body)
         name = k.get("name", str, required=True)
         if name in names:
             raise ConfigError(cfg.file, k.key("name"), f"duplicate key name {name!r}")
@@ -521,7 +340,7 @@ def _parse_keys(cfg: _Loader, items: list[Any]) -> list[KeyConfig]:
     return keys
 
 
-def _utc(cfg: _Loader, key: str, value: str | datetime) -> datetime:
+def _utc(cfg: Loader, key: str, value: str | datetime) -> datetime:
     """A TOML datetime or an ISO-8601 string; naive times are taken as UTC."""
     if isinstance(value, str):
         try:

@@ -44,7 +44,7 @@ def category(e: UpstreamError) -> str:
         return "timeout"
     if e.reason == "connection":
         return "connection"
-    if e.reason in ("status_5xx", "bad_response"):
+    if e.reason in ("status_5xx", "bad_response", "auth_refused"):  # auth_refused: the provider's credentials
         return "server_error"
     if e.status == 400 and (e.code == "context_length_exceeded" or _CONTEXT_WINDOW.search(e.message)):
         return "context_window"
@@ -282,21 +282,29 @@ class Dispatch:
         if self.request.stream:
             start = await self._open_stream(upstream, call, state)
             return Outcome(state, upstream, call, stream=start)
+        if self.request.endpoint == "completions":
+            req = self._started(state, call, adapter.completions_request(call))
+            raw = await upstream.fetch(req, target.connect_timeout_s, target.timeout_s, target.head_timeout_s)
+            return Outcome(state, upstream, call, reply=adapter.completions_response(call, raw))
         if self.request.endpoint != "embeddings":  # chat, or another client API through its frontend
             frontend = self.request.frontend
             req = self._started(state, call, frontend.request(adapter, call))
-            raw = await upstream.fetch(req, target.connect_timeout_s, target.timeout_s)
+            raw = await upstream.fetch(req, target.connect_timeout_s, target.timeout_s, target.head_timeout_s)
             return Outcome(state, upstream, call, reply=frontend.reply(adapter, call, raw))
         req = self._started(state, call, adapter.embeddings_request(call))
-        raw = await upstream.fetch(req, target.connect_timeout_s, target.timeout_s)
+        raw = await upstream.fetch(req, target.connect_timeout_s, target.timeout_s, target.head_timeout_s)
         return Outcome(state, upstream, call, reply=adapter.embeddings_response(call, raw))
 
     async def _open_stream(self, upstream: Upstream, call: Call, state: TargetState) -> StreamStart:
         """Open the upstream stream and read until there is something to send the client: until
         then a failure is still an attempt that can be retried or fall back."""
-        frontend = self.request.frontend
-        req = self._started(state, call, frontend.request(upstream.adapter, call))
-        translator = frontend.stream(upstream.adapter, call)
+        if self.request.endpoint == "completions":
+            req = self._started(state, call, upstream.adapter.completions_request(call))
+            translator = upstream.adapter.completions_stream(call)
+        else:
+            frontend = self.request.frontend
+            req = self._started(state, call, frontend.request(upstream.adapter, call))
+            translator = frontend.stream(upstream.adapter, call)
         response: UpstreamStream | None = None
         try:
             async with asyncio.timeout(call.target.first_byte_timeout_s):

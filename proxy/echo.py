@@ -64,6 +64,8 @@ def answer(url: str, content: bytes) -> Answer:
         return _rerank(body)
     if url.endswith("/images/generations"):
         return _images(body)
+    if url.endswith("/completions"):
+        return _completions(body)
     return _json(404, {"error": {"message": f"echo has no {url}", "type": "invalid_request_error",
                                  "param": None, "code": "not_found"}})
 
@@ -128,6 +130,41 @@ class _EchoStream:
         if self.usage is not None:
             yield b"data: " + orjson.dumps({**self.head, "choices": [], "usage": self.usage}) + b"\n\n"
         yield b"data: [DONE]\n\n"
+
+
+def _completions(body: dict[str, Any]) -> Answer:
+    """Legacy text completions: the prompt (the first, if several) echoed back, as with chat."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list):
+        prompt = prompt[0] if prompt and isinstance(prompt[0], str) else " ".join(map(str, prompt))
+    text = f"Echo: {prompt}" if isinstance(prompt, str) and prompt.strip() else "Echo: (no prompt)"
+    words = re.findall(r"\S+\s*", text)
+    max_tokens = body.get("max_tokens")
+    finish = "stop"
+    if isinstance(max_tokens, int) and max_tokens < len(words):
+        words, finish = words[:max_tokens], "length"
+        text = "".join(words)
+    prompt_count = count_tokens(prompt) if isinstance(prompt, str) else 0
+    usage = {"prompt_tokens": prompt_count, "completion_tokens": count_tokens(text),
+             "total_tokens": prompt_count + count_tokens(text)}
+    head = {"id": "cmpl-echo-" + hashlib.sha256(text.encode()).hexdigest()[:16], "object": "text_completion",
+            "created": int(time.time()), "model": body.get("model", "echo")}
+    if not body.get("stream"):
+        return _json(200, {**head, "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}],
+                           "usage": usage})
+    options = body.get("stream_options") or {}
+    return 200, aiter(_text_stream(head, words, finish, usage if options.get("include_usage") else None))
+
+
+async def _text_stream(head: dict[str, Any], words: list[str], finish: str,
+                       usage: dict[str, Any] | None) -> AsyncIterator[bytes]:
+    for i, word in enumerate(words):
+        last = i == len(words) - 1
+        choice = {"text": word, "index": 0, "logprobs": None, "finish_reason": finish if last else None}
+        yield b"data: " + orjson.dumps({**head, "choices": [choice]}) + b"\n\n"
+    if usage is not None:
+        yield b"data: " + orjson.dumps({**head, "choices": [], "usage": usage}) + b"\n\n"
+    yield b"data: [DONE]\n\n"
 
 
 def embedding_for(text: str, dimensions: int) -> list[float]:

@@ -18,6 +18,7 @@ from adapters.errors import APIError
 from adapters.inbound import anthropic_messages
 from proxy.auth import presented_key
 from proxy.errors import GatewayError, error_body
+from proxy.models_api import model_object
 from proxy.pipeline import Answer, ClientWatch, WholeAnswer
 from proxy.pipeline.estimate import estimate_prompt_tokens
 from proxy.requests import read_json
@@ -31,6 +32,10 @@ JSON = "application/json"
 
 async def chat_completions(request: Request) -> Response | SSEResponse:
     return await _serve(request, "chat")
+
+
+async def completions(request: Request) -> Response | SSEResponse:
+    return await _serve(request, "completions")
 
 
 async def embeddings(request: Request) -> Response | SSEResponse:
@@ -171,8 +176,7 @@ class AccountedResponse(Response):
 
 
 def _model_object(runtime: Runtime, name: str) -> dict:
-    alias = runtime.config.models[name]
-    return {"id": name, "object": "model", "created": runtime.created, "owned_by": alias.targets[0].provider}
+    return model_object(runtime.config.models[name], runtime.config.providers, runtime.created)
 
 
 async def list_models(request: Request) -> Response:

@@ -4,7 +4,12 @@ The file (JSON, USD per million tokens)::
 
     {"source": "openrouter", "fetched_at": "2026-01-01T00:00:00Z",
      "models": {"openai/gpt-4o-mini": {"input_per_mtok": 0.15, "output_per_mtok": 0.6,
-                                       "cached_input_per_mtok": 0.075}}}
+                                       "cached_input_per_mtok": 0.075,
+                                       "context_window": 128000, "capabilities": ["tools", "vision"]}}}
+
+``context_window`` and ``capabilities`` (any of CAPABILITIES) are optional metadata: GET /v1/models
+shows them for an alias whose first target's model is in the file (proxy.models_api); they never
+change routing or prices.
 
 A target with neither ``input_per_mtok`` nor ``output_per_mtok`` in gateway.toml takes its prices
 from the file, looked up by its upstream model id: first exactly, then as ``<vendor>/<model>``
@@ -32,24 +37,29 @@ OPENROUTER_URL = "https://openrouter.ai"
 PRICE_FIELDS = ("input_per_mtok", "output_per_mtok", "cached_input_per_mtok", "per_request", "per_image",
                 "per_second", "per_character")
 MEDIA_FIELDS = ("per_image", "per_second", "per_character")  # pass-through endpoints' unit prices
+META_FIELDS = ("context_window", "capabilities")
+CAPABILITIES = ("streaming", "tools", "vision", "reasoning", "embeddings")
 VENDORS = {"openai": "openai", "azure": "openai", "anthropic": "anthropic", "gemini": "google"}
 
 
 # --- reading and applying ------------------------------------------------------------------------------------------
 
 
-def load_prices(path: str | os.PathLike[str]) -> dict[str, dict[str, float]]:
-    """Model id -> price fields. Raises ValueError for a file that is not in the format above."""
+def load_prices(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """Model id -> price (and metadata) fields. Raises ValueError for a file that is not in the format above."""
     data = orjson.loads(Path(path).read_bytes())
     models = data.get("models") if isinstance(data, dict) else None
     if not isinstance(models, dict):
         raise ValueError('expected a JSON object with a "models" object')
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, Any]] = {}
     for model_id, prices in models.items():
         if not isinstance(prices, dict):
             raise ValueError(f"models.{model_id}: expected an object")
-        entry: dict[str, float] = {}
+        entry: dict[str, Any] = {}
         for name, value in prices.items():
+            if name in META_FIELDS:
+                entry[name] = _metadata(f"models.{model_id}.{name}", name, value)
+                continue
             if name not in PRICE_FIELDS:
                 raise ValueError(f"models.{model_id}.{name}: unknown field")
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
@@ -63,6 +73,16 @@ def load_prices(path: str | os.PathLike[str]) -> dict[str, dict[str, float]]:
     return out
 
 
+def _metadata(where: str, name: str, value: Any) -> int | list[str]:
+    if name == "context_window":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{where}: expected an integer >= 1")
+        return value
+    if not isinstance(value, list) or any(v not in CAPABILITIES for v in value):
+        raise ValueError(f"{where}: expected an array of {', '.join(CAPABILITIES)}")
+    return list(value)
+
+
 def apply_prices_file(file: str, path: str, providers: dict[str, ProviderConfig],
                       models: dict[str, ModelAlias]) -> None:
     """Fill unpriced targets from the prices file. A missing file is not an error (it is what
@@ -74,17 +94,20 @@ def apply_prices_file(file: str, path: str, providers: dict[str, ProviderConfig]
     except (OSError, ValueError) as e:  # orjson.JSONDecodeError is a ValueError
         raise ConfigError(file, "storage.prices_file", f"{path}: {e}") from None
     for alias in models.values():
+        first = lookup(prices, alias.targets[0], providers.get(alias.targets[0].provider))
+        if first is not None:  # what /v1/models tells of the alias
+            alias.file_metadata = {k: first[k] for k in META_FIELDS if k in first}
         for target in alias.targets:
             if target.input_per_mtok is None and target.output_per_mtok is None:
                 found = lookup(prices, target, providers.get(target.provider))
                 if found is not None:
-                    for name, value in found.items():
-                        if getattr(target, name) is None:  # a unit price set in gateway.toml wins too
-                            setattr(target, name, value)
+                    for name in PRICE_FIELDS:
+                        if name in found and getattr(target, name) is None:  # a unit price in gateway.toml wins
+                            setattr(target, name, found[name])
 
 
-def lookup(prices: dict[str, dict[str, float]], target: Target,
-           provider: ProviderConfig | None) -> dict[str, float] | None:
+def lookup(prices: dict[str, dict[str, Any]], target: Target,
+           provider: ProviderConfig | None) -> dict[str, Any] | None:
     if not target.model:
         return None  # a glob alias forwards the client's model name: nothing fixed to look up
     if target.model in prices:
@@ -137,12 +160,12 @@ def _per_mtok(value: Any) -> float | None:
     return None if per_token is None else float(per_token * 1_000_000)  # Decimal: "0.00000015" -> exactly 0.15
 
 
-def parse_openrouter(data: Any) -> dict[str, dict[str, float]]:
+def parse_openrouter(data: Any) -> dict[str, dict[str, Any]]:
     """OpenRouter's GET /api/v1/models body -> prices per model id (models without a usable price left out)."""
     items = data.get("data") if isinstance(data, dict) else None
     if not isinstance(items, list):
         raise ValueError('expected a JSON object with a "data" array')
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, Any]] = {}
     for item in items:
         if not isinstance(item, dict) or not isinstance(item.get("id"), str):
             continue
@@ -152,14 +175,38 @@ def parse_openrouter(data: Any) -> dict[str, dict[str, float]]:
         prompt, completion = _per_mtok(pricing.get("prompt")), _per_mtok(pricing.get("completion"))
         if prompt is None or completion is None:
             continue
-        entry = {"input_per_mtok": prompt, "output_per_mtok": completion}
+        entry: dict[str, Any] = {"input_per_mtok": prompt, "output_per_mtok": completion}
         cached = _per_mtok(pricing.get("input_cache_read"))
         if cached is not None:
             entry["cached_input_per_mtok"] = cached
         per_request = _usd(pricing.get("request"))
         if per_request:
             entry["per_request"] = float(per_request)
+        entry.update(openrouter_metadata(item))
         out[item["id"]] = entry
+    return out
+
+
+def openrouter_metadata(item: dict[str, Any]) -> dict[str, Any]:
+    """context_length, and capabilities from supported_parameters and architecture.input_modalities (where
+    OpenRouter states them: a model it lists is a chat model, so one with either also streams)."""
+    out: dict[str, Any] = {}
+    window = item.get("context_length")
+    if isinstance(window, int) and not isinstance(window, bool) and window > 0:
+        out["context_window"] = window
+    params = item.get("supported_parameters")
+    arch = item.get("architecture")
+    modalities = arch.get("input_modalities") if isinstance(arch, dict) else None
+    if isinstance(params, list) or isinstance(modalities, list):
+        params = params if isinstance(params, list) else []
+        caps = ["streaming"]
+        if "tools" in params:
+            caps.append("tools")
+        if isinstance(modalities, list) and "image" in modalities:
+            caps.append("vision")
+        if "reasoning" in params or "include_reasoning" in params:
+            caps.append("reasoning")
+        out["capabilities"] = caps
     return out
 
 
@@ -177,7 +224,7 @@ def fetch_openrouter(base_url: str = OPENROUTER_URL, timeout: float = 30.0) -> d
     return parse_openrouter(data)
 
 
-def write_prices(path: str | os.PathLike[str], prices: dict[str, dict[str, float]], source: str) -> None:
+def write_prices(path: str | os.PathLike[str], prices: dict[str, dict[str, Any]], source: str) -> None:
     """Atomically: a gateway starting meanwhile reads the old file or the new one, never half of one."""
     target = Path(path)
     body = {"source": source, "fetched_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 import orjson
@@ -15,8 +16,8 @@ MAX_JSON_DEPTH = 240
 
 
 def too_large(limit: int) -> GatewayError:
-    return GatewayError(413, f"Request body is larger than the gateway's limit of {limit} bytes.",
-                        code="request_too_large")
+    return GatewayError(413, f"Request body is larger than the gateway's limit of {limit} bytes (decoded, "
+                        "when it came gzip or deflate encoded).", code="request_too_large")
 
 
 async def read_json(request: Request, limit: int) -> dict[str, Any]:
@@ -42,6 +43,9 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
         if not message.get("more_body", False):
             break
     raw = b"".join(chunks)
+    encoding = request.headers.get("content-encoding")
+    if encoding:
+        raw = decoded(raw, encoding, limit)
     if not raw:
         raise bad_request("Request body is empty; expected a JSON object.", code="invalid_json")
     try:
@@ -57,6 +61,42 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
             raise bad_request(f"Request body is nested deeper than {MAX_JSON_DEPTH} levels (in '{deep}').",
                               param=deep, code="invalid_json")
     return body
+
+
+def decoded(raw: bytes, encoding: str, limit: int) -> bytes:
+    """A body sent with ``Content-Encoding`` gzip or deflate (or a list of them, applied in order),
+    decoded to at most ``limit`` bytes: a body that inflates past it is a 413 however small it came."""
+    for coding in reversed([c.strip().lower() for c in encoding.split(",") if c.strip()]):
+        if coding == "identity":
+            continue
+        if coding in ("gzip", "x-gzip"):
+            raw = _inflate(raw, 16 + zlib.MAX_WBITS, coding, limit)
+        elif coding == "deflate":
+            try:
+                raw = _inflate(raw, zlib.MAX_WBITS, coding, limit)  # the zlib stream HTTP means by deflate
+            except GatewayError as e:
+                if e.status != 400:
+                    raise
+                raw = _inflate(raw, -zlib.MAX_WBITS, coding, limit)  # raw deflate, as some clients send it
+        else:
+            raise GatewayError(415, f"Content-Encoding {coding!r} is not supported: send the body as is, or "
+                               "gzip or deflate encoded.", code="unsupported_content_encoding")
+    return raw
+
+
+def _inflate(raw: bytes, wbits: int, coding: str, limit: int) -> bytes:
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(raw, limit + 1)  # never more than one byte past the limit is made
+    except zlib.error:
+        raise bad_request(f"Request body is not valid {coding} data (Content-Encoding: {coding}).",
+                          code="invalid_body_encoding") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise too_large(limit)
+    if not inflater.eof:
+        raise bad_request(f"Request body ends inside its {coding} data (Content-Encoding: {coding}).",
+                          code="invalid_body_encoding")
+    return out
 
 
 def too_deep(body: dict[str, Any], limit: int = MAX_JSON_DEPTH) -> str | None:

@@ -45,6 +45,7 @@ class ServerConfig:
     header_timeout_s: float = 10.0  # from a request's first byte until its headers are complete
     body_timeout_s: float = 30.0  # from the headers until the body's last byte
     max_connections: int = 10_000  # per process; more are answered 503 and closed at once
+    cors_origins: list[str] = field(default_factory=list)  # browser origins allowed to call; [] = no CORS headers
 
     @property
     def max_body_bytes(self) -> int:
@@ -84,6 +85,8 @@ class ModelAlias:
     retry_after_cap_s: float = 5.0
     rpm: int | None = None  # limits for the alias as a whole, e.g. to protect a provider quota
     tpm: int | None = None
+    capabilities: tuple[str, ...] | None = None  # what GET /v1/models says the alias can do; None = not said
+    file_metadata: dict[str, Any] = field(default_factory=dict)  # the prices file's context_window, capabilities
     is_glob: bool = field(init=False)  # a pattern such as "openai/*": set from the name, read per request
 
     def __post_init__(self) -> None:

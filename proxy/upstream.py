@@ -127,13 +127,28 @@ class Upstream:
         for pool in self.pools.values():
             pool.close()
 
-    async def fetch(self, req: UpstreamRequest, connect_s: float, total_s: float) -> bytes:
-        """Send and read the whole response; a non-2xx answer raises the adapter's UpstreamError."""
+    async def fetch(self, req: UpstreamRequest, connect_s: float, total_s: float,
+                    first_byte_s: float | None = None) -> bytes:
+        """Send and read the whole response; a non-2xx answer raises the adapter's UpstreamError.
+        ``first_byte_s`` (a target's first_byte_timeout_s) bounds the wait for the response head."""
         pool, target = self._route(req.url)
         response = None
         try:
-            # The connection's own timer enforces total_s: cheaper than an asyncio.timeout scope.
-            response = await pool.request(req.method, target, req.headers, req.content, connect_s, None, total_s)
+            # The connection's own timer enforces total_s: cheaper than an asyncio.timeout scope, which is
+            # paid only when the head must come sooner than the whole answer.
+            if first_byte_s is not None and first_byte_s < total_s:
+                head = asyncio.timeout(first_byte_s)
+                try:
+                    async with head:
+                        response = await pool.request(req.method, target, req.headers, req.content, connect_s,
+                                                      None, total_s)
+                except TimeoutError:
+                    if not head.expired():
+                        raise  # the connect timeout, reported as such below
+                    raise UpstreamError(504, f"upstream {self.provider.name} sent no response head in {first_byte_s}s",
+                                        "timeout", "timeout", "upstream_timeout") from None
+            else:
+                response = await pool.request(req.method, target, req.headers, req.content, connect_s, None, total_s)
             body = await response.read()
         except ResponseTooLarge as exc:
             if response is not None:
@@ -212,7 +227,8 @@ class EchoStream:
 class EchoUpstream(Upstream):
     """kind = "echo": the same adapter and code path, answered in-process instead of over a socket."""
 
-    async def fetch(self, req: UpstreamRequest, connect_s: float, total_s: float) -> bytes:
+    async def fetch(self, req: UpstreamRequest, connect_s: float, total_s: float,
+                    first_byte_s: float | None = None) -> bytes:
         status, body = echo.answer(req.url, req.content)
         assert isinstance(body, bytes)
         if status >= 300:

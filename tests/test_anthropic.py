@@ -528,8 +528,8 @@ def test_unsupported_fields_are_dropped_when_the_target_says_so(client, fake, ex
 
 
 @pytest.mark.parametrize("model,exc,status", [
-    ("fail-400", openai.BadRequestError, 400), ("fail-401", openai.AuthenticationError, 401),
-    ("fail-403", openai.PermissionDeniedError, 403), ("fail-404", openai.NotFoundError, 404),
+    ("fail-400", openai.BadRequestError, 400), ("fail-401", openai.InternalServerError, 502),
+    ("fail-403", openai.InternalServerError, 502), ("fail-404", openai.NotFoundError, 404),
     ("fail-500", openai.InternalServerError, 502), ("not-json", openai.InternalServerError, 502)])
 @pytest.mark.parametrize("stream", [False, True])
 def test_error_statuses(client, model, exc, status, stream):
@@ -571,15 +571,18 @@ def test_stream_cut_before_message_stop_is_an_error(client):
 
 
 def test_provider_key_never_reaches_the_client(client):
-    with pytest.raises(openai.AuthenticationError) as e:
+    with pytest.raises(openai.InternalServerError) as e:
         client.chat.completions.create(model="c-leak-key", messages=MSGS)
     assert ANTHROPIC_KEY not in json.dumps(e.value.body) and "***" in e.value.body["message"]
 
 
 def test_wrong_provider_key_and_beta_header(make_gateway, fake, tmp_path):
     wrong = make_gateway(config(fake.url, tmp_path, key="sk-ant-wrong"))
-    with pytest.raises(openai.AuthenticationError, match="invalid x-api-key"):
+    with pytest.raises(openai.InternalServerError, match="invalid x-api-key") as e:
         wrong.client().chat.completions.create(model="c-claude-ok", messages=MSGS)
+    # Anthropic refusing the gateway's key is not the client's bad key: a 502 that names the provider.
+    assert e.value.status_code == 502 and e.value.body["code"] == "upstream_auth_failed"
+    assert "refused the gateway's credentials" in e.value.message and e.value.body["code"] != "invalid_api_key"
     beta = make_gateway(config(fake.url, tmp_path,
                                extra_provider='anthropic_beta = "fine-grained-tool-streaming-2025-05-14"'))
     beta.client().chat.completions.create(model="c-claude-ok", messages=MSGS)

@@ -86,3 +86,86 @@ def test_paths_without_v1_prefix(gateway):
 def test_health_endpoints(gateway):
     assert httpx.get(gateway.url + "/healthz").json() == {"status": "ok"}
     assert httpx.get(gateway.url + "/readyz").status_code == 200
+
+
+def test_float_arrays_answered_to_base64_are_encoded(make_gateway, fake_openai, tmp_path):
+    """An upstream that answers float arrays to encoding_format=base64 (Ollama, LM Studio, Infinity): the
+    gateway packs them as OpenAI does (little-endian float32), since an SDK that asked for base64 decodes
+    whatever it gets (the Node SDK turns an array into [0, 0])."""
+    import base64
+    import struct
+
+    from tests.conftest import base_config
+
+    extra = '[[models]]\nname = "floaty"\ntargets = [{ provider = "fake", model = "floats-always" }]\n'
+    gw = make_gateway(base_config(fake_openai.url, tmp_path / "gw.db", extra))
+    raw = gw.client().embeddings.with_raw_response.create(model="floaty", input=["hello world", "abc"],
+                                                          dimensions=4, encoding_format="base64")
+    wire = raw.http_response.json()["data"]
+    assert fake_openai.app.state.fake.last()["body"]["encoding_format"] == "base64"
+    assert all(isinstance(d["embedding"], str) for d in wire)
+    expected = [[round((len(t) + j) / 100, 4) for j in range(4)] for t in ("hello world", "abc")]
+    for d, vec in zip(wire, expected, strict=True):
+        assert list(struct.unpack("<4f", base64.b64decode(d["embedding"]))) == pytest.approx(vec, rel=1e-6)
+    # Unless told a format, the SDK asks for base64 and decodes it (with numpy or struct) itself.
+    parsed = gw.client().embeddings.create(model="floaty", input=["hello world", "abc"], dimensions=4)
+    assert fake_openai.app.state.fake.last()["body"]["encoding_format"] == "base64"
+    assert [d.embedding for d in parsed.data] == [pytest.approx(v, rel=1e-6) for v in expected]
+    floats = gw.client().embeddings.create(model="floaty", input="abc", dimensions=4, encoding_format="float")
+    assert floats.data[0].embedding == pytest.approx(expected[1], rel=1e-6)  # float requests stay floats
+
+
+def test_models_tell_context_window_prices_and_capabilities(make_gateway, fake_openai, tmp_path):
+    """Each alias's context window, prices per million tokens and capabilities, from gateway.toml and the
+    prices file, as extra fields of OpenAI's model object (the SDK keeps them in model_extra)."""
+    import orjson
+
+    from tests.conftest import base_config
+
+    (tmp_path / "prices.json").write_bytes(orjson.dumps({"models": {
+        "openai/gpt-4.1": {"input_per_mtok": 2.0, "output_per_mtok": 8.0, "cached_input_per_mtok": 0.5,
+                           "context_window": 1047576, "capabilities": ["streaming", "tools", "vision"]}}}))
+    extra = """
+[providers.oai]
+kind = "openai"
+base_url = "http://127.0.0.1:9/v1"
+api_key = "sk-unused"
+
+[[models]]
+name = "smart"
+targets = [{ provider = "oai", model = "gpt-4.1" }]
+
+[[models]]
+name = "said"
+capabilities = ["streaming", "tools", "reasoning"]
+targets = [{ provider = "oai", model = "gpt-4.1", context_window = 200000, input_per_mtok = 3, output_per_mtok = 15 }]
+"""
+    toml = base_config(fake_openai.url, tmp_path / "gw.db", extra).replace(
+        "[storage]\n", f'[storage]\nprices_file = "{tmp_path / "prices.json"}"\n', 1)
+    client = make_gateway(toml).client()
+    listed = {m.id: m.model_extra for m in client.models.list()}
+    assert listed["smart"] == {
+        "context_window": 1047576,
+        "pricing": {"input_per_million": 2.0, "output_per_million": 8.0, "cached_input_per_million": 0.5},
+        "capabilities": {"streaming": True, "tools": True, "vision": True, "reasoning": False, "embeddings": False}}
+    # gateway.toml wins over the file: its window, its prices, its capabilities
+    assert listed["said"] == {
+        "context_window": 200000, "pricing": {"input_per_million": 3.0, "output_per_million": 15.0},
+        "capabilities": {"streaming": True, "tools": True, "vision": False, "reasoning": True, "embeddings": False}}
+    assert listed["gpt-test"]["pricing"] == {"input_per_million": 1.0, "output_per_million": 2.0}
+    assert listed["a-ok"] == {"context_window": None, "pricing": None, "capabilities": None}  # nothing says
+    assert listed["echo"]["capabilities"]["embeddings"] is True and listed["echo"]["pricing"] is None
+    one = client.models.retrieve("smart")
+    assert one.id == "smart" and one.owned_by == "oai" and one.model_extra == listed["smart"]
+
+
+def test_an_unknown_capability_fails_at_start(fake_openai, tmp_path):
+    import tomllib
+
+    from proxy.config import ConfigError, parse_config
+    from tests.conftest import base_config
+
+    extra = '[[models]]\nname = "x"\ncapabilities = ["tools", "telepathy"]\ntargets = [{ provider = "fake" }]\n'
+    with pytest.raises(ConfigError) as e:
+        parse_config(tomllib.loads(base_config(fake_openai.url, tmp_path / "gw.db", extra)), "gateway.toml", {})
+    assert e.value.key.endswith(".capabilities") and "telepathy" in e.value.reason

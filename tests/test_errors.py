@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -110,7 +111,7 @@ def test_stream_upstream_error_before_first_byte_is_http_status(gateway):
 
 def test_provider_key_never_in_error(gateway):
     r = httpx.post(gateway.url + "/v1/chat/completions", headers=AUTH, json={"model": "a-leak-key", "messages": MSGS})
-    err = assert_openai_error(r, 401)
+    err = assert_openai_error(r, 502)  # the provider refused the gateway's key: not the client's 401
     assert PROVIDER_KEY not in r.text and "***" in err["message"]
 
 
@@ -264,3 +265,72 @@ def test_odd_gemini_answers_become_openai_errors(make_gateway, fake_openai, tmp_
     r, _ = _ask_raw_upstream(make_gateway, fake_openai, tmp_path, answer, kind="gemini")
     err = assert_openai_error(r, 502)
     assert err["code"] == code and says in err["message"] and "raw-key" not in r.text
+
+
+def test_provider_refusing_its_credentials_is_a_502_naming_it_and_counted(make_gateway, fake_openai, tmp_path):
+    """An upstream 401/403 is the gateway's provider key refused, not the client's key: the client gets a
+    502 naming the provider (never invalid_api_key), and gateway_upstream_errors_total counts it."""
+    gw = make_gateway(base_config(fake_openai.url, tmp_path / "gw.db"))
+    client = gw.client()
+    for stream in (False, True):
+        with pytest.raises(openai.InternalServerError) as e:
+            client.chat.completions.create(model="a-fail-401", messages=MSGS, stream=stream)
+        assert e.value.status_code == 502 and e.value.body["code"] == "upstream_auth_failed"
+        assert e.value.body["code"] != "invalid_api_key" and e.value.body["type"] == "upstream_error"
+        assert "upstream fake refused the gateway's credentials for it (HTTP 401)" in e.value.message
+    metrics = httpx.get(gw.url + "/metrics").text
+    assert 'gateway_upstream_errors_total{provider="fake",reason="auth_refused"} 2.0' in metrics
+
+
+def test_a_provider_without_the_key_its_kind_needs_is_named_at_start(make_gateway, fake_openai, tmp_path, caplog):
+    extra = """
+[providers.claude]
+kind = "anthropic"
+
+[providers.openai_com]
+kind = "openai"
+
+[providers.vertex]
+kind = "gemini"
+headers = { authorization = "Bearer ya29.token" }
+"""
+    with caplog.at_level(logging.WARNING, logger="gateway"):
+        make_gateway(base_config(fake_openai.url, tmp_path / "gw.db", extra))
+    warned = " ".join(r.getMessage() for r in caplog.records if "has no api_key" in r.getMessage())
+    assert "provider claude (kind anthropic)" in warned and "provider openai_com (kind openai)" in warned
+    assert "vertex" not in warned and "local" not in warned and "fake" not in warned  # a key, a header, or none needed
+
+
+def test_first_byte_timeout_bounds_a_whole_body_answers_head(make_gateway, fake_openai, tmp_path):
+    """first_byte_timeout_s is not only for streams: a whole-body request whose response head has not come
+    in time fails with 504 (and may fall back), instead of waiting out timeout_s."""
+    extra = """
+[[models]]
+name = "late-head"
+targets = [{ provider = "fake", model = "delay-3000", first_byte_timeout_s = 0.3, timeout_s = 20, max_retries = 0 }]
+
+[[models]]
+name = "slow-body"
+targets = [{ provider = "fake", model = "delay-1800", timeout_s = 20, max_retries = 0 }]
+"""
+    gw = make_gateway(base_config(fake_openai.url, tmp_path / "gw.db", extra))
+    with pytest.raises(openai.APIStatusError) as e:
+        gw.client(timeout=15).chat.completions.create(model="late-head", messages=MSGS)
+    assert e.value.status_code == 504 and e.value.body["code"] == "upstream_timeout"
+    assert "sent no response head in 0.3s" in e.value.message
+    # Unset on the target, the provider-wide default (1.5 s here) does not cut a slow whole-body answer
+    # that the target's own timeout_s allows.
+    assert gw.client(timeout=15).chat.completions.create(model="slow-body", messages=MSGS).choices
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/v1/chat/completions/", {"model": "echo", "messages": MSGS}),
+    ("/v1/embeddings/", {"model": "echo", "input": "hi"}),
+    ("/v1/completions/", {"model": "echo", "prompt": "hi"}),
+    ("/chat/completions/", {"model": "echo", "messages": MSGS}),
+])
+def test_a_trailing_slash_is_served_like_the_route_without_it(gateway, path, body):
+    r = httpx.post(gateway.url + path, headers=AUTH, json=body)
+    assert r.status_code == 200 and r.json()["model"] == "echo"
+    r = httpx.get(gateway.url + "/v1/models/", headers=AUTH)
+    assert r.status_code == 200 and r.json()["object"] == "list"

@@ -218,6 +218,23 @@ def test_reasoning_effort_to_thinking_config(oc, fake, alias, effort, expected):
     assert fake.last()["body"]["generationConfig"] == {"thinkingConfig": expected}
 
 
+def test_top_k_is_mapped(oc, fake):
+    """top_k (an extension OpenAI-compatible servers take) reaches Gemini as topK instead of being dropped."""
+    oc.chat.completions.create(model="g-text", messages=MSGS, extra_body={"top_k": 40})
+    assert fake.last()["body"]["generationConfig"] == {"topK": 40}
+
+
+@pytest.mark.parametrize("effort,max_tokens,budget", [("low", 500, 499), ("minimal", 512, 511), ("low", 5000, 1024),
+                                                      ("none", 300, 0)])
+def test_thinking_budget_fits_under_max_tokens(oc, fake, effort, max_tokens, budget):
+    """Thoughts count against maxOutputTokens: a budget at or past it is cut to the limit less one, as the
+    Anthropic adapter does, so the answer keeps room."""
+    oc.chat.completions.create(model="g-text", messages=MSGS, reasoning_effort=effort, max_tokens=max_tokens)
+    config = fake.last()["body"]["generationConfig"]
+    assert config["maxOutputTokens"] == max_tokens
+    assert config["thinkingConfig"]["thinkingBudget"] == budget < max_tokens
+
+
 def test_bad_values_are_400_naming_the_field(oc, fake):
     with pytest.raises(openai.BadRequestError) as e:
         oc.chat.completions.create(model="g-text", messages=MSGS, reasoning_effort="extreme")
@@ -468,7 +485,7 @@ def test_embeddings_inputs_gemini_cannot_take_are_400(oc):
 
 @pytest.mark.parametrize("alias,status,exc,code", [
     ("g-fail-400", 400, openai.BadRequestError, "invalid_argument"),
-    ("g-fail-403", 403, openai.PermissionDeniedError, "permission_denied"),
+    ("g-fail-403", 502, openai.InternalServerError, "upstream_auth_failed"),
     ("g-fail-404", 404, openai.NotFoundError, "not_found"),
     ("g-fail-500", 502, openai.InternalServerError, "upstream_error"),
     ("g-fail-503", 502, openai.InternalServerError, "upstream_error"),
@@ -496,11 +513,13 @@ def test_429_keeps_retry_after(oc, alias, retry_after):
     assert e.value.body["type"] == "rate_limit_error" and "quota" in e.value.message + "exhausted"
 
 
-def test_invalid_provider_key_is_401_and_never_shown(oc, gw, fake):
+def test_invalid_provider_key_is_502_naming_the_provider_and_never_shown(oc, gw, fake):
+    """Google refusing the gateway's key is not the client's bad key: a 502 naming the provider."""
     for stream in (False, True):
-        with pytest.raises(openai.AuthenticationError) as e:
+        with pytest.raises(openai.InternalServerError) as e:
             oc.chat.completions.create(model="g-badkey", messages=MSGS, stream=stream)
-        assert e.value.body["code"] == "invalid_api_key" and "API key not valid" in e.value.message
+        assert e.value.status_code == 502 and e.value.body["code"] == "upstream_auth_failed"
+        assert "refused the gateway's credentials" in e.value.message and "API key not valid" in e.value.message
         assert "revoked" not in json.dumps(e.value.body)
     assert fake.last()["headers"]["x-goog-api-key"] == "AIzaSy-revoked-key"
 

@@ -228,3 +228,53 @@ def _as_raw(r: httpx.Response):
     from tests.hostile import Response
 
     return Response(r.status_code, {k.lower(): v for k, v in r.headers.items()}, r.content)
+
+
+# --- Content-Encoding -------------------------------------------------------------------------------
+
+
+def _encoded_config(fake_url: str, tmp_path) -> str:
+    config = base_config(fake_url, tmp_path / "gw.db")
+    return config.replace("require_auth = true", "require_auth = true\nmax_body_mb = 1")
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "deflate-raw", "gzip, identity"])
+def test_gzip_and_deflate_bodies_are_decoded(make_gateway, fake_openai, tmp_path, coding):
+    import gzip
+    import zlib
+
+    gw = make_gateway(_encoded_config(fake_openai.url, tmp_path))
+    body = orjson.dumps({"model": "gpt-test", "messages": [{"role": "user", "content": "squeezed"}]})
+    if coding.startswith("gzip"):
+        data = gzip.compress(body)
+    elif coding == "deflate":
+        data = zlib.compress(body)
+    else:
+        packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+        data, coding = packer.compress(body) + packer.flush(), "deflate"
+    r = httpx.post(gw.url + "/v1/chat/completions", content=data, timeout=10,
+                   headers={"authorization": f"Bearer {GATEWAY_KEY}", "content-type": "application/json",
+                            "content-encoding": coding})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == "Hello squeezed"
+
+
+def test_a_zip_bomb_is_413_and_bad_encodings_are_refused(make_gateway, fake_openai, tmp_path):
+    import gzip
+
+    gw = make_gateway(_encoded_config(fake_openai.url, tmp_path))
+    headers = {"authorization": f"Bearer {GATEWAY_KEY}", "content-type": "application/json"}
+    # 64 MB of spaces inside valid JSON packs into about 64 KB: far under the 1 MB limit as sent.
+    bomb = gzip.compress(b'{"model": "gpt-test", "messages": [' + b" " * (64 << 20) + b"]}", compresslevel=9)
+    assert len(bomb) < (1 << 20)
+    r = httpx.post(gw.url + "/v1/chat/completions", content=bomb, timeout=30,
+                   headers={**headers, "content-encoding": "gzip"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    r = httpx.post(gw.url + "/v1/chat/completions", content=b"\x28\xb5\x2f\xfd", timeout=10,
+                   headers={**headers, "content-encoding": "zstd"})
+    assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_content_encoding"
+    assert "zstd" in r.json()["error"]["message"]
+    r = httpx.post(gw.url + "/v1/chat/completions", content=b"not gzip at all", timeout=10,
+                   headers={**headers, "content-encoding": "gzip"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_body_encoding"
+    assert gw.client().chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "x"}]).choices

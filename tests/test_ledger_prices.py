@@ -22,7 +22,9 @@ from tests.servers import ServerThread
 MODELS = [
     {"id": "openai/gpt-4o-mini", "name": "OpenAI: GPT-4o-mini", "context_length": 128000,
      "pricing": {"prompt": "0.00000015", "completion": "0.0000006", "request": "0", "image": "0",
-                 "web_search": "0", "internal_reasoning": "0", "input_cache_read": "0.000000075"}},
+                 "web_search": "0", "internal_reasoning": "0", "input_cache_read": "0.000000075"},
+     "architecture": {"input_modalities": ["text", "image", "file"], "output_modalities": ["text"]},
+     "supported_parameters": ["max_tokens", "temperature", "tools", "tool_choice", "response_format"]},
     {"id": "anthropic/claude-3.5-haiku", "pricing": {"prompt": "0.0000008", "completion": "0.000004",
                                                      "request": "0.005"}},
     {"id": "openai/ok", "pricing": {"prompt": "0.000002", "completion": "0.000008", "input_cache_read": "0.0000005"}},
@@ -62,7 +64,8 @@ def test_refresh_writes_per_million_prices(openrouter, tmp_path, capsys):
     assert capsys.readouterr().out.strip() == f"wrote 4 model prices from openrouter to {out}"
     models = orjson.loads(out.read_bytes())["models"]
     assert models["openai/gpt-4o-mini"] == {"input_per_mtok": 0.15, "output_per_mtok": 0.6,
-                                            "cached_input_per_mtok": 0.075}
+                                            "cached_input_per_mtok": 0.075, "context_window": 128000,
+                                            "capabilities": ["streaming", "tools", "vision"]}
     assert models["anthropic/claude-3.5-haiku"] == {"input_per_mtok": 0.8, "output_per_mtok": 4.0,
                                                     "per_request": 0.005}
     assert models["meta/free"] == {"input_per_mtok": 0.0, "output_per_mtok": 0.0}

@@ -62,7 +62,7 @@ def test_one_line_per_request_with_its_numbers(make_gateway, fake_openai, tmp_pa
                                                  extra_headers={"x-request-id": f"{run}-2"}))
     with pytest.raises(openai.InternalServerError):
         client.chat.completions.create(model="a-fail-500", messages=MSGS, extra_headers={"x-request-id": f"{run}-3"})
-    with pytest.raises(openai.AuthenticationError):  # the upstream echoes the provider key in its message
+    with pytest.raises(openai.InternalServerError):  # the upstream refuses, echoing the provider key
         client.chat.completions.create(model="a-leak-key", messages=MSGS, extra_headers={"x-request-id": f"{run}-4"})
     with pytest.raises(openai.PermissionDeniedError):
         gw.client(LIMITED_KEY).chat.completions.create(model="a-fail-500", messages=MSGS,
@@ -92,7 +92,7 @@ def test_one_line_per_request_with_its_numbers(make_gateway, fake_openai, tmp_pa
 
     failed = lines["3"]
     assert (failed["status"], failed["error_type"], failed["attempts"]) == (502, "status_5xx", 2)
-    assert lines["4"]["status"] == 401 and lines["4"]["error_type"] == "status_4xx"
+    assert lines["4"]["status"] == 502 and lines["4"]["error_type"] == "auth_refused"
     refused = lines["5"]
     assert (refused["key"], refused["status"], refused["provider"], refused["attempts"]) == ("limited", 403, None, 0)
     for line in lines.values():

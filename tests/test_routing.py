@@ -137,8 +137,7 @@ def test_first_byte_timeout_falls_back_and_closes_the_slow_stream(route, fake_op
     assert outcomes[before:] == ["client_gone"]
 
 
-@pytest.mark.parametrize("status,exc", [(400, openai.BadRequestError), (401, openai.AuthenticationError),
-                                        (404, openai.NotFoundError)])
+@pytest.mark.parametrize("status,exc", [(400, openai.BadRequestError), (404, openai.NotFoundError)])
 def test_no_fallback_on_client_errors(route, fake_openai, status, exc):
     gw = route(alias("a", [f'provider = "fake", model = "fail-{status}"', 'provider = "other", model = "ok"']))
     seen = len(fake_openai.app.state.fake.requests)
@@ -147,6 +146,13 @@ def test_no_fallback_on_client_errors(route, fake_openai, status, exc):
     assert e.value.status_code == status
     assert e.value.response.headers["x-gateway-attempts"] == "1"
     assert len(fake_openai.app.state.fake.requests) == seen + 1
+
+
+def test_a_provider_refusing_its_credentials_falls_back(route, fake_openai):
+    """A 401 from a provider is its credentials' fault, not the request's: the next target may serve it."""
+    gw = route(alias("a", ['provider = "fake", model = "fail-401"', 'provider = "other", model = "ok"']))
+    raw = gw.client().chat.completions.with_raw_response.create(model="a", messages=MSGS)
+    assert served_by(raw) == ("other", "ok", 2)
 
 
 def test_retries_the_same_target_before_falling_back(route):

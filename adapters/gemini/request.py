@@ -16,8 +16,8 @@ Request mapping (OpenAI -> Gemini)
                               Schema passes unchanged) / ``functionCallingConfig``: auto AUTO, none NONE,
                               required ANY, a named function ANY + allowedFunctionNames, allowed_tools
                               (auto: the declarations are narrowed; required: ANY + allowedFunctionNames)
-  max_completion_tokens ?? max_tokens, temperature, top_p, stop, n, seed, presence/frequency_penalty
-                              ``generationConfig`` maxOutputTokens, temperature, topP, stopSequences,
+  max_completion_tokens ?? max_tokens, temperature, top_p, top_k, stop, n, seed, presence/frequency_penalty
+                              ``generationConfig`` maxOutputTokens, temperature, topP, topK, stopSequences,
                               candidateCount, seed, presencePenalty, frequencyPenalty. No max is sent when
                               the client sets none: Gemini needs none, and on thinking models a default cap
                               would eat into the thinking budget.
@@ -27,7 +27,8 @@ Request mapping (OpenAI -> Gemini)
                               a thinkingLevel: none and minimal MINIMAL, low LOW, medium MEDIUM, high/xhigh/max
                               HIGH. Older models take a thinkingBudget: none 0, minimal 512, low 1024, medium
                               8192, high/xhigh/max 24576 (the bounds every 2.5 model accepts; low/medium/high
-                              match Google's own OpenAI-compatible endpoint). Unless the effort is none,
+                              match Google's own OpenAI-compatible endpoint), cut to maxOutputTokens - 1 when
+                              the client's limit is not above it. Unless the effort is none,
                               includeThoughts is set so thought summaries come back as reasoning_content.
                               Levels a model does not offer (e.g. MINIMAL on Gemini 3 Pro) are Google's 400.
   logprobs, logit_bias, audio output, prediction, web_search_options, file_id inputs, non-function tools
@@ -338,7 +339,7 @@ class ChatRequestBuilder:
             max_tokens = b.get("max_tokens")
         if max_tokens is not None:
             config["maxOutputTokens"] = max_tokens
-        for src, dst in (("temperature", "temperature"), ("top_p", "topP"), ("n", "candidateCount"),
+        for src, dst in (("temperature", "temperature"), ("top_p", "topP"), ("top_k", "topK"), ("n", "candidateCount"),
                          ("seed", "seed"), ("presence_penalty", "presencePenalty"),
                          ("frequency_penalty", "frequencyPenalty")):
             if b.get(src) is not None:
@@ -381,6 +382,11 @@ class ChatRequestBuilder:
         thinking: dict[str, Any] = (
             {"thinkingLevel": THINKING_LEVELS[effort]} if self.gemini3 else {"thinkingBudget": THINKING_BUDGETS[effort]}
         )
+        asked = config.get("maxOutputTokens")
+        if "thinkingBudget" in thinking and isinstance(asked, int) and thinking["thinkingBudget"] >= asked:
+            # Thoughts count against maxOutputTokens: a budget past it would leave no room for the answer
+            # (as adapters.anthropic does, the budget is cut to the limit less one).
+            thinking["thinkingBudget"] = max(0, asked - 1)
         if effort != "none":
             thinking["includeThoughts"] = True
         config["thinkingConfig"] = thinking

@@ -8,10 +8,11 @@ cached = cachedContentTokenCount. A thoughtSignature on a text part (not a funct
 recommends but does not require sending those back.
 
 Errors: Google's ``{"error":{code,message,status,details}}``. The status string decides: INVALID_ARGUMENT,
-FAILED_PRECONDITION, OUT_OF_RANGE 400; PERMISSION_DENIED 403; NOT_FOUND 404; RESOURCE_EXHAUSTED 429 with
+FAILED_PRECONDITION, OUT_OF_RANGE 400; PERMISSION_DENIED (the gateway's credentials refused) 502;
+NOT_FOUND 404; RESOURCE_EXHAUSTED 429 with
 Retry-After (the header, else RetryInfo.retryDelay); INTERNAL, UNAVAILABLE, DEADLINE_EXCEEDED and other
 server-side statuses 502 (retryable). A rejected provider key (ErrorInfo reason API_KEY_INVALID, or
-UNAUTHENTICATED) is a 401.
+UNAUTHENTICATED) is a 502 too, naming the provider (adapters.base.credentials_refused).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from adapters.base import (
     UpstreamError,
     Usage,
     bad_response,
+    credentials_refused,
     int_or_zero,
     loads_object,
     upstream_status_error,
@@ -164,10 +166,8 @@ def google_error(provider: ProviderConfig, status: int, data: Any, retry_after: 
     details = err.get("details") if isinstance(err.get("details"), list) else []
     reasons = {d.get("reason") for d in details if isinstance(d, dict)}
     if "API_KEY_INVALID" in reasons or google_status == "UNAUTHENTICATED":
-        # The gateway's own provider key was refused: an authentication failure, never the key itself.
-        return UpstreamError(401, f"upstream {provider.name} rejected the provider API key: {message}",
-                             "status_4xx", "invalid_request_error", "invalid_api_key", upstream_status=status,
-                             redactor=provider.redactor)
+        # The gateway's own provider key was refused: a 502 naming the provider, never the client's 401.
+        return credentials_refused(provider, status, message)
     code_value = err.get("code")
     fallback = code_value if isinstance(code_value, int) and 400 <= code_value < 600 else status
     mapped = GOOGLE_STATUS.get(google_status, fallback)

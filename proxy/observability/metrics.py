@@ -52,7 +52,7 @@ MAX_LABEL_CHARS = 100
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
-UPSTREAM_REASONS = frozenset({"timeout", "connection", "status_5xx", "status_429", "bad_response"})
+UPSTREAM_REASONS = frozenset({"timeout", "connection", "status_5xx", "status_429", "bad_response", "auth_refused"})
 # Exported at 0 from the start, so that rate() sees the first refusal.
 RATELIMIT_SCOPES = ("key", "model", "global", "parallel", "budget")
 AUTH_FAILURE_CODES = ("invalid_api_key", "expired_api_key")  # the 401 codes: a bounded label

@@ -3,7 +3,7 @@
 No tokenizer runs on the request path, so every part of the body is counted by a rule with a stated
 error instead, in one walk of the parts that reach the model:
 
-- text (message contents, names, tool calls and their arguments, embeddings input): ASCII at
+- text (message contents, names, tool calls and their arguments, embeddings input, completion prompts): ASCII at
   ``CHARS_PER_TOKEN`` characters a token, rounded up per string; other text at one token a character
   (CJK and most non-Latin scripts take about one token a character or less);
 - JSON the provider renders into the prompt (``tools``, ``functions``, ``tool_choice``,
@@ -48,6 +48,9 @@ def estimate_prompt_tokens(body: dict[str, Any]) -> int:
     inputs = body.get("input")
     if inputs is not None:
         tokens += _input(inputs)
+    prompt = body.get("prompt")  # legacy completions: the same shapes as embeddings input
+    if prompt is not None:
+        tokens += _input(prompt)
     for name in JSON_FIELDS:
         value = body.get(name)
         if value is not None:

@@ -13,7 +13,16 @@ from proxy.client_request import ClientRequest
 from proxy.errors import bad_request
 from proxy.frontend import MessagesFrontend, ResponsesFrontend
 from proxy.pipeline.estimate import choices_of, estimate_prompt_tokens
-from proxy.pipeline.validate import CHAT, EMBEDDINGS, check_input, check_messages, check_model, check_params
+from proxy.pipeline.validate import (
+    CHAT,
+    COMPLETIONS,
+    EMBEDDINGS,
+    check_input,
+    check_messages,
+    check_model,
+    check_params,
+    check_prompt,
+)
 
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
@@ -43,9 +52,11 @@ def parse(endpoint: str, body: dict[str, Any], request_id: str, header_id: str,
     model = check_model(body.get("model"))
     if endpoint == "chat":
         check_chat(body)
+    elif endpoint == "completions":
+        check_completions(body)
     else:
         check_embeddings(body)
-    stream = endpoint == "chat" and body.get("stream") is True
+    stream = endpoint != "embeddings" and body.get("stream") is True
     return ClientRequest(endpoint, model, body, request_id, header_id, stream, include_usage(body),
                          estimate_prompt_tokens(body), requested_max_tokens(body), choices_of(body))
 
@@ -89,6 +100,11 @@ def check_chat(body: dict[str, Any]) -> None:
     if flag is not None and not isinstance(flag, bool):
         raise bad_request("Invalid type for 'stream_options.include_usage': expected a boolean.",
                           param="stream_options.include_usage", code="invalid_type")
+
+
+def check_completions(body: dict[str, Any]) -> None:
+    check_prompt(body.get("prompt"))
+    check_params(body, COMPLETIONS)
 
 
 def check_embeddings(body: dict[str, Any]) -> None:

@@ -1,6 +1,6 @@
 """The parse stage's checks of a request body against OpenAI's schemas (CreateChatCompletionRequest,
-CreateEmbeddingRequest): a parameter OpenAI would reject for its type or range gets a 400 naming it
-here, instead of reaching a provider (or a gateway stage that assumes the type).
+CreateCompletionRequest, CreateEmbeddingRequest): a parameter OpenAI would reject for its type or range
+gets a 400 naming it here, instead of reaching a provider (or a gateway stage that assumes the type).
 
 Only parameters OpenAI defines are checked, and only what OpenAI itself rejects; anything else passes
 through untouched for providers with extensions of their own. ``null`` counts as not sent, as the
@@ -132,6 +132,25 @@ CHAT: dict[str, Check] = {
     "web_search_options": OBJECT,
 }
 
+COMPLETIONS: dict[str, Check] = {  # CreateCompletionRequest
+    "best_of": integer(0, 20),
+    "echo": BOOLEAN,
+    "frequency_penalty": number(-2, 2),
+    "presence_penalty": number(-2, 2),
+    "logit_bias": OBJECT,
+    "logprobs": integer(0, 5),
+    "max_tokens": integer(0),
+    "n": integer(1, 128),
+    "seed": integer(),
+    "stop": stop,
+    "stream": BOOLEAN,
+    "stream_options": OBJECT,
+    "suffix": STRING,
+    "temperature": number(0, 2),
+    "top_p": number(0, 1),
+    "user": STRING,
+}
+
 EMBEDDINGS: dict[str, Check] = {
     "dimensions": integer(1),
     "user": STRING,
@@ -219,6 +238,28 @@ def check_input(inputs: Any) -> None:
             _token_ids(f"input[{i}]", item)
     else:
         _wrong("input[0]", "a string, a token id or an array of token ids")
+
+
+def check_prompt(prompt: Any) -> None:
+    """A legacy completion's prompt: a string, strings, token ids or arrays of token ids (as ``input``)."""
+    if prompt is None:
+        raise bad_request("you must provide a prompt parameter", param="prompt", code="missing_required_parameter")
+    if isinstance(prompt, str):
+        return
+    if not isinstance(prompt, list) or not prompt:
+        raise bad_request("'prompt' must be a string or a non-empty array", param="prompt", code="invalid_type")
+    first = prompt[0]
+    if isinstance(first, str):
+        array_of(str, "strings")("prompt", prompt)
+    elif _is_int(first):
+        _token_ids("prompt", prompt)
+    elif isinstance(first, list):
+        for i, item in enumerate(prompt):
+            if not isinstance(item, list) or not item:
+                _wrong(f"prompt[{i}]", "a non-empty array of token ids")
+            _token_ids(f"prompt[{i}]", item)
+    else:
+        _wrong("prompt[0]", "a string, a token id or an array of token ids")
 
 
 def _token_ids(name: str, items: list[Any]) -> None:

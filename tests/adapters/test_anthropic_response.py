@@ -84,8 +84,9 @@ def error_body(type_: str, message: str = "m") -> bytes:
 
 @pytest.mark.parametrize(("status", "type_", "client_status", "client_type", "code"), [
     (400, "invalid_request_error", 400, "invalid_request_error", None),
-    (401, "authentication_error", 401, "authentication_error", "invalid_api_key"),
-    (403, "permission_error", 403, "permission_error", None),
+    # The provider refusing the gateway's key is a 502 naming it, never the client's own 401/403.
+    (401, "authentication_error", 502, "upstream_error", "upstream_auth_failed"),
+    (403, "permission_error", 502, "upstream_error", "upstream_auth_failed"),
     (404, "not_found_error", 404, "not_found_error", None),
     (413, "request_too_large", 413, "invalid_request_error", "request_too_large"),
     (429, "rate_limit_error", 429, "rate_limit_error", "rate_limit_exceeded"),

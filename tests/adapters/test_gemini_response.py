@@ -92,7 +92,7 @@ def google(code: int, status: str, message: str = "m", details: list | None = No
 @pytest.mark.parametrize(("status", "google_status", "client_status", "code"), [
     (400, "INVALID_ARGUMENT", 400, "invalid_argument"),
     (400, "FAILED_PRECONDITION", 400, "failed_precondition"),
-    (403, "PERMISSION_DENIED", 403, "permission_denied"),
+    (403, "PERMISSION_DENIED", 502, "upstream_auth_failed"),
     (404, "NOT_FOUND", 404, "not_found"),
     (500, "INTERNAL", 502, "upstream_error"),
     (503, "UNAVAILABLE", 502, "upstream_error"),
@@ -103,10 +103,11 @@ def test_error_statuses(status, google_status, client_status, code):
     assert (err.status, err.code, err.upstream_status) == (client_status, code, status)
 
 
-def test_a_rejected_provider_key_is_401_and_never_echoed():
+def test_a_rejected_provider_key_is_a_502_naming_the_provider_and_never_echoed():
     details = [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID"}]
     err = ADAPTER.error(400, google(400, "INVALID_ARGUMENT", f"API key not valid: {KEY}", details), {})
-    assert (err.status, err.code) == (401, "invalid_api_key")
+    assert (err.status, err.code, err.reason) == (502, "upstream_auth_failed", "auth_refused")
+    assert "refused the gateway's credentials" in err.message
     assert KEY not in err.message
 
 

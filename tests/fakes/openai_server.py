@@ -17,6 +17,7 @@ delay-<ms>          answers after <ms> milliseconds (stream: before the response
 hang-<ms>           answers after <ms> milliseconds unless the client leaves first; records which
 flaky-<n>-<tag>     500 for the first <n> requests with this exact model name, then normal answers
 alternate-<tag>     500 for every other request with this exact model name (the 1st, 3rd, ...)
+floats-always       embeddings: float arrays even when asked for base64 (as Ollama, LM Studio, Infinity do)
 ctx-limit           400 context_length_exceeded, as OpenAI reports a prompt over the context window
 fail-429x           429 without Retry-After
 stall-<ms>          stream: response head at once, first chunk after <ms> ms; records client_gone
@@ -31,6 +32,7 @@ leakall-stream      stream: one chunk, then that error in-band (``data: {"id":..
 
 ``POST /v1/responses`` is in tests/fakes/openai_responses.py.
 
+POST /v1/completions (legacy text completions) answers "Hello <prompt>"; fail-<status> fails as above.
 Every request is recorded (path, headers, body) in ``state.requests``.
 """
 
@@ -197,7 +199,7 @@ def make_app() -> Starlette:
         for i, text in enumerate(inputs):
             vec = [round((len(str(text)) + j) / 100, 4) for j in range(dims)]
             emb: Any = vec
-            if body.get("encoding_format") == "base64":
+            if body.get("encoding_format") == "base64" and body["model"] != "floats-always":
                 emb = base64.b64encode(struct.pack(f"<{dims}f", *vec)).decode()
             data.append({"object": "embedding", "index": i, "embedding": emb})
         tokens = sum(len(str(t).split()) for t in inputs)
@@ -205,10 +207,42 @@ def make_app() -> Starlette:
                                       "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}),
                         media_type="application/json")
 
+    async def completions(request: Request) -> Response:
+        """Legacy text completions: "Hello <prompt>"; fail-<status> as for chat."""
+        body = orjson.loads(await request.body())
+        state.requests.append({"path": request.url.path, "headers": dict(request.headers), "body": body})
+        model = body["model"]
+        if model.startswith("fail-"):
+            return _error(int(model[5:]), f"fake failure {model[5:]}", "server_error")
+        text = "Hello " + str(body["prompt"])
+        prompt = len(str(body["prompt"]).split())
+        usage = {"prompt_tokens": prompt, "completion_tokens": len(words_of(text)),
+                 "total_tokens": prompt + len(words_of(text))}
+        head = {"id": "cmpl-fake123", "object": "text_completion", "created": int(time.time()),
+                "model": model + UPSTREAM_SUFFIX}
+        if not body.get("stream"):
+            return Response(orjson.dumps({**head, "choices": [
+                {"text": text, "index": 0, "logprobs": None, "finish_reason": "stop"}], "usage": usage}),
+                media_type="application/json")
+        include_usage = (body.get("stream_options") or {}).get("include_usage") is True
+
+        async def events() -> AsyncIterator[bytes]:
+            for word in words_of(text):
+                choice = {"text": word, "index": 0, "logprobs": None, "finish_reason": None}
+                yield b"data: " + orjson.dumps({**head, "choices": [choice]}) + b"\n\n"
+            choice = {"text": "", "index": 0, "logprobs": None, "finish_reason": "stop"}
+            yield b"data: " + orjson.dumps({**head, "choices": [choice]}) + b"\n\n"
+            if include_usage:
+                yield b"data: " + orjson.dumps({**head, "choices": [], "usage": usage}) + b"\n\n"
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
     async def responses(request: Request) -> Response:
         return await openai_responses.responses(request, state)
 
     app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]),
+                            Route("/v1/completions", completions, methods=["POST"]),
                             Route("/v1/embeddings", embeddings, methods=["POST"]),
                             Route("/v1/responses", responses, methods=["POST"])])
     app.state.fake = state
