@@ -22,6 +22,7 @@ from proxy.settings import (
     FALLBACK_REASONS,
     RETRYABLE_STATUSES,
     STRATEGIES,
+    CacheConfig,
     Config,
     ConfigError,
     KeyConfig,
@@ -250,6 +251,7 @@ def parse_config(raw: dict[str, Any], file: str, env: dict[str, str]) -> Config:
     if limits.on_store_error not in ("allow", "deny"):
         raise ConfigError(file, "limits.on_store_error", "must be 'allow' or 'deny'")
     s.done()
+    cache = _parse_cache(_Section(cfg, "cache", root.get("cache", dict, {})), storage, models)
     root.done()
 
     used = {t.provider for alias in models.values() for t in alias.targets}
@@ -264,7 +266,7 @@ def parse_config(raw: dict[str, Any], file: str, env: dict[str, str]) -> Config:
     for provider in providers.values():
         provider.redactor = redactor  # every provider's errors hide every secret of the config
     return Config(path=file, server=server, storage=storage, providers=providers, models=models, keys=keys,
-                  limits=limits, observability=observability, redactor=redactor)
+                  limits=limits, observability=observability, cache=cache, redactor=redactor)
 
 
 def _secrets(server: ServerConfig, storage: StorageConfig, providers: dict[str, ProviderConfig]) -> list[str]:
@@ -356,9 +358,47 @@ def _parse_models(cfg: _Loader, items: list[Any], providers: dict[str, ProviderC
             retry_after_cap_s=m.number("retry_after_cap_s", 5.0),
             rpm=_opt_count(m, "rpm"),
             tpm=_opt_count(m, "tpm"),
+            cache=m.get("cache", bool, True),
+            cache_ttl_s=m.number("cache_ttl_s", None, minimum=0.001),
         )
         m.done()
     return models
+
+
+def _parse_cache(s: _Section, storage: StorageConfig, models: dict[str, ModelAlias]) -> CacheConfig:
+    file = s.cfg.file
+    cache = CacheConfig(
+        backend=_choice(s, "backend", ("off", "memory", "redis")),
+        mode=_choice(s, "mode", ("exact", "semantic")),
+        ttl_s=s.number("ttl_s", 3600.0, minimum=0.001),
+        max_size_mb=s.number("max_size_mb", 256.0, minimum=0.001),
+        max_entry_kb=s.number("max_entry_kb", 1024.0, minimum=0.001),
+        hash_strategy=_choice(s, "hash_strategy", ("full_request", "content+model", "content")),
+        scope=_choice(s, "scope", ("key", "global")),
+        deterministic_only=s.get("deterministic_only", bool, False),
+        coalesce_wait_s=s.number("coalesce_wait_s", 30.0),
+        embedding_model=s.get("embedding_model", str, ""),
+        similarity_threshold=s.number("similarity_threshold", 0.95, minimum=0.001),
+        semantic_max_entries=_count(s, "semantic_max_entries", 10_000, minimum=1),
+    )
+    if cache.backend == "redis" and not storage.redis_url:
+        raise ConfigError(file, "cache.backend", "'redis' needs [storage] redis_url")
+    if cache.similarity_threshold > 1:
+        raise ConfigError(file, "cache.similarity_threshold", "must be a cosine similarity, at most 1")
+    if cache.mode == "semantic":
+        alias = models.get(cache.embedding_model)
+        if alias is None or alias.is_glob:
+            raise ConfigError(file, "cache.embedding_model", "semantic mode needs the name of an alias in [[models]]"
+                              f" that embeds (got {cache.embedding_model!r})")
+    s.done()
+    return cache
+
+
+def _choice(s: _Section, name: str, choices: tuple[str, ...]) -> str:
+    value = s.get(name, str, choices[0])
+    if value not in choices:
+        raise ConfigError(s.cfg.file, s.key(name), "must be one of " + ", ".join(repr(c) for c in choices))
+    return value
 
 
 def _parse_target(cfg: _Loader, t: _Section, providers: dict[str, ProviderConfig], default_model: str) -> Target:

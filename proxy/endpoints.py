@@ -33,7 +33,8 @@ async def embeddings(request: Request) -> Response | SSEResponse:
 class HttpInbound:
     """One HTTP request as the pipeline reads it."""
 
-    __slots__ = ("request", "endpoint", "authorization", "client_request_id", "watch", "hooked", "watcher")
+    __slots__ = ("request", "endpoint", "authorization", "client_request_id", "watch", "hooked", "watcher",
+                 "cache_control")
 
     def __init__(self, request: Request, endpoint: str) -> None:
         headers = request.headers
@@ -41,6 +42,8 @@ class HttpInbound:
         self.endpoint = endpoint
         self.authorization = headers.get("authorization")
         self.client_request_id = headers.get("x-request-id")
+        control, ttl = headers.get("cache-control"), headers.get("x-gateway-cache-ttl")
+        self.cache_control = (control, ttl) if control is not None or ttl is not None else None
         self.watch = ClientWatch()
         self.hooked = on_disconnect(request.scope, self.watch)  # our protocol calls it on a hang-up
         self.watcher: asyncio.Task[None] | None = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import time
 from collections.abc import Callable
@@ -99,6 +100,7 @@ class Accounting:
         elif tx.cached is not None:  # served from the cache: the tokens it stands for, nothing spent
             record.cache_hit = True
             _set_usage(record, None, tx.cached.usage or Usage(estimated=True))
+            record.cost_saved_usd = tx.cost_saved_usd
         return record, max(0.0, elapsed - (dispatch.waited_s if dispatch is not None else 0.0))
 
     def commit(self, tx: Transaction, record: UsageRecord, overhead: float) -> None:
@@ -106,7 +108,9 @@ class Accounting:
         losers that reached their upstream get rows of their own."""
         runtime = self.runtime
         losers = hedge_rows(record, tx.dispatch) if tx.dispatch is not None and tx.dispatch.hedge_losers else ()
-        runtime.limits.settle(tx.ticket, record, losers)
+        # A hit counts against rpm but not tpm or budget: the limits settle it as if it used nothing.
+        spent = dataclasses.replace(record, prompt_tokens=0, completion_tokens=0) if record.cache_hit else record
+        runtime.limits.settle(tx.ticket, spent, losers)
         runtime.active -= 1
         runtime.sink.submit(record)
         for row in losers:
