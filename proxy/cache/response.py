@@ -132,7 +132,7 @@ class ResponseCache:
     def _error(self, tx: Transaction, plan: Plan, exc: Exception) -> None:
         if not isinstance(exc, CorruptEntry):
             log.warning("response cache unavailable, request %s bypasses it: %s", tx.request_id, exc)
-        plan.store = False
+        plan.store = isinstance(exc, CorruptEntry)  # a fresh answer replaces a corrupt entry
         tx.headers["x-gateway-cache"] = "bypass"
         self._count(plan, "error")
         return None
