@@ -13,6 +13,7 @@ and each new Runtime gets a ``ResponseCache`` stage over them. Backend and size 
     replay          a stored answer sent as a chunk stream
     embeddings      embeddings cached per input item
     flight          identical misses wait for the first one's answer
+    semantic        the nearest earlier prompt's answer, by embeddings
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from proxy.cache.flight import Flights
+from proxy.cache.semantic import SemanticIndex
 from proxy.cache.store import CacheStore, MemoryStore, Stats
 
 if TYPE_CHECKING:
@@ -33,17 +35,22 @@ class SharedCache:
     def __init__(self, store: CacheStore | None) -> None:
         self.store = store
         self.flights = Flights()
+        self.semantic: SemanticIndex | None = None
 
     @classmethod
     def from_config(cls, config: Config) -> SharedCache:
         cache = config.cache
         if cache.backend == "memory":
-            return cls(MemoryStore(int(cache.max_size_mb * 1024 * 1024)))
-        if cache.backend == "redis":
+            shared = cls(MemoryStore(int(cache.max_size_mb * 1024 * 1024)))
+        elif cache.backend == "redis":
             from proxy.cache.redis_store import RedisStore  # only a Redis cache loads the client
 
-            return cls(RedisStore(config.storage.redis_url))
-        return cls(None)
+            shared = cls(RedisStore(config.storage.redis_url))
+        else:
+            return cls(None)
+        if cache.mode == "semantic":
+            shared.semantic = SemanticIndex(cache.semantic_max_entries)
+        return shared
 
     def attach(self, runtime: Runtime) -> None:
         """The cache stage for a new Runtime (at start and after every reload)."""
@@ -51,7 +58,8 @@ class SharedCache:
             return
         from proxy.cache.response import ResponseCache
 
-        runtime.pipeline.cache = ResponseCache(runtime, self.store, self.flights)
+        semantic = self.semantic if runtime.config.cache.mode == "semantic" else None
+        runtime.pipeline.cache = ResponseCache(runtime, self.store, self.flights, semantic)
 
     def gauges(self) -> tuple[int, int] | None:
         """(entries, bytes) of an in-memory store, read at scrape time; None for Redis or no cache."""
@@ -65,6 +73,8 @@ class SharedCache:
         return await self.store.stats()
 
     async def clear(self, alias: str | None) -> int:
+        if self.semantic is not None and alias is None:
+            self.semantic.clear()  # vectors of one alias's dropped entries just find nothing
         return 0 if self.store is None else await self.store.clear(alias)
 
     async def aclose(self) -> None:

@@ -59,6 +59,18 @@ class RedisStore:
         pipe.set(f"{PREFIX}a:{alias}:{key}", b"", px=px)
         await self._call(pipe.execute)
 
+    async def vectors(self, bucket: str, count: int) -> list[bytes]:
+        """Semantic mode: a bucket's newest packed vectors (proxy.cache.semantic)."""
+        return list(await self._call(self.client.lrange, f"{PREFIX}v:{bucket}", 0, count - 1))
+
+    async def add_vector(self, bucket: str, packed: bytes, count: int, ttl_s: float) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        name = f"{PREFIX}v:{bucket}"
+        pipe.lpush(name, packed)
+        pipe.ltrim(name, 0, count - 1)
+        pipe.pexpire(name, max(1, int(ttl_s * 1000)))
+        await self._call(pipe.execute)
+
     async def clear(self, alias: str | None) -> int:
         """Every entry (and marker) under the prefix, or one alias's entries through their markers."""
         pattern = f"{PREFIX}a:{alias}:*" if alias is not None else f"{PREFIX}*"

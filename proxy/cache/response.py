@@ -7,6 +7,7 @@ app-level, so a config reload keeps every entry.
 from __future__ import annotations
 
 import logging
+from array import array
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -44,6 +45,8 @@ class Plan:
     flight: asyncio.Future[bytes | None] | None = None  # this request leads the key's single flight
     items: embeddings.Items | None = None  # embeddings: the batch's items, cached and not
     scope: str = "*"
+    bucket: str | None = None  # semantic mode: alias, scope and parameters but the messages
+    vector: array | None = None  # semantic mode: the prompt's unit embedding
 
 
 class ResponseCache:
@@ -71,15 +74,14 @@ class ResponseCache:
                 data = await self.store_.get(plan.key)
                 if data is None:
                     data = await self._wait_for_leader(plan)
-                entry = unpack(data) if data is not None else None
+                if data is not None:
+                    return self._hit(tx, plan, unpack(data), "hit")
+                if self.semantic is not None and tx.endpoint == "chat":
+                    reply = await self.semantic.lookup(tx, plan, self)
+                    if reply is not None:
+                        return reply
             except Exception as exc:  # an unreachable store or a corrupt entry: the upstream answers
                 return self._error(tx, plan, exc)
-            if entry is not None:
-                return self._hit(tx, plan, entry, "hit")
-            if self.semantic is not None and tx.endpoint == "chat":
-                reply = await self.semantic.lookup(tx, plan, self)
-                if reply is not None:
-                    return reply
         self._result(tx, plan, "miss")
         return None
 
@@ -122,11 +124,13 @@ class ResponseCache:
         return data
 
     def _hit(self, tx: Transaction, plan: Plan, entry: Entry, result: str) -> Reply:
-        tx.headers["x-gateway-cache"] = "hit" if result == "hit" else "hit-semantic"
+        tx.headers["x-gateway-cache"] = result
         tx.headers["age"] = str(entry.age())
         tx.cost_saved_usd = entry.cost_usd
         plan.store = False
-        self._count(plan, result.replace("-", "_"))
+        if plan.flight is not None:  # its followers get the same answer
+            self.flights.land(plan.key, plan.flight, pack(entry.body, entry.usage, entry.cost_usd))
+        self._count(plan, "semantic_hit" if result == "hit-semantic" else "hit")
         return Reply(entry.body, entry.usage)
 
     def _error(self, tx: Transaction, plan: Plan, exc: Exception) -> None:
