@@ -98,6 +98,14 @@ def test_a_stream_hit_replays_what_the_stream_said(cached, fake_openai):
     _, whole = ask(gw, text)  # the stored stream answers a whole-body request too
     assert whole.choices[0].message.content == content and whole.usage == first[-1].usage
     assert calls(fake_openai, text) == 1
+    rows = ledger_rows(db, "SELECT stream, cache_hit, status, completion_tokens, cost_usd, cost_saved_usd FROM "
+                       "usage_log WHERE model = 'gpt-test' AND stream = 1 AND request_id IN "
+                       "(SELECT request_id FROM usage_log ORDER BY created_at DESC LIMIT 4)", (), at_least=3)
+    miss = [r for r in rows if not r[1]]
+    hits = [r for r in rows if r[1]]
+    assert len(miss) == 1 and len(hits) == 2 and miss[0][4] > 0
+    assert all(h[2] == 200 and h[3] == miss[0][3] and h[4] == 0 and h[5] == pytest.approx(miss[0][4])
+               for h in hits)
 
 
 def test_tool_calls_are_stored_from_a_stream_and_replayed(cached):

@@ -155,3 +155,30 @@ def test_metrics_usage_admin_api_and_cli(fake_openai, make_gateway, tmp_path, ca
     assert cli.main(["cache", "clear", "--config", str(toml), "--url", gw.url]) == 0
     assert "deleted 2 entries" in capsys.readouterr().out
     assert chat(gw, f"other {text}", "a-ok").headers["x-gateway-cache"] == "miss"
+
+
+def test_entries_survive_a_reload_and_the_new_config_applies(fake_openai, tmp_path):
+    import asyncio
+
+    from proxy.app import create_app
+    from proxy.config import load_config
+    from proxy.reload import reload
+    from tests.servers import ServerThread
+
+    path = tmp_path / "gw.toml"
+    path.write_text(config(fake_openai.url, tmp_path))
+    app = create_app(load_config(path))
+    server = ServerThread(app).start()
+    try:
+        gw = Running(server, app)
+        text = f"reload {uuid.uuid4().hex}"
+        assert chat(gw, text).headers["x-gateway-cache"] == "miss"
+        path.write_text(config(fake_openai.url, tmp_path, EXTRA.replace('name = "emb"', 'name = "emb"\ncache = false')))
+        loop = server.server.servers[0].get_loop()
+        assert asyncio.run_coroutine_threadsafe(reload(app), loop).result(10) is True
+        assert chat(gw, text).headers["x-gateway-cache"] == "hit"  # the entry outlived the old Runtime
+        emb = httpx.post(gw.url + "/v1/embeddings", headers={"authorization": f"Bearer {GATEWAY_KEY}"},
+                         json={"model": "emb", "input": text})
+        assert emb.headers["x-gateway-cache"] == "bypass"  # the new config's alias setting is in force
+    finally:
+        server.stop()

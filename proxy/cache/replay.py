@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
@@ -61,5 +62,6 @@ def replay_answer(tx: Transaction, on_end: Callable[[Transaction, int, str | Non
         gone = disconnected and not state["sent"]
         await on_end(tx, 499 if gone else 200, "client_disconnect" if gone else None)
 
-    tx.ttft_s = 0.0
+    tx.ttft_s = time.perf_counter() - tx.started  # every byte is ready: the first goes out now
+    tx.headers["x-gateway-overhead-ms"] = f"{tx.ttft_s * 1000:.3f}"
     return StreamAnswer(tx.headers, chunks, finish)
