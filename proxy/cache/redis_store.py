@@ -21,7 +21,9 @@ COOLDOWN_S = 1.0
 
 
 class RedisUnavailable(Exception):
-    """The cache's Redis failed recently: bypass without trying."""
+    """The cache's Redis failed recently: bypass without trying (and without a log line each time)."""
+
+    quiet = True
 
 
 class RedisStore:

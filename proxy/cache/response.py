@@ -134,7 +134,7 @@ class ResponseCache:
         return Reply(entry.body, entry.usage)
 
     def _error(self, tx: Transaction, plan: Plan, exc: Exception) -> None:
-        if not isinstance(exc, CorruptEntry):
+        if not isinstance(exc, CorruptEntry) and not getattr(exc, "quiet", False):
             log.warning("response cache unavailable, request %s bypasses it: %s", tx.request_id, exc)
         plan.store = isinstance(exc, CorruptEntry)  # a fresh answer replaces a corrupt entry
         tx.headers["x-gateway-cache"] = "bypass"
