@@ -182,3 +182,43 @@ def test_entries_survive_a_reload_and_the_new_config_applies(fake_openai, tmp_pa
         assert emb.headers["x-gateway-cache"] == "bypass"  # the new config's alias setting is in force
     finally:
         server.stop()
+
+
+def test_a_failed_leader_lets_its_followers_go_at_once_in_process(fake_openai, tmp_path):
+    """In-process callers may run many requests in one task: a leader that fails must not leave the next
+    identical request waiting coalesce_wait_s for an answer that will never come."""
+    import asyncio
+    import time as clock
+
+    from proxy.app import create_app
+    from proxy.config import load_config
+    from proxy.pipeline import ClientWatch
+
+    path = tmp_path / "gw.toml"
+    path.write_text(config(fake_openai.url, tmp_path, EXTRA.replace("[cache]", "[cache]\ncoalesce_wait_s = 20")))
+    app = create_app(load_config(path))
+    text = f"in-process {uuid.uuid4().hex}"
+
+    class Local:
+        endpoint, client_request_id, cache_control = "chat", None, None
+
+        def __init__(self) -> None:
+            self.authorization = f"Bearer {GATEWAY_KEY}"
+            self.watch = ClientWatch()
+
+        async def json(self, limit: int) -> dict:
+            return {"model": "a-fail-400", "messages": [{"role": "user", "content": text}]}
+
+    async def scenario() -> tuple[list[int], float]:
+        async with app.router.lifespan_context(app):
+            pipeline = app.state.runtime.pipeline
+            started = clock.monotonic()
+            statuses = []
+            for _ in range(3):
+                answer = await pipeline.handle(Local())
+                answer.after()
+                statuses.append(answer.status)
+            return statuses, clock.monotonic() - started
+
+    statuses, seconds = asyncio.run(scenario())
+    assert statuses == [400, 400, 400] and seconds < 10

@@ -47,6 +47,12 @@ class Plan:
     scope: str = "*"
     bucket: str | None = None  # semantic mode: alias, scope and parameters but the messages
     vector: array | None = None  # semantic mode: the prompt's unit embedding
+    flights: Flights | None = None
+
+    def abandon(self) -> None:
+        """The request failed: identical ones waiting for its answer call the upstream themselves now."""
+        if self.flight is not None and self.flights is not None:
+            self.flights.land(self.key, self.flight, None)
 
 
 class ResponseCache:
@@ -106,7 +112,7 @@ class ResponseCache:
             self.runtime.obs.cache_result(alias.name, "bypass")
             return None
         scope = tx.key.name if config.scope == "key" and tx.key is not None else "*"
-        plan = Plan("", alias.name, ttl, True, scope=scope)
+        plan = Plan("", alias.name, ttl, True, scope=scope, flights=self.flights)
         plan.items = embeddings.items_of(request.body, alias.name, scope) if tx.endpoint == "embeddings" else None
         if plan.items is None:
             plan.key = request_key(tx.endpoint, alias.name, request.body, config.hash_strategy, scope)

@@ -49,6 +49,8 @@ class Accounting:
 
     def failed(self, tx: Transaction, error: APIError) -> WholeAnswer:
         """The client's error answer, in OpenAI's shape, with the status it names."""
+        if tx.cache_state is not None:
+            tx.cache_state.abandon()  # requests coalesced behind this one go upstream themselves
         record, overhead = self._record(tx, error.status, error.error_type)
         tx.headers.update(error.headers)
         body = render(error, self.runtime.config.redactor, bearer_secret(tx.authorization))
@@ -70,6 +72,8 @@ class Accounting:
         """Cancelled from outside, i.e. the shutdown grace ran out: nobody sees an answer, but an upstream
         call under way may be billed, so the row is written now (503 ``gateway_shutdown``)."""
         tx.prompt_billed = True
+        if tx.cache_state is not None:
+            tx.cache_state.abandon()
         record, overhead = self._record(tx, 503, "gateway_shutdown")
         self.commit(tx, record, overhead)
 
