@@ -86,14 +86,17 @@ class Items:
         share = len(data) or 1
         tokens = usage.prompt_tokens / share if usage is not None else 0
         now = time.time()
+        kept = []
         for i, d in zip(self.missing, data, strict=True):
             item = {"e": d.get("embedding"), "t": tokens, "c": None if cost is None else cost / share, "at": now}
             self.found[i] = item
             encoded = orjson.dumps(item)
-            if store is not None and len(encoded) <= max_entry:
-                await store.set(self.keys[i], self.alias, encoded, ttl_s)
+            if len(encoded) <= max_entry:
+                kept.append((self.keys[i], encoded))
         if len(self.missing) < len(self.inputs):  # some came from the cache: the client gets the whole batch
             answer["data"] = [{"object": "embedding", "index": i, "embedding": item["e"]}
                               for i, item in enumerate(self.found) if item is not None]
             reply.body = orjson.dumps(answer)
         self.missing = []
+        if store is not None and kept:
+            await store.set_many(kept, self.alias, ttl_s)

@@ -54,11 +54,15 @@ class RedisStore:
         return list(await self._call(self.client.mget, [self._key(k) for k in keys]))
 
     async def set(self, key: str, alias: str, value: bytes, ttl_s: float) -> None:
+        await self.set_many([(key, value)], alias, ttl_s)
+
+    async def set_many(self, items: list[tuple[str, bytes]], alias: str, ttl_s: float) -> None:
         # A marker key with the alias in its name, so that clearing one alias finds its entries by a SCAN.
         pipe = self.client.pipeline(transaction=False)
         px = max(1, int(ttl_s * 1000))
-        pipe.set(self._key(key), value, px=px)
-        pipe.set(f"{PREFIX}a:{alias}:{key}", b"", px=px)
+        for key, value in items:
+            pipe.set(self._key(key), value, px=px)
+            pipe.set(f"{PREFIX}a:{alias}:{key}", b"", px=px)
         await self._call(pipe.execute)
 
     async def vectors(self, bucket: str, count: int) -> list[bytes]:

@@ -31,6 +31,10 @@ class CacheStore(Protocol):
 
     async def set(self, key: str, alias: str, value: bytes, ttl_s: float) -> None: ...
 
+    async def set_many(self, items: list[tuple[str, bytes]], alias: str, ttl_s: float) -> None:
+        """Several entries of one alias at once (an embeddings batch's new items)."""
+        ...
+
     async def clear(self, alias: str | None) -> int:
         """Drop every entry, or one alias's; how many were dropped."""
         ...
@@ -77,6 +81,10 @@ class MemoryStore:
         self.bytes += size
         while self.bytes > self.max_bytes:
             self._drop(next(iter(self.entries)))
+
+    async def set_many(self, items: list[tuple[str, bytes]], alias: str, ttl_s: float) -> None:
+        for key, value in items:
+            await self.set(key, alias, value, ttl_s)
 
     def _drop(self, key: str) -> None:
         value, _, _ = self.entries.pop(key)
