@@ -113,7 +113,8 @@ class Accounting:
         runtime = self.runtime
         losers = hedge_rows(record, tx.dispatch) if tx.dispatch is not None and tx.dispatch.hedge_losers else ()
         # A hit counts against rpm but not tpm or budget: the limits settle it as if it used nothing.
-        spent = dataclasses.replace(record, prompt_tokens=0, completion_tokens=0) if record.cache_hit else record
+        hit = record.cache_hit and tx.ticket is not None
+        spent = dataclasses.replace(record, prompt_tokens=0, completion_tokens=0) if hit else record
         runtime.limits.settle(tx.ticket, spent, losers)
         runtime.active -= 1
         runtime.sink.submit(record)
