@@ -151,7 +151,9 @@ class StreamRelay:
             yield start.first
             if start.rest and not tr.done:  # the rest of the read the first event came in
                 rest, start.rest = start.rest, b""
-                out = self._feed(tr, rest)
+                out = tr.feed(rest)
+                if tap is not None:
+                    tap.feed(out)
                 if not self._ended_with(out) and out:  # a short answer in one read: rest and end in one write
                     yield out
             while not tr.done:
@@ -173,7 +175,9 @@ class StreamRelay:
                         yield tail
                     break
                 tx.stream_waited_s += clock() - t0
-                out = self._feed(tr, data)
+                out = tr.feed(data)
+                if tap is not None:
+                    tap.feed(out)
                 if not self._ended_with(out) and out:
                     yield out
             if tr.error is not None:
@@ -188,16 +192,12 @@ class StreamRelay:
         t0 = time.perf_counter()
         tr, direct = self.translator, self.direct
         assert tr is not None and direct is not None
-        out = self._feed(tr, data)
-        more = not self._ended_with(out) and (direct.write(out) if out else True) and not tr.done
-        self.pushing_s += time.perf_counter() - t0
-        return more
-
-    def _feed(self, tr: StreamTranslator, data: bytes) -> bytes:
         out = tr.feed(data)
         if self.tap is not None:
             self.tap.feed(out)
-        return out
+        more = not self._ended_with(out) and (direct.write(out) if out else True) and not tr.done
+        self.pushing_s += time.perf_counter() - t0
+        return more
 
     def _ended_with(self, out: bytes) -> bool:
         """If the translator has seen the stream's end and the client can take bytes now, write this
