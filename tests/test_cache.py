@@ -206,3 +206,14 @@ def test_deterministic_only_keeps_only_temperature_zero_or_seeded(fake_openai, m
     assert ask(gw, text, temperature=0.7)[0]["x-gateway-cache"] == "bypass"
     assert ask(gw, text, seed=7)[0]["x-gateway-cache"] == "miss"
     assert ask(gw, text, seed=7)[0]["x-gateway-cache"] == "hit"
+
+
+def test_a_glob_alias_keeps_each_forwarded_models_answers_apart(fake_openai, make_gateway, tmp_path):
+    extra = CACHE + '\n[[models]]\nname = "up/*"\ntargets = [{ provider = "fake" }]\n'
+    gw = make_gateway(base_config(fake_openai.url, tmp_path / "gw.db", extra))
+    text = unique("glob")
+    h1, one = ask(gw, text, model="up/model-one")
+    h2, two = ask(gw, text, model="up/model-two")
+    h3, again = ask(gw, text, model="up/model-one")
+    assert (h1["x-gateway-cache"], h2["x-gateway-cache"], h3["x-gateway-cache"]) == ("miss", "miss", "hit")
+    assert (one.model, two.model, again.model) == ("up/model-one", "up/model-two", "up/model-one")

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from proxy.dispatch import Outcome
 
 
-def items_of(body: dict[str, Any], alias: str, scope: str) -> Items | None:
+def items_of(body: dict[str, Any], model: str, alias: str, scope: str) -> Items | None:
     """The batch's items, or None for an input this cache keys as a whole request."""
     given = body.get("input")
     if isinstance(given, str) or (isinstance(given, list) and given and all(isinstance(t, int) for t in given)):
@@ -27,20 +27,20 @@ def items_of(body: dict[str, Any], alias: str, scope: str) -> Items | None:
         inputs, single = list(given), False
     else:
         return None
-    return Items(inputs, single, params_key("embeddings", alias, body, scope, frozenset({"input"})), alias)
+    return Items(inputs, single, params_key("embeddings", model, body, scope, frozenset({"input"})), model, alias)
 
 
 class Items:
     __slots__ = ("inputs", "single", "alias", "keys", "found", "missing", "model")
 
-    def __init__(self, inputs: list[Any], single: bool, params: str, alias: str) -> None:
+    def __init__(self, inputs: list[Any], single: bool, params: str, model: str, alias: str) -> None:
         self.inputs = inputs
         self.single = single
         self.alias = alias
         self.keys = [item_key(params, x) for x in inputs]
         self.found: list[dict[str, Any] | None] = [None] * len(inputs)  # {"e": embedding, "t": tokens, "c": cost}
         self.missing = list(range(len(inputs)))
-        self.model = alias
+        self.model = model  # what the answer names: the alias, or the name a glob alias forwarded
 
     async def fetch(self, store: CacheStore) -> None:
         for i, data in enumerate(await store.get_many(self.keys)):

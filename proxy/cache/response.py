@@ -113,9 +113,12 @@ class ResponseCache:
             return None
         scope = tx.key.name if config.scope == "key" and tx.key is not None else "*"
         plan = Plan("", alias.name, ttl, True, scope=scope, flights=self.flights)
-        plan.items = embeddings.items_of(request.body, alias.name, scope) if tx.endpoint == "embeddings" else None
+        # The model as resolved: the alias, or for a glob alias the name it forwards (each its own answers).
+        model = request.model
+        items = embeddings.items_of(request.body, model, alias.name, scope) if tx.endpoint == "embeddings" else None
+        plan.items = items
         if plan.items is None:
-            plan.key = request_key(tx.endpoint, alias.name, request.body, config.hash_strategy, scope)
+            plan.key = request_key(tx.endpoint, model, request.body, config.hash_strategy, scope)
         plan.read = "no-cache" not in directives  # no-cache: no lookup, but the answer is kept
         return plan
 

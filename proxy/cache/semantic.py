@@ -77,7 +77,7 @@ class SemanticIndex:
         """The most similar stored prompt's answer if it is similar enough; else None (plan keeps the vector)."""
         assert tx.request is not None
         body = tx.request.body
-        plan.bucket = params_key("chat", plan.alias, body, plan.scope, frozenset({"messages"}))
+        plan.bucket = params_key("chat", tx.request.model, body, plan.scope, frozenset({"messages"}))
         plan.vector = await self.embed(tx, cache, prompt_text(body.get("messages")))
         if plan.vector is None:
             return None
