@@ -164,3 +164,25 @@ async def update_key(request: Request) -> Response:
 
 async def revoke_key(request: Request) -> Response:
     return await _change(request, revoke=True)
+
+
+async def cache(request: Request) -> Response:
+    """GET: the response cache's size; DELETE: drop every entry, or one alias's (``?alias=``)."""
+    try:
+        rt = require_admin(request)
+        shared = request.app.state.cache
+        alias = request.query_params.get("alias")
+        if alias is not None and alias not in rt.config.models:
+            raise GatewayError(404, f"No alias {alias!r} in {rt.config.path}.", code="model_not_found", param="alias")
+        try:
+            if request.method == "DELETE":
+                return _json({"object": "cache.cleared", "alias": alias, "deleted": await shared.clear(alias)})
+            stats = await shared.stats()
+        except Exception as exc:  # the cache's Redis: an error in the API's shape, never a traceback
+            log.warning("response cache unavailable to the admin API: %s", exc)
+            raise GatewayError(503, "The response cache's store is unreachable.", "service_unavailable_error",
+                               "cache_unavailable") from None
+    except GatewayError as e:
+        return e.response()
+    return _json({"object": "cache.stats", "backend": stats.backend, "mode": rt.config.cache.mode,
+                  "entries": stats.entries, "bytes": stats.bytes, "max_bytes": stats.max_bytes})

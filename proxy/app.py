@@ -20,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from proxy import admin, endpoints, observability, reload, usage_api
 from proxy.admin import ManagedKeys, apply_keys
+from proxy.cache import SharedCache
 from proxy.config import Config, keyless_providers, load_config
 from proxy.cors import Cors
 from proxy.errors import GatewayError
@@ -90,7 +91,8 @@ def routes() -> list[Route]:
            Route("/admin/keys", admin.create_key, methods=["POST"]),
            Route("/admin/keys", admin.list_keys, methods=["GET"]),
            Route("/admin/keys/{name}", admin.update_key, methods=["PATCH"]),
-           Route("/admin/keys/{name}", admin.revoke_key, methods=["DELETE"])]
+           Route("/admin/keys/{name}", admin.revoke_key, methods=["DELETE"]),
+           Route("/admin/cache", admin.cache, methods=["GET", "DELETE"])]
     for prefix in ("/v1", ""):
         out += [Route(prefix + path, handler, methods=methods) for path, handler, methods in table]
     return out + passthrough_http.routes()  # images, audio, moderations, rerank, files, batches
@@ -118,8 +120,12 @@ def create_app(config: Config, tracer_provider: Any = None) -> Starlette | FastP
         limits = app.state.limits = Limits.from_config(config, observer=observer)
         app.state.background = set()
         managed = app.state.managed_keys = ManagedKeys(KeyStore(config.storage.database_url))
-        app.state.on_runtime = [lambda rt: apply_keys(rt, managed)]  # applied to every new Runtime
+        # The response cache is app-level too: entries outlive reloads; each Runtime gets its stage.
+        cache = app.state.cache = SharedCache.from_config(config)
+        metrics.cache_gauges = cache.gauges
+        app.state.on_runtime = [lambda rt: apply_keys(rt, managed), cache.attach]  # applied to every new Runtime
         app.state.runtime = Runtime(config, sink=ledger, limits=limits, observer=observer)
+        cache.attach(app.state.runtime)
         await managed.start()
         apply_keys(app.state.runtime, managed)
         await seed_budgets(config, limits, app.state.runtime.all_keys)
@@ -143,6 +149,7 @@ def create_app(config: Config, tracer_provider: Any = None) -> Starlette | FastP
                     task.cancel()
                 await app.state.runtime.aclose()
                 await limits.aclose()
+                await cache.aclose()
             finally:
                 await ledger.close()
                 await observer.aclose()

@@ -238,7 +238,45 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--expires-at", metavar="ISO", help="expiry date-time (UTC if no offset)")
             cmd.add_argument("--metadata", metavar="JSON", help="free-form JSON object")
         cmd.set_defaults(func=cmd_keys)
+
+    cache = sub.add_parser("cache", help="response cache size, or clear it",
+                           description="Ask a running gateway's admin API (GET or DELETE /admin/cache, with "
+                           "[server] admin_key) for the response cache's size, or to drop its entries.")
+    cache.add_argument("cache_command", choices=["stats", "clear"], metavar="ACTION", help="stats | clear")
+    cache.add_argument("--config", metavar="PATH", help=config_help)
+    cache.add_argument("--alias", metavar="NAME", help="clear only this alias's entries")
+    cache.add_argument("--url", metavar="URL", help="the gateway (default: http://[server] host:port)")
+    cache.set_defaults(func=cmd_cache)
     return parser
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    import httpx
+
+    config = load_config(_config_path(args.config))
+    if not config.server.admin_key:
+        print("error: gateway cache needs [server] admin_key (the admin API)", file=sys.stderr)
+        return 1
+    host = config.server.host if config.server.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    url = (args.url or f"http://{host}:{config.server.port}").rstrip("/") + "/admin/cache"
+    method = "DELETE" if args.cache_command == "clear" else "GET"
+    params = {"alias": args.alias} if args.alias else None
+    try:
+        r = httpx.request(method, url, params=params, timeout=30,
+                          headers={"authorization": f"Bearer {config.server.admin_key}"})
+    except httpx.HTTPError as e:
+        print(f"error: cannot reach the gateway at {url}: {e}", file=sys.stderr)
+        return 1
+    body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+    if r.status_code != 200:
+        print(f"error: {(body.get('error') or {}).get('message', r.status_code)}", file=sys.stderr)
+        return 1
+    if args.cache_command == "clear":
+        print(f"deleted {body['deleted']} entries" + (f" of alias {args.alias}" if args.alias else ""))
+    else:
+        limit = f" of {body['max_bytes']}" if body.get("max_bytes") else ""
+        print(f"backend {body['backend']} ({body['mode']}): {body['entries']} entries, {body['bytes']} bytes{limit}")
+    return 0
 
 
 def cmd_reload(args: argparse.Namespace) -> int:

@@ -16,8 +16,9 @@ from urllib.parse import urlsplit
 
 from adapters.redact import Redactor, provider_secrets
 from proxy.auth import hash_key
+from proxy.config_cache import parse_cache
 from proxy.config_providers import PROVIDER_KINDS, keyless_providers, parse_providers
-from proxy.config_reader import Loader, Section
+from proxy.config_reader import Loader, Section, count
 from proxy.prices import CAPABILITIES, apply_prices_file
 from proxy.settings import (
     BUDGET_PERIODS,
@@ -67,12 +68,12 @@ def parse_config(raw: dict[str, Any], file: str, env: dict[str, str]) -> Config:
         require_auth=s.get("require_auth", bool, True),
         admin_key=s.get("admin_key", str, ""),
         fuzzy_models=s.get("fuzzy_models", bool, False),
-        metrics_port=_count(s, "metrics_port", 0, minimum=0),
+        metrics_port=count(s, "metrics_port", 0, minimum=0),
         metrics_require_admin=s.get("metrics_require_admin", bool, False),
         idle_timeout_s=s.number("idle_timeout_s", 5.0, minimum=0.001),
         header_timeout_s=s.number("header_timeout_s", 10.0, minimum=0.001),
         body_timeout_s=s.number("body_timeout_s", 30.0, minimum=0.001),
-        max_connections=_count(s, "max_connections", 10_000, minimum=1),
+        max_connections=count(s, "max_connections", 10_000, minimum=1),
         cors_origins=_origins(s),
     )
     if server.port > 65535:
@@ -89,11 +90,11 @@ def parse_config(raw: dict[str, Any], file: str, env: dict[str, str]) -> Config:
     storage = StorageConfig(
         database_url=s.get("database_url", str, "sqlite:///gateway.db"),
         redis_url=s.get("redis_url", str, ""),
-        retention_days=_count(s, "retention_days", 0, minimum=0),
+        retention_days=count(s, "retention_days", 0, minimum=0),
         spill_dir=s.get("spill_dir", str, "usage-spill"),
         prices_file=s.get("prices_file", str, ""),
-        queue_max_rows=_count(s, "queue_max_rows", 10_000, minimum=1),
-        flush_interval_ms=_count(s, "flush_interval_ms", 200, minimum=1),
+        queue_max_rows=count(s, "queue_max_rows", 10_000, minimum=1),
+        flush_interval_ms=count(s, "flush_interval_ms", 200, minimum=1),
         durability=s.get("durability", str, "batch"),
     )
     if storage.durability not in ("batch", "strict"):
@@ -124,11 +125,12 @@ def parse_config(raw: dict[str, Any], file: str, env: dict[str, str]) -> Config:
     s = Section(cfg, "limits", root.get("limits", dict, {}))
     limits = LimitsConfig(rpm=_opt_count(s, "rpm"), tpm=_opt_count(s, "tpm"),
                           on_store_error=s.get("on_store_error", str, "local"),
-                          expected_replicas=_count(s, "expected_replicas", 1, 1))
+                          expected_replicas=count(s, "expected_replicas", 1, 1))
     if limits.on_store_error not in ("local", "allow", "deny"):
         raise ConfigError(file, "limits.on_store_error", "must be 'local', 'allow' or 'deny'")
     s.done()
     files = _parse_files(cfg, root.get("files", dict, {}), models, providers)
+    cache = parse_cache(Section(cfg, "cache", root.get("cache", dict, {})), storage, models)
     root.done()
 
     used = {t.provider for alias in models.values() for t in alias.targets}
@@ -143,7 +145,8 @@ def parse_config(raw: dict[str, Any], file: str, env: dict[str, str]) -> Config:
     for provider in providers.values():
         provider.redactor = redactor  # every provider's errors hide every secret of the config
     return Config(path=file, server=server, storage=storage, providers=providers, models=models, keys=keys,
-                  limits=limits, observability=observability, redactor=redactor, files=files)
+                  limits=limits, observability=observability, redactor=redactor, files=files,
+                  cache=cache)
 
 
 FILES_KINDS = ("openai", "azure")  # provider kinds that serve /v1/files and /v1/batches
@@ -225,6 +228,8 @@ def _parse_models(cfg: Loader, items: list[Any], providers: dict[str, ProviderCo
             rpm=_opt_count(m, "rpm"),
             tpm=_opt_count(m, "tpm"),
             capabilities=None if capabilities is None else tuple(capabilities),
+            cache=m.get("cache", bool, True),
+            cache_ttl_s=m.number("cache_ttl_s", None, minimum=0.001),
         )
         m.done()
     return models
@@ -288,13 +293,6 @@ def _origins(s: Section) -> list[str]:
             raise ConfigError(s.cfg.file, f"{s.key('cors_origins')}[{i}]", f"{origin!r} is not an origin: expected "
                               '"*" or scheme://host[:port] without a path, e.g. "https://app.example.com"')
     return origins
-
-
-def _count(s: Section, name: str, default: int, minimum: int) -> int:
-    value = s.get(name, int, default)
-    if value < minimum:
-        raise ConfigError(s.cfg.file, s.key(name), f"must be >= {minimum}")
-    return value
 
 
 def _opt_count(s: Section, name: str) -> int | None:

@@ -124,3 +124,10 @@ class Loader:
                 raise err from None
             self.deferred.setdefault(self.current_provider, err)
             return ""
+
+
+def count(s: Section, name: str, default: int, minimum: int) -> int:
+    value = s.get(name, int, default)
+    if value < minimum:
+        raise ConfigError(s.cfg.file, s.key(name), f"must be >= {minimum}")
+    return value

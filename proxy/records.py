@@ -28,6 +28,7 @@ class UsageRecord:
     attempts: int = 0
     cache_hit: bool = False
     error_type: str | None = None
+    cost_saved_usd: float | None = None  # a cache hit: what the original answer cost (this one cost 0)
 
 
 class UsageSink(Protocol):

@@ -14,7 +14,7 @@ from adapters.redact import NO_SECRETS, Redactor
 from adapters.targets import FALLBACK_REASONS, RETRYABLE_STATUSES, ProviderConfig, Target
 
 __all__ = [  # ProviderConfig and Target are re-exported: every setting is read from here
-    "BUDGET_PERIODS", "FALLBACK_REASONS", "RETRYABLE_STATUSES", "STRATEGIES", "Config", "ConfigError",
+    "BUDGET_PERIODS", "FALLBACK_REASONS", "RETRYABLE_STATUSES", "STRATEGIES", "CacheConfig", "Config", "ConfigError",
     "FilesConfig", "KeyConfig", "LimitsConfig", "ModelAlias", "ObservabilityConfig", "ProviderConfig", "ServerConfig",
     "StorageConfig", "Target",
 ]
@@ -87,6 +87,8 @@ class ModelAlias:
     tpm: int | None = None
     capabilities: tuple[str, ...] | None = None  # what GET /v1/models says the alias can do; None = not said
     file_metadata: dict[str, Any] = field(default_factory=dict)  # the prices file's context_window, capabilities
+    cache: bool = True  # answers of this alias may be cached (when [cache] backend is not "off")
+    cache_ttl_s: float | None = None  # this alias's entries live this long; None = [cache] ttl_s
     is_glob: bool = field(init=False)  # a pattern such as "openai/*": set from the name, read per request
 
     def __post_init__(self) -> None:
@@ -128,6 +130,28 @@ class FilesConfig:
 
 
 @dataclass(slots=True)
+class CacheConfig:
+    """[cache]: the response cache (proxy.cache)."""
+
+    backend: str = "off"  # off | memory | redis ([storage] redis_url)
+    mode: str = "exact"  # exact | semantic
+    ttl_s: float = 3600.0
+    max_size_mb: float = 256.0  # memory backend: an LRU bounded by the bytes of its entries
+    max_entry_kb: float = 1024.0  # larger answers are not stored
+    hash_strategy: str = "full_request"  # full_request | content+model | content
+    scope: str = "key"  # key: one gateway key never sees another's answers | global
+    deterministic_only: bool = False  # only requests with temperature 0 or a seed
+    coalesce_wait_s: float = 30.0  # identical misses wait this long for the first one's answer
+    embedding_model: str = ""  # semantic mode: the alias that embeds prompts
+    similarity_threshold: float = 0.95  # semantic mode: the cosine similarity a hit needs
+    semantic_max_entries: int = 10_000  # semantic mode: vectors kept per index (oldest dropped first)
+
+    @property
+    def enabled(self) -> bool:
+        return self.backend != "off"
+
+
+@dataclass(slots=True)
 class Config:
     path: str
     server: ServerConfig
@@ -138,4 +162,5 @@ class Config:
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     files: FilesConfig = field(default_factory=FilesConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     redactor: Redactor = field(default=NO_SECRETS, repr=False, compare=False)  # every secret above, to hide

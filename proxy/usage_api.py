@@ -159,6 +159,7 @@ _COLUMNS = (  # header, report field, format
     ("AVG_MS", "avg_latency_ms", "{:.1f}"),
     ("P95_MS", "p95_latency_ms", "{:.1f}"),
     ("CACHE_HIT", "cache_hit_rate", "{:.1%}"),
+    ("SAVED_USD", "cost_saved_usd", "{:.6f}"),
 )
 
 

@@ -33,7 +33,8 @@ def seed_rows() -> list[UsageRecord]:
             model="alpha", endpoint="chat", stream=False, provider="p1", upstream_model="alpha-1",
             status=500 if i in (3, 7) else 200, error_type="status_5xx" if i in (3, 7) else None,
             prompt_tokens=10 * i, completion_tokens=i, cached_tokens=1 if i % 2 else 0, reasoning_tokens=0,
-            cost_usd=i / 1000, latency_ms=float(21 - i), cache_hit=i <= 5, attempts=1))
+            cost_usd=i / 1000, latency_ms=float(21 - i), cache_hit=i <= 5, attempts=1,
+            cost_saved_usd=0.01 if i <= 5 else None))
     for i in range(3):
         out.append(UsageRecord(
             request_id=f"b-{i}", created_at=(DAY2 + timedelta(minutes=i)).timestamp(), key_name="other",
@@ -71,6 +72,7 @@ def test_report_totals_groups_and_p95_are_the_same_on_both_databases(database_ur
     assert alpha.avg_latency_ms == pytest.approx(10.5)
     assert alpha.p95_latency_ms == 19.0  # nearest rank: the 19th of 20 sorted latencies
     assert alpha.cache_hit_rate == pytest.approx(0.25)
+    assert alpha.cost_saved_usd == pytest.approx(0.05) and beta.cost_saved_usd == 0
     assert alpha.unpriced_requests == 0
     assert (beta.requests, beta.prompt_tokens, beta.cost_usd, beta.unpriced_requests) == (3, 21, None, 3)
 
@@ -177,7 +179,7 @@ def test_migrate_command_creates_the_schema_once(tmp_path, capsys):
     url = f"sqlite:///{tmp_path / 'm.db'}"
     config = _config(tmp_path, url)
     assert cli.main(["migrate", "--config", config]) == 0
-    assert "schema (usage_log, api_keys) at version 2 (applied 1, 2)" in capsys.readouterr().out
+    assert "schema (usage_log, api_keys) at version 3 (applied 1, 2, 3)" in capsys.readouterr().out
     assert cli.main(["migrate", "--config", config]) == 0
     assert "(nothing to apply)" in capsys.readouterr().out
     assert pg.fetch_rows(url) == []
@@ -196,8 +198,9 @@ def test_usage_command_prints_the_report_as_a_table(database_url, tmp_path, caps
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("usage ") and lines[0].endswith(" by model")
     assert lines[1].split() == ["MODEL", "REQUESTS", "ERRORS", "PROMPT_TOK", "COMPLETION_TOK", "CACHED_TOK",
-                                "COST_USD", "AVG_MS", "P95_MS", "CACHE_HIT"]
-    assert lines[2].split() == ["alpha", "20", "2", "2100", "210", "10", "0.210000", "10.5", "19.0", "25.0%"]
+                                "COST_USD", "AVG_MS", "P95_MS", "CACHE_HIT", "SAVED_USD"]
+    assert lines[2].split() == ["alpha", "20", "2", "2100", "210", "10", "0.210000", "10.5", "19.0", "25.0%",
+                                "0.050000"]
     assert lines[3].split()[0] == "TOTAL" and lines[3].split()[1:] == lines[2].split()[1:]
     assert len(lines) == 4  # beta is older than 24h
 
@@ -243,7 +246,7 @@ def test_api_keys_are_in_the_versioned_schema_and_an_old_database_upgrades(datab
 
     config = _config(tmp_path, database_url)
     assert cli.main(["migrate", "--config", config]) == 0
-    assert "at version 2 (applied 2)" in capsys.readouterr().out
+    assert "at version 3 (applied 2, 3)" in capsys.readouterr().out
 
     async def names() -> list[str]:
         keys = KeyStore(database_url)

@@ -149,10 +149,10 @@ class Totals:
         self.ratelimited: dict[tuple, float] = {}  # (scope,)
         self.auth_failures: dict[tuple, float] = {}  # (code,)
         self.unpriced: dict[tuple, float] = {}  # (model, provider)
-        self.cache: dict[tuple, float] = {}  # (result,)
+        self.cache: dict[tuple, float] = {}  # (alias, result)
         self.circuits: dict[tuple, float] = {}  # (provider, target): open in any live worker
-        self.counters = {"spilled_rows": 0.0, "write_errors": 0.0, "limits_store_errors": 0.0}
-        self.gauges = {"inflight": 0.0, "queue_rows": 0.0}  # live workers only
+        self.counters = {"spilled_rows": 0.0, "write_errors": 0.0, "limits_store_errors": 0.0, "cache_saved_usd": 0.0}
+        self.gauges = {"inflight": 0.0, "queue_rows": 0.0, "cache_entries": 0.0, "cache_bytes": 0.0}  # live only
         self.degraded = 0.0  # 1 if any live worker enforces limits in-process
         self.process: dict[tuple, list[Any]] = {}
         for snap, alive in snapshots:
@@ -182,17 +182,20 @@ class Totals:
             _count(self.auth_failures, (code,), n)
         for model, provider, n in snap.get("unpriced", ()):
             _count(self.unpriced, (model, provider), n)
-        for result, n in snap["cache"].items():
-            _count(self.cache, (result,), n)
+        for alias, result, n in snap["cache"]:
+            _count(self.cache, (alias, result), n)
         for name in self.counters:
             self.counters[name] += snap.get(name, 0)
         for family, kind, doc, sample, labels, value in snap.get("process", ()):
             self._add_process(family, kind, doc, sample, labels, value, alive)
         if not alive:
             return
-        for name in self.gauges:
+        for name in ("inflight", "queue_rows"):
             self.gauges[name] += snap[name]
         self.degraded = max(self.degraded, snap.get("limits_degraded", 0))
+        if snap.get("cache_entries_bytes"):
+            self.gauges["cache_entries"] += snap["cache_entries_bytes"][0]
+            self.gauges["cache_bytes"] += snap["cache_entries_bytes"][1]
         for provider, target, is_open in snap["circuits"]:
             self.circuits[(provider, target)] = max(self.circuits.get((provider, target), 0), is_open)
 

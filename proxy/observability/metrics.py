@@ -105,7 +105,9 @@ class Metrics(Observer):
         self.limits_store_errors = 0
         self.auth_failures: dict[str, int] = dict.fromkeys(AUTH_FAILURE_CODES, 0)
         self.unpriced: dict[tuple[str, str], int] = {}  # (model, provider): requests with tokens but no price
-        self.cache_total: dict[str, int] = {}
+        self.cache_total: dict[tuple[str, str], int] = {}  # (alias, result)
+        self.cache_saved_usd = 0.0
+        self.cache_gauges: Any = None  # () -> (entries, bytes) of this process's in-memory cache, or None
         self.aliases: frozenset[str] = frozenset()
         self.globs: tuple[str, ...] = ()
         self.glob_models: set[str] = set()
@@ -182,6 +184,8 @@ class Metrics(Observer):
                 s.ttft = Hist(TTFT_BUCKETS)
             s.ttft.observe(r.ttft_ms / 1000)
         self._spent(s, r, model, provider)
+        if r.cost_saved_usd:
+            self.cache_saved_usd += r.cost_saved_usd
         h = self.overhead.get(r.endpoint)
         if h is None:
             h = self.overhead[r.endpoint] = Hist(OVERHEAD_BUCKETS)
@@ -234,9 +238,9 @@ class Metrics(Observer):
         code = code if code in self.auth_failures else "invalid_api_key"
         self.auth_failures[code] += 1
 
-    def cache_result(self, hit: bool) -> None:
-        result = "hit" if hit else "miss"
-        self.cache_total[result] = self.cache_total.get(result, 0) + 1
+    def cache_result(self, alias: str, result: str) -> None:
+        k = (alias, result)  # a configured alias (a glob alias's pattern): a bounded label
+        self.cache_total[k] = self.cache_total.get(k, 0) + 1
 
     # --- scrape ------------------------------------------------------------------------------------
 
@@ -260,7 +264,9 @@ class Metrics(Observer):
             "limits_store_errors": self.limits_store_errors,
             "auth_failures": self.auth_failures,
             "unpriced": [[m, p, n] for (m, p), n in self.unpriced.items()],
-            "cache": self.cache_total,
+            "cache": [[a, r, n] for (a, r), n in self.cache_total.items()],
+            "cache_saved_usd": self.cache_saved_usd,
+            "cache_entries_bytes": self.cache_gauges() if self.cache_gauges is not None else None,
             "inflight": self.inflight,
             "queue_rows": getattr(sink, "queue_depth", 0),
             "spilled_rows": getattr(sink, "spilled_rows_total", 0),
@@ -324,7 +330,14 @@ class _GatewayCollector(Collector):
                        "(handled per [limits] on_store_error).", (), {(): t.counters["limits_store_errors"]})
         yield _gauge("gateway_limits_degraded", "1 while a worker enforces limits in-process because Redis is "
                      "unreachable ([limits] on_store_error = \"local\").", (), {(): t.degraded})
-        yield _counter("gateway_cache_requests", "Response cache lookups.", ("result",), t.cache)
+        yield _counter("gateway_cache_requests", "Response cache verdicts: hit, semantic_hit, miss, bypass, error.",
+                       ("alias", "result"), t.cache)
+        yield _counter("gateway_cache_saved_usd", "What cache hits would have cost upstream, in US dollars.", (),
+                       {(): t.counters["cache_saved_usd"]})
+        yield _gauge("gateway_cache_entries", "Entries in the in-memory response cache.", (),
+                     {(): t.gauges["cache_entries"]})
+        yield _gauge("gateway_cache_bytes", "Bytes held by the in-memory response cache.", (),
+                     {(): t.gauges["cache_bytes"]})
         yield _gauge("gateway_inflight_requests", "Requests in progress.", (), {(): t.gauges["inflight"]})
         yield _gauge("gateway_circuit_open", "1 while the target's circuit breaker is open (in any worker).",
                      ("provider", "target"), t.circuits)

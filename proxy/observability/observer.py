@@ -58,8 +58,8 @@ class Observer:
     def limits_store_error(self) -> None:
         """A rate-limit check or settlement could not reach the limits store (Redis)."""
 
-    def cache_result(self, hit: bool) -> None:
-        """A response cache lookup hit or missed (reserved for the response cache; nothing calls it yet)."""
+    def cache_result(self, alias: str, result: str) -> None:
+        """The response cache's verdict for one request: hit, semantic_hit, miss, bypass or error."""
 
 
 class Observers(Observer):
@@ -112,6 +112,6 @@ class Observers(Observer):
         for part in self.parts:
             part.limits_store_error()
 
-    def cache_result(self, hit: bool) -> None:
+    def cache_result(self, alias: str, result: str) -> None:
         for part in self.parts:
-            part.cache_result(hit)
+            part.cache_result(alias, result)

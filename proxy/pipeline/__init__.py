@@ -11,7 +11,7 @@ whose body is the whole path, one stage a line:
     resolve         proxy.runtime                   model name -> ModelAlias (globs, fuzzy); 404 / 403
     before hooks    proxy.pipeline.hooks            guardrails and middleware (none yet)
     limits          proxy.limits                    rpm, tpm, max_parallel, budget; 429 / 503
-    cache           proxy.pipeline.cache            a stored answer instead of an upstream call (none yet)
+    cache           proxy.pipeline.cache            a stored answer instead of an upstream call (proxy.cache)
     dispatch        proxy.dispatch                  targets in order: retries, fallbacks, hedging
                     proxy.pipeline.stream           streams: first bytes, then relayed as they come
                     proxy.frontend                  the answer in the client's API (or its bytes passed through)
@@ -84,9 +84,11 @@ class Pipeline:
             await self.hooks.before_request(tx)
             tx.ticket = await self.admit(tx)
             tx.dispatch = Dispatch(self.runtime.router, self.runtime.upstreams, self.runtime.obs, tx.alias, tx.request)
-            if tx.request.stream:  # relayed as it comes: after hooks and accounting run at its end
-                return await open_stream(tx, self.stream_ended, inbound.watch)
             tx.cached = await self.cache.lookup(tx)
+            if tx.request.stream:  # relayed as it comes: after hooks and accounting run at its end
+                if tx.cached is not None:
+                    return self.cache.replay(tx, self.stream_ended)
+                return await open_stream(tx, self.stream_ended, inbound.watch, self.cache.tap(tx))
             if tx.cached is None:
                 tx.outcome = await self.call(tx, inbound.watch)
             await self.hooks.after_response(tx)
@@ -113,7 +115,7 @@ class Pipeline:
             headers = {"x-request-id": header_id, **e.headers}
             return WholeAnswer(e.status, headers, orjson.dumps(error_body(e, inbound.endpoint)), no_bookkeeping)
         return Transaction(inbound.endpoint, request_id, header_id, key, headers={"x-request-id": header_id},
-                           authorization=inbound.authorization)
+                           authorization=inbound.authorization, cache_control=getattr(inbound, "cache_control", None))
 
     def resolve(self, tx: Transaction) -> ModelAlias:
         """The alias the model name means; a fuzzy match is said in a header and accounted to the alias."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import time
 from collections.abc import Callable
@@ -48,6 +49,8 @@ class Accounting:
 
     def failed(self, tx: Transaction, error: APIError) -> WholeAnswer:
         """The client's error answer, in OpenAI's shape, with the status it names."""
+        if tx.cache_state is not None:
+            tx.cache_state.abandon()  # requests coalesced behind this one go upstream themselves
         record, overhead = self._record(tx, error.status, error.error_type)
         tx.headers.update(error.headers)
         body = render(error, self.runtime.config.redactor, bearer_secret(tx.authorization), tx.endpoint)
@@ -69,6 +72,8 @@ class Accounting:
         """Cancelled from outside, i.e. the shutdown grace ran out: nobody sees an answer, but an upstream
         call under way may be billed, so the row is written now (503 ``gateway_shutdown``)."""
         tx.prompt_billed = True
+        if tx.cache_state is not None:
+            tx.cache_state.abandon()
         record, overhead = self._record(tx, 503, "gateway_shutdown")
         self.commit(tx, record, overhead)
 
@@ -99,6 +104,7 @@ class Accounting:
         elif tx.cached is not None:  # served from the cache: the tokens it stands for, nothing spent
             record.cache_hit = True
             _set_usage(record, None, tx.cached.usage or Usage(estimated=True))
+            record.cost_saved_usd = tx.cost_saved_usd
         return record, max(0.0, elapsed - (dispatch.waited_s if dispatch is not None else 0.0))
 
     def commit(self, tx: Transaction, record: UsageRecord, overhead: float) -> None:
@@ -106,7 +112,10 @@ class Accounting:
         losers that reached their upstream get rows of their own."""
         runtime = self.runtime
         losers = hedge_rows(record, tx.dispatch) if tx.dispatch is not None and tx.dispatch.hedge_losers else ()
-        runtime.limits.settle(tx.ticket, record, losers)
+        # A hit counts against rpm but not tpm or budget: the limits settle it as if it used nothing.
+        hit = record.cache_hit and tx.ticket is not None
+        spent = dataclasses.replace(record, prompt_tokens=0, completion_tokens=0) if hit else record
+        runtime.limits.settle(tx.ticket, spent, losers)
         runtime.active -= 1
         runtime.sink.submit(record)
         for row in losers:

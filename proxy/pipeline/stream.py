@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Protocol
 
 from adapters.base import StreamTranslator, UpstreamError
 from adapters.errors import APIError
@@ -25,8 +26,18 @@ from proxy.uvicorn_protocol import DirectBody
 log = logging.getLogger("gateway")
 
 
+class StreamTap(Protocol):
+    """Sees every piece of a stream as it is relayed (the response cache keeps what a stream said)."""
+
+    def feed(self, data: bytes) -> None: ...
+
+    async def ended(self, completed: bool) -> None:
+        """Once, at the stream's end: ``completed`` if it finished cleanly and the client had it all."""
+        ...
+
+
 async def open_stream(tx: Transaction, on_end: Callable[[Transaction, int, str | None], Awaitable[None]],
-                      watch: ClientWatch | None = None) -> StreamAnswer:
+                      watch: ClientWatch | None = None, tap: StreamTap | None = None) -> StreamAnswer:
     """Start the dispatch and wait for its first bytes, at most keepalive_s; failures before that raise.
     ``on_end(tx, status, error_type)`` runs once when the stream is over. A client that hangs up during
     that wait (``watch``) stops the upstream call at once: 499, not noticed only at the first bytes."""
@@ -60,7 +71,7 @@ async def open_stream(tx: Transaction, on_end: Callable[[Transaction, int, str |
         describe(tx.headers, dispatch, tx.outcome, tx.model)
     overhead = max(0.0, time.perf_counter() - tx.started - dispatch.waited_s)
     tx.headers["x-gateway-overhead-ms"] = f"{overhead * 1000:.3f}"
-    relay = StreamRelay(tx, task, on_end)
+    relay = StreamRelay(tx, task, on_end, tap)
     return StreamAnswer(tx.headers, relay.chunks, relay.finish, relay.cut)
 
 
@@ -89,8 +100,10 @@ class StreamRelay:
     or abandoned by the client (even before the first chunk was asked for)."""
 
     def __init__(self, tx: Transaction, task: asyncio.Task[Outcome],
-                 on_end: Callable[[Transaction, int, str | None], Awaitable[None]]) -> None:
+                 on_end: Callable[[Transaction, int, str | None], Awaitable[None]],
+                 tap: StreamTap | None = None) -> None:
         self.tx = tx
+        self.tap = tap
         self.task = task
         self.on_end = on_end
         self.status, self.error_type = 200, None
@@ -132,11 +145,16 @@ class StreamRelay:
         clock = time.perf_counter
         push = start.response.push if direct is not None else None
         self.direct, self.translator = direct, tr
+        tap = self.tap
         try:
+            if tap is not None:
+                tap.feed(start.first)
             yield start.first
             if start.rest and not tr.done:  # the rest of the read the first event came in
                 rest, start.rest = start.rest, b""
                 out = tr.feed(rest)
+                if tap is not None:
+                    tap.feed(out)
                 if not self._ended_with(out) and out:  # a short answer in one read: rest and end in one write
                     yield out
             while not tr.done:
@@ -152,11 +170,15 @@ class StreamRelay:
                 except StopAsyncIteration:
                     tx.stream_waited_s += clock() - t0
                     tail = tr.end()
+                    if tap is not None:
+                        tap.feed(tail)
                     if tail:
                         yield tail
                     break
                 tx.stream_waited_s += clock() - t0
                 out = tr.feed(data)
+                if tap is not None:
+                    tap.feed(out)
                 if not self._ended_with(out) and out:
                     yield out
             if tr.error is not None:
@@ -172,6 +194,8 @@ class StreamRelay:
         tr, direct = self.translator, self.direct
         assert tr is not None and direct is not None
         out = tr.feed(data)
+        if self.tap is not None:
+            self.tap.feed(out)
         more = not self._ended_with(out) and (direct.write(out) if out else True) and not tr.done
         self.pushing_s += time.perf_counter() - t0
         return more
@@ -212,4 +236,7 @@ class StreamRelay:
             outcome.state.end()
         if disconnected and not (outcome and outcome.stream and outcome.stream.translator.done):
             self.status, self.error_type = 499, "client_disconnect"
+        if self.tap is not None:
+            done = self.status == 200 and self.translator is not None and self.translator.done
+            await self.tap.ended(done and self.translator is not None and self.translator.error is None)
         await self.on_end(tx, self.status, self.error_type)

@@ -75,6 +75,11 @@ class Transaction:
     headers: dict[str, str] = field(default_factory=dict)  # response headers the stages add
     # The client's Authorization header, kept only while the request lives: its key is hidden in error bodies.
     authorization: str | None = None
+    # The response cache: the client's (Cache-Control, x-gateway-cache-ttl) headers, the cache stage's
+    # own state for the request (``abandon()`` when it fails), and what a hit saved (the original cost).
+    cache_control: tuple[str | None, str | None] | None = None
+    cache_state: Any = None
+    cost_saved_usd: float | None = None
 
     @property
     def model(self) -> str:

@@ -14,7 +14,7 @@ from proxy.records import UsageRecord
 COLUMNS: tuple[str, ...] = (
     "request_id", "created_at", "key_name", "model", "provider", "upstream_model", "endpoint", "stream", "status",
     "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens", "usage_estimated", "cost_usd",
-    "latency_ms", "ttft_ms", "attempts", "cache_hit", "error_type",
+    "latency_ms", "ttft_ms", "attempts", "cache_hit", "error_type", "cost_saved_usd",
 )
 BOOL_COLUMNS = frozenset({"stream", "usage_estimated", "cache_hit"})
 GROUPS = ("model", "key", "provider", "day", "hour")
@@ -108,6 +108,10 @@ MIGRATIONS: tuple[Migration, ...] = (
     # Gateway keys managed at run time (proxy.keystore). IF NOT EXISTS: gateways before this
     # migration created the table themselves.
     Migration(2, "create api_keys", sqlite=(_API_KEYS,), postgres=(_API_KEYS,)),
+    # The response cache: what a hit saved (the cost of the answer it repeated); null on other rows.
+    Migration(3, "add usage_log.cost_saved_usd",
+              sqlite=("ALTER TABLE usage_log ADD COLUMN cost_saved_usd REAL",),
+              postgres=("ALTER TABLE usage_log ADD COLUMN IF NOT EXISTS cost_saved_usd double precision",)),
 )
 LATEST = MIGRATIONS[-1].version
 
@@ -135,16 +139,19 @@ class ReportRow:
     avg_latency_ms: float = 0.0
     p95_latency_ms: float = 0.0
     cache_hit_rate: float = 0.0
+    cost_saved_usd: float = 0.0  # what cache hits saved
 
     @classmethod
     def from_tuple(cls, row: tuple[Any, ...] | Any) -> ReportRow:
-        (group, requests, errors, prompt, completion, cached, reasoning, cost, unpriced, avg, p95, hits) = tuple(row)
+        (group, requests, errors, prompt, completion, cached, reasoning, cost, unpriced, avg, p95, hits,
+         saved) = tuple(row)
         return cls(
             group=group, requests=int(requests), errors=int(errors or 0), prompt_tokens=int(prompt or 0),
             completion_tokens=int(completion or 0), cached_tokens=int(cached or 0),
             reasoning_tokens=int(reasoning or 0), cost_usd=None if cost is None else round(float(cost), 10),
             unpriced_requests=int(unpriced or 0), avg_latency_ms=round(float(avg or 0), 3),
             p95_latency_ms=round(float(p95 or 0), 3), cache_hit_rate=round(float(hits or 0), 6),
+            cost_saved_usd=round(float(saved or 0), 10),
         )
 
 

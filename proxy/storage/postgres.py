@@ -20,6 +20,7 @@ _PG_TYPES = {
     "prompt_tokens": "bigint", "completion_tokens": "bigint", "cached_tokens": "bigint", "reasoning_tokens": "bigint",
     "usage_estimated": "boolean", "cost_usd": "double precision", "latency_ms": "double precision",
     "ttft_ms": "double precision", "attempts": "integer", "cache_hit": "boolean", "error_type": "text",
+    "cost_saved_usd": "double precision",
 }
 
 _PG_GROUPS = {
@@ -35,7 +36,8 @@ _PG_REPORT = """
 SELECT {group} AS grp, count(*), count(error_type), sum(prompt_tokens)::bigint, sum(completion_tokens)::bigint,
        sum(cached_tokens)::bigint, sum(reasoning_tokens)::bigint, sum(cost_usd),
        count(*) FILTER (WHERE cost_usd IS NULL AND prompt_tokens + completion_tokens > 0),
-       avg(latency_ms), percentile_disc(0.95) WITHIN GROUP (ORDER BY latency_ms), avg(cache_hit::int)
+       avg(latency_ms), percentile_disc(0.95) WITHIN GROUP (ORDER BY latency_ms), avg(cache_hit::int),
+       sum(cost_saved_usd)
 FROM usage_log WHERE created_at >= $1 AND created_at < $2 {key_filter}
 GROUP BY 1
 """

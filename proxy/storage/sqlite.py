@@ -48,7 +48,7 @@ _SQLITE_GROUPS = {
 _SQLITE_REPORT = """
 WITH base AS (
     SELECT {group} AS grp, error_type, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens,
-           cost_usd, latency_ms, cache_hit
+           cost_usd, latency_ms, cache_hit, cost_saved_usd
     FROM usage_log WHERE created_at >= ? AND created_at < ? {key_filter}
 ),
 ranked AS (
@@ -60,7 +60,7 @@ p95 AS (SELECT grp, MIN(latency_ms) AS p95 FROM ranked WHERE rn * 100 >= n * 95 
 SELECT b.grp, COUNT(*), COUNT(b.error_type), SUM(b.prompt_tokens), SUM(b.completion_tokens),
        SUM(b.cached_tokens), SUM(b.reasoning_tokens), SUM(b.cost_usd),
        SUM(b.cost_usd IS NULL AND b.prompt_tokens + b.completion_tokens > 0),
-       AVG(b.latency_ms), MAX(p.p95), AVG(b.cache_hit)
+       AVG(b.latency_ms), MAX(p.p95), AVG(b.cache_hit), SUM(b.cost_saved_usd)
 FROM base b LEFT JOIN p95 p ON p.grp IS b.grp
 GROUP BY b.grp
 """

@@ -10,6 +10,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import bench_cache
+from bench_cache import CacheBench
 from bench_load import PACED_EXTRA_CHUNKS, Load
 from bench_procs import ROOT, cpus
 
@@ -103,6 +105,7 @@ class Results:
     paired: list[tuple[float, float]] = field(default_factory=list)
     paired_status: str = "not run"
     services: str = "not moved"  # where the local Redis and Postgres ran during the gateway rows
+    cache: CacheBench | None = None  # the response cache row (bench_cache)
 
 
 def fmt(x: float | None, digits: int = 2) -> str:
@@ -302,6 +305,8 @@ def verdicts(res: Results) -> list[tuple[str, bool | None, str]]:
             out.append((label, None, f"{numbers}; {mem.status}"))
         else:
             out.append((label, abs(mem.growth) <= 0.10, numbers))
+    if res.cache is not None:
+        out += bench_cache.verdicts(res.cache, res.plan.memory_total)
     return out
 
 
@@ -341,6 +346,8 @@ def report(res: Results) -> str:
               "stream's: a gateway reads a stream from its upstream in as many pieces as the burst reached it "
               "in, and writes each piece to the client as it comes, or several at once when the client is "
               "slower than the upstream.", ""]
+    if res.cache is not None:
+        lines += bench_cache.lines(res.cache)
     lines += ["## Targets", ""]
     for label, ok, detail in verdicts(res):
         mark = "PASS" if ok else ("n/a" if ok is None else "FAIL")

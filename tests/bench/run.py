@@ -6,7 +6,8 @@ Layout on a machine with 2+ cores: the server under test is pinned to core 0 (ta
 (this driver, wrk, the fake upstream) to core 1, so the CPU time read from /proc/<pid>/stat for the server
 is its own. For the "direct" row the fake upstream itself is the server under test and moves to core 0.
 
-Usage: .venv/bin/python tests/bench/run.py [--quick] [--skip-litellm] [--skip-portkey] [--skip-memory] [--out PATH]
+Usage: .venv/bin/python tests/bench/run.py [--quick] [--skip-litellm] [--skip-portkey] [--skip-memory]
+       [--skip-cache | --only-cache] [--out PATH]
        (BENCH_QUICK=1, BENCH_SKIP_LITELLM=1 and BENCH_SKIP_PORTKEY=1 do the same as the flags)
 """
 
@@ -24,6 +25,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from bench_cache import CacheBench, run_cache
+from bench_cache import memory_check as cache_memory_check
 from bench_ledger import count_rows, prepare_db, settle_rows
 from bench_load import (
     CHAT,
@@ -316,6 +319,13 @@ def run(args: argparse.Namespace) -> Results:
     try:
         upstream.wait_ready(15)
         pin(upstream.pids, server_cpu)  # direct: the fake upstream is the server under test
+        if args.only_cache:  # the response cache's row alone, against the direct p50 at c=1
+            direct_c1 = measured(upstream, upstream, lambda: phase(upstream.url + CHAT, 1, plan.c1_s, None,
+                                                                   [NONSTREAM], plan.min_requests, plan.phase_cap_s))
+            pin(upstream.pids, load_cpu)
+            run_cache_row(res, env, upstream, server_cpu, logdir, direct_c1.p50_ms)
+            res.noise = noise.summary()
+            return res
         res.rows["direct"] = measure("direct", upstream, upstream, GATEWAY_KEY, plan, plan.rounds)
         pin(upstream.pids, load_cpu)
         with services_on(load_cpu) as res.services:
@@ -332,6 +342,9 @@ def run(args: argparse.Namespace) -> Results:
             run_portkey(res, env, upstream, server_cpu, logdir)
         if not args.skip_memory:
             run_memory(res, env, upstream, server_cpu, logdir)
+        if not args.skip_cache:
+            direct = res.rows["direct"]
+            run_cache_row(res, env, upstream, server_cpu, logdir, direct.c1.p50_ms if direct.c1 else None)
     finally:
         upstream.stop()
     res.noise = noise.summary()
@@ -527,6 +540,22 @@ def run_memory(res: Results, env: dict[str, str], upstream: Server, cpu: int | N
         gw.stop()
 
 
+def run_cache_row(res: Results, env: dict[str, str], upstream: Server, cpu: int | None, logdir: Path,
+                  direct_c1_ms: float | None) -> None:
+    """The response cache: hits vs proxied requests, then its memory over memory_total distinct requests."""
+    res.cache = CacheBench()
+    bare = bare_config(logdir, env)[0]
+
+    def start(name: str, config: Path) -> Server:
+        return start_gateway(name, config, cpu, env, logdir)
+
+    try:
+        run_cache(res.cache, start, bare, upstream, res.plan, direct_c1_ms)
+        cache_memory_check(res.cache, start, bare, res.plan.memory_total, res.plan.memory_cap_s)
+    except (RuntimeError, OSError) as e:
+        res.cache.status = f"failed: {e}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="Benchmark: direct vs gateway (bare, governed) vs LiteLLM "
                                                  "and Portkey.")
@@ -537,6 +566,9 @@ def main() -> int:
     parser.add_argument("--skip-portkey", action="store_true", default=os.environ.get("BENCH_SKIP_PORTKEY") == "1",
                         help="do not install or run Portkey's gateway (also BENCH_SKIP_PORTKEY=1)")
     parser.add_argument("--skip-memory", action="store_true", help="skip the 100,000-request memory check")
+    parser.add_argument("--skip-cache", action="store_true", help="skip the response cache row")
+    parser.add_argument("--only-cache", action="store_true", help="run only the response cache row (and the "
+                        "direct p50 at c=1 it is compared with)")
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md", help="where to write the table")
     args = parser.parse_args()
     if not GATEWAY.exists():

@@ -4,6 +4,7 @@
 --                     BENCH_PATH_i, if set, is the path for body i (default: the URL's path)
 --   BENCH_AUTH        optional gateway key, sent as "Authorization: Bearer <key>"
 --   BENCH_HEADERS     optional more headers, "Name: value" lines (a peer that routes by header)
+--   BENCH_UNIQUE      a body with "{n}" in it: every request gets its own number there (distinct requests)
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 local auth = os.getenv("BENCH_AUTH")
@@ -37,6 +38,15 @@ if #bodies > 0 then
   function request()
     n = n + 1
     return prepared[(n % #prepared) + 1]
+  end
+end
+
+local unique = os.getenv("BENCH_UNIQUE")
+if unique ~= nil and unique ~= "" then
+  local n = 0
+  function request()
+    n = n + 1
+    return wrk.format("POST", nil, nil, (unique:gsub("{n}", tostring(n))))
   end
 end
 
