@@ -82,3 +82,20 @@ def test_checker_allows_drops_only_at_the_killed_replica_while_in_flight():
                _record(4, 429)]
     failures = check(records, _rows(records), RPM_KEY, kill).failures
     assert [f.split()[0] for f in failures] == ["c-0-2", "c-0-3"]
+
+
+def test_checker_allows_only_a_stream_finished_in_the_journal_tick_before_the_kill_to_lack_its_row():
+    kill = Kill("http://b", at=200.0, back=203.0)
+    records = [_record(0, sent=199.85, gateway="http://b"), _record(1, sent=199.85, gateway="http://b"),
+               _record(2, sent=199.0, gateway="http://b"), _record(3, sent=199.85, gateway="http://a"),
+               _record(4, 429)]
+    for r in records[:4]:
+        r["kind"] = "stream"
+    records[1]["kind"] = "chat"  # a whole answer waits for its row under strict durability: never lost
+    rows = {i: row for i, row in _rows(records).items() if i == "c-0-4"}
+    found = check(records, rows, RPM_KEY, kill, strict=True, tick_s=0.2)
+    assert found.counts["rows lost at the kill"] == 1 and found.lost[0].startswith("c-0-0 (stream")
+    failures = "\n".join(found.failures)
+    assert "c-0-1" in failures and "c-0-2" in failures and "c-0-3" in failures and "c-0-0" not in failures
+    batch = check(records, rows, RPM_KEY, kill, strict=False, tick_s=0.2)
+    assert batch.counts["rows lost at the kill"] == 2  # batch durability: the whole answer may go too

@@ -291,7 +291,8 @@ def run(plan: Plan, workdir: Path, pg_base: str = PG_BASE) -> Outcome:
             answered = {r["id"] for r in records_one + records_three + records if r["outcome"] == "answered"}
             rows = wait_rows(database_url, answered)
             # the CPU phases' requests must have their rows too (they hold no limit and see no kill)
-            findings = check(records_one + records_three + records, rows, keys, killed)
+            findings = check(records_one + records_three + records, rows, keys, killed,
+                             strict=plan.durability == "strict")
             return Outcome(plan, findings, phases, killed, started)
         finally:
             for r in replicas:
