@@ -46,7 +46,8 @@ class Plan:
     rpm: int = 60
     tpm: int = 600
     budget_usd: float = 0.5
-    cpu_window_s: float = 8.0  # each CPU phase's measured window
+    cpu_window_s: float = 6.0  # each CPU phase's measured window
+    cpu_rounds: int = 2  # of each CPU phase, alternating
     cpu_rps: float = 60.0  # per replica (one client process each): the load grows with the replicas
     workers: int = 2
     # CPU per request with three replicas over one: what "flat" allows on this shared 2-core machine; the
@@ -58,7 +59,7 @@ class Plan:
     @classmethod
     def quick(cls, duration_s: float = 5.0) -> Plan:
         return cls(duration_s=duration_s, clients=2, rps=16.0, threads=8, rpm=5, tpm=100, budget_usd=0.08,
-                   cpu_window_s=4.0, cpu_rps=50.0, cpu_ratio_limit=2.0, short=True)
+                   cpu_window_s=4.0, cpu_rounds=1, cpu_rps=50.0, cpu_ratio_limit=2.0, short=True)
 
 
 @dataclass
@@ -69,6 +70,14 @@ class CpuPhase:
     window_s: float
     idle_cpu_per_s: float  # the replicas' CPU seconds per second with no traffic
     offered_rps: float
+    rounds: int = 1
+
+    @classmethod
+    def pooled(cls, phases: list[CpuPhase]) -> CpuPhase:
+        """Rounds of one phase as one: their CPU, requests, windows and idle time summed."""
+        window = sum(p.window_s for p in phases)
+        return cls(phases[0].replicas, sum(p.requests for p in phases), sum(p.cpu_s for p in phases), window,
+                   sum(p.idle_cpu_per_s * p.window_s for p in phases) / window, phases[0].offered_rps, len(phases))
 
     @property
     def net_us_per_request(self) -> float:
@@ -255,17 +264,22 @@ def run(plan: Plan, workdir: Path, pg_base: str = PG_BASE) -> Outcome:
             config.write_text(text)
             replicas = [Replica(config, free_port(), workdir, plan.workers) for _ in range(3)]
             replicas[0].start()  # alone first: it migrates the schema
-            log("CPU phase: 1 replica")
-            one, records_one = cpu_phase(plan, replicas[:1], cpu_key, workdir, "cpu1-", plan.cpu_rps)
             for r in replicas[1:]:
                 r.start()
-            log("CPU phase: 3 replicas")
-            three, records_three = cpu_phase(plan, replicas, cpu_key, workdir, "cpu3-", plan.cpu_rps)
-            phases = [one, three]
+            # one replica and three alternate, so that the machine's drifting load falls on both alike
+            rounds: dict[str, list[CpuPhase]] = {"one": [], "three": []}
+            cpu_records: list[dict[str, Any]] = []
+            for n in range(plan.cpu_rounds):
+                for name, serving in (("one", replicas[:1]), ("three", replicas)):
+                    log(f"CPU phase: {len(serving)} replica(s), round {n + 1} of {plan.cpu_rounds}")
+                    phase, more = cpu_phase(plan, serving, cpu_key, workdir, f"cpu{name}{n}-", plan.cpu_rps)
+                    rounds[name].append(phase)
+                    cpu_records += more
+            phases = [CpuPhase.pooled(rounds["one"]), CpuPhase.pooled(rounds["three"])]
             if not plan.short:  # for the record: one replica's load spread over three (not asserted)
                 spread, more = cpu_phase(plan, replicas, cpu_key, workdir, "cpu3s-", plan.cpu_rps / 3)
                 phases.append(spread)
-                records_three += more
+                cpu_records += more
             victim = replicas[1]
             kill_at = {"at": 0.0, "back": 0.0}
 
@@ -288,10 +302,10 @@ def run(plan: Plan, workdir: Path, pg_base: str = PG_BASE) -> Outcome:
             kill_offset = plan.duration_s * 0.4
             records = run_clients(specs, workdir, [(kill_offset, kill), (kill_offset + 1.0, restart)])
             killed = Kill(victim.url, kill_at["at"], kill_at["back"])
-            answered = {r["id"] for r in records_one + records_three + records if r["outcome"] == "answered"}
+            answered = {r["id"] for r in cpu_records + records if r["outcome"] == "answered"}
             rows = wait_rows(database_url, answered)
             # the CPU phases' requests must have their rows too (they hold no limit and see no kill)
-            findings = check(records_one + records_three + records, rows, keys, killed,
+            findings = check(cpu_records + records, rows, keys, killed,
                              strict=plan.durability == "strict")
             return Outcome(plan, findings, phases, killed, started)
         finally:

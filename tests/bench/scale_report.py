@@ -58,7 +58,8 @@ def report(o: Outcome) -> str:
     lines += ["", "| CPU phase (unlimited key) | offered | requests in window (rps) | gateway CPU s | "
               "CPU per request | idle CPU (ms/s) | CPU per request less idle |", "|---|---|---|---|---|---|---|"]
     for phase in o.cpu:
-        lines.append(f"| {phase.replicas} replica{'s' if phase.replicas > 1 else ''} x {p.workers} workers | "
+        rounds = f", {phase.rounds} rounds" if phase.rounds > 1 else ""
+        lines.append(f"| {phase.replicas} replica{'s' if phase.replicas > 1 else ''} x {p.workers} workers{rounds} | "
                      f"{phase.offered_rps:g} rps | {phase.requests:,} in {phase.window_s:.1f} s "
                      f"({phase.requests / phase.window_s:.0f}) | {phase.cpu_s:.2f} | "
                      f"{phase.us_per_request:,.0f} µs | {phase.idle_cpu_per_s * 1000:.1f} | "
@@ -78,7 +79,8 @@ def report(o: Outcome) -> str:
               "the budget their `cost_usd`. Rows: every answered request (200 or 429) must have its row with "
               "its status; dropped requests are the killed replica's in-flight ones. CPU: utime + stime of every "
               "gateway process (supervisors and workers, from /proc) between two samples taken while the "
-              "clients send, over the requests that ended between them.", ""]
+              "clients send, over the requests that ended between them; one client process per replica; "
+              "the one- and three-replica phases alternate, and their rounds are pooled.", ""]
     failures = o.failures
     lines.append("Result: **PASS**" if not failures else "Result: **FAIL**")
     lines += [f"- {x}" for x in failures[:20]] + [f"- note: {x}" for x in o.notes]
