@@ -48,7 +48,7 @@ class Plan:
     budget_usd: float = 0.5
     cpu_window_s: float = 6.0  # each CPU phase's measured window
     cpu_rounds: int = 2  # of each CPU phase, alternating
-    cpu_rps: float = 60.0  # per replica (one client process each): the load grows with the replicas
+    cpu_rps: float = 40.0  # per replica (one client process each): the load grows with the replicas
     workers: int = 2
     # CPU per request with three replicas over one: what "flat" allows on this shared 2-core machine; the
     # short (pytest) run's windows are a few seconds, so it allows more noise

@@ -97,8 +97,8 @@ def check(records: list[dict[str, Any]], rows: dict[str, dict[str, Any]], keys: 
     missing = [r for r in answered if r["id"] not in rows]
     lost = [r for r in missing if kill is not None and r["gateway"] == kill.gateway
             and kill.at - tick_s - 0.1 <= r["ended"] <= kill.at + 0.1 and (r["kind"] == "stream" or not strict)]
-    found.lost = [f"{r['id']} ({r['kind']}, {r['status']}) ended {(kill.at - r['ended']) * 1000:.0f} ms before "
-                  "the SIGKILL" for r in lost if kill is not None]
+    found.lost = [f"{r['id']} ({r['kind']}, {r['status']}): the client read its end {_when(r['ended'], kill.at)} the "
+                  "SIGKILL was sent" for r in lost if kill is not None]
     missing = [r for r in missing if r not in lost]
     for r in missing[:10]:
         found.fail(f"{r['id']} ({r['kind']}, {r['status']} via {r['gateway']}, ended {r['ended']:.3f}) has no row")
@@ -158,3 +158,8 @@ def check(records: list[dict[str, Any]], rows: dict[str, dict[str, Any]], keys: 
 
 def _tokens(row: dict[str, Any] | None) -> int:
     return 0 if row is None else int(row["prompt_tokens"]) + int(row["completion_tokens"])
+
+
+def _when(t: float, at: float) -> str:
+    ms = (t - at) * 1000
+    return f"{-ms:.0f} ms before" if ms < 0 else f"{ms:.0f} ms after"

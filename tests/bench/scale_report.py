@@ -77,7 +77,9 @@ def report(o: Outcome) -> str:
               "limit x (1 + span / 60); rpm is also checked on every sub-window (plus 1% of the limit: units "
               "leased before a window opens may be spent in it). tpm counts the rows' prompt + completion tokens, "
               "the budget their `cost_usd`. Rows: every answered request (200 or 429) must have its row with "
-              "its status; dropped requests are the killed replica's in-flight ones. CPU: utime + stime of every "
+              "its status; dropped requests (the connection broke) must be the killed replica's: in flight at "
+              "the kill, or sent on a kept-alive connection to it after it died; refused ones, sent while it was "
+              "down. CPU: utime + stime of every "
               "gateway process (supervisors and workers, from /proc) between two samples taken while the "
               "clients send, over the requests that ended between them; one client process per replica; "
               "the one- and three-replica phases alternate, and their rounds are pooled.", ""]
