@@ -4,9 +4,12 @@ node's URL), Postgres as the ledger (a throwaway schema in the shared `test` dat
 upstream (tests/fakes). Client processes send mixed chat, stream and embeddings traffic with the OpenAI SDK
 under per-key rpm, tpm and budget limits that bind; one replica is killed with SIGKILL mid-run and restarted.
 Asserts: each limit admits within its exact allowance, one usage row per answered request, no 5xx, drops
-only at the killed replica; and the gateways' CPU per request is flat from one replica to three.
+only at the killed replica; and the gateways' CPU per request is flat from one replica to three at the same
+load per replica.
 
-Usage: .venv/bin/python -m tests.bench.scale [--duration 20] [--short] [--out tests/bench/RESULTS.md | --no-write]
+Usage: .venv/bin/python -m tests.bench.scale [--duration 20] [--short] [--durability strict|batch] [--keep]
+       [--out tests/bench/RESULTS.md | --no-write]
+Postgres: $GATEWAY_TEST_PG_URL, else postgresql://postgres@127.0.0.1:5432/test (a schema is made and dropped).
 """
 
 from __future__ import annotations
@@ -97,7 +100,6 @@ class Outcome:
     cpu: list[CpuPhase] = field(default_factory=list)
     kill: Kill | None = None
     started: str = ""
-    notes: list[str] = field(default_factory=list)
 
     @property
     def cpu_ratio(self) -> float:
