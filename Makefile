@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= gateway.toml
 
-.PHONY: install dev run test lint check clean bench
+.PHONY: install dev run test lint check clean bench scale
 
 # The gateway alone for `make run`; the test and tracing extras only when a target needs them.
 $(BIN)/gateway: pyproject.toml
@@ -35,6 +35,11 @@ test: dev
 # BENCH_SKIP_PORTKEY=1) for a smoke run.
 bench: dev
 	$(BIN)/python tests/bench/run.py $(BENCH_ARGS)
+
+# The scale-out proof: 3 replicas x 2 workers, a 3-node Redis Cluster, Postgres (127.0.0.1:5432 db test), a
+# replica SIGKILLed mid-run; writes its section of tests/bench/RESULTS.md. SCALE_ARGS="--duration 30", "--no-write".
+scale: dev
+	$(BIN)/python -m tests.bench.scale $(SCALE_ARGS)
 
 lint: dev
 	$(BIN)/ruff check proxy adapters tests
