@@ -85,7 +85,11 @@ def check_url(url: str) -> None:
     elif not parts.hostname:
         raise ValueError("needs a host, e.g. redis://127.0.0.1:6379/0")
     parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
-    db = parse_qs(parts.query).get("db", [parts.path.strip("/") if not url.startswith("unix://") else "0"])[0]
+    query = parse_qs(parts.query)
+    for name in query:  # redis-py would pass any other through to its connections (and fail there)
+        if name != "db":
+            raise ValueError(f"unknown option {name!r} in the query (only db= is read)")
+    db = query.get("db", [parts.path.strip("/") if not url.startswith("unix://") else "0"])[0]
     if db and not db.isdigit():
         raise ValueError(f"database {db!r} must be a number")
     parse_url(url)  # redis-py's own reading: the same errors it would raise at the first connect
@@ -113,13 +117,14 @@ class RedisClient:
         self.connecting: asyncio.Future[Any] | None = None
         self.scripts: dict[str, AsyncScript] = {}  # source -> its Script on self.client
         self.cluster = False
+        self.sentinel: Sentinel | None = None  # its clients of the Sentinels themselves, closed with ours
 
     def _make(self) -> Any:
         options = _options(self.tls)
         if self.url.startswith("redis+sentinel://"):
             spec = parse_sentinel_url(self.url)
-            sentinel = Sentinel(spec.nodes, min_other_sentinels=0, sentinel_kwargs=_options(None),
-                                **_options(None))
+            sentinel = self.sentinel = Sentinel(spec.nodes, min_other_sentinels=0, sentinel_kwargs=_options(None),
+                                                **_options(None))
             return sentinel.master_for(spec.service, db=spec.db, username=spec.username, password=spec.password,
                                        **_options(None))
         if self.url.startswith("unix://"):
@@ -171,6 +176,7 @@ class RedisClient:
 
     async def aclose(self) -> None:
         client, self.client, self.scripts = self.client, None, {}
-        if client is not None:
+        sentinels = self.sentinel.sentinels if self.sentinel is not None else []
+        for each in [client, *sentinels] if client is not None else sentinels:
             with contextlib.suppress(*ERRORS):
-                await client.aclose()
+                await each.aclose()

@@ -249,6 +249,7 @@ def config_error(storage: str) -> ConfigError:
     ('redis_url = "redis://:pw@127.0.0.1:notaport/0"', "storage.redis_url", "port"),
     ('redis_url = "redis://127.0.0.1:6379/x"', "storage.redis_url", "must be a number"),
     ('redis_url = "unix://"', "storage.redis_url", "socket's path"),
+    ('redis_url = "redis://127.0.0.1:6379?socket_timeout=30"', "storage.redis_url", "unknown option"),
     ('redis_url = "redis+sentinel://127.0.0.1:26379"', "storage.redis_url", "service name"),
     ('redis_url = "redis+sentinel://127.0.0.1/mymaster"', "storage.redis_url", "host:port"),
     ('redis_url = "redis://127.0.0.1:6379/0"\nredis_ca_file = "/etc/ssl/certs"', "storage.redis_ca_file",
