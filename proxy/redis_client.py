@@ -23,12 +23,13 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisClusterException, RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 CALL_TIMEOUT_S = 0.5  # a connect or a reply slower than this fails the call: the limits must not stall requests
 SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://")
-# Everything a failed call can raise: the caller turns it into StoreUnavailable.
-ERRORS = (OSError, asyncio.TimeoutError, RedisError, RedisClusterException)
+# What a failed call raises: redis-py's errors, OSError, TimeoutError, and from a server that answers
+# what redis-py does not expect, anything; the caller turns each into StoreUnavailable.
+ERRORS = (Exception,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +98,9 @@ def check_url(url: str) -> None:
 
 def _options(tls: RedisTLS | None) -> dict[str, Any]:
     """What every connection of every client is given: fail fast, never retry in the client."""
+    # RESP2: no HELLO round trip at connect, and replies in the shapes the scripts' readers expect.
     options: dict[str, Any] = {"socket_timeout": CALL_TIMEOUT_S, "socket_connect_timeout": CALL_TIMEOUT_S,
-                               "retry": Retry(NoBackoff(), 0)}
+                               "retry": Retry(NoBackoff(), 0), "protocol": 2}
     if tls is not None:
         options.update(ssl_ca_certs=tls.ca_file or None, ssl_certfile=tls.client_cert or None,
                        ssl_keyfile=tls.client_key or None)
