@@ -21,14 +21,13 @@ from proxy.limits.checks import (
 )
 from proxy.limits.leases import LEASE_FREE_SHARE
 from proxy.limits.store import Settlement, SpendUnknown, StoreUnavailable, Verdict
-from proxy.redis_client import ERRORS, RedisClient, RedisTLS
 from proxy.settings import StorageConfig
 
 ACQUIRE_ARGS_PER_CHECK = 5  # kind, limit, ttl, amount, lease asked for
 SETTLE_ARGS_PER_ENTRY = 4  # kind, limit, delta, request id
 GCRA_KEY_LINGER_MS = 1000  # an rpm/tpm key outlives its last reservation by this much, then expires
 BUDGET_KEY_LINGER_S = 86400  # a budget's key outlives its period by this much, for late settlements
-REDIS_ERRORS = ERRORS
+REDIS_ERRORS = (Exception,)  # any failure of a call is the store's (see proxy.redis_client.ERRORS)
 
 
 def lua_script(name: str, **constants: float) -> str:
@@ -50,6 +49,10 @@ class RedisBackend:
     remote = True
 
     def __init__(self, url: str, storage: StorageConfig | None = None) -> None:
+        # Imported here: redis-py loads OpenTelemetry when it is installed, and a gateway without Redis
+        # should load neither.
+        from proxy.redis_client import RedisClient, RedisTLS
+
         tls = storage and RedisTLS(storage.redis_ca_file, storage.redis_client_cert, storage.redis_client_key)
         self.client = RedisClient(url, tls or None)  # no I/O here: it connects at the first call
 
