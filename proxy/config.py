@@ -12,7 +12,7 @@ import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from adapters.redact import Redactor, provider_secrets
 from proxy.auth import hash_key
@@ -90,6 +90,9 @@ def parse_config(raw: dict[str, Any], file: str, env: dict[str, str]) -> Config:
     storage = StorageConfig(
         database_url=s.get("database_url", str, "sqlite:///gateway.db"),
         redis_url=s.get("redis_url", str, ""),
+        redis_ca_file=s.get("redis_ca_file", str, ""),
+        redis_client_cert=s.get("redis_client_cert", str, ""),
+        redis_client_key=s.get("redis_client_key", str, ""),
         retention_days=count(s, "retention_days", 0, minimum=0),
         spill_dir=s.get("spill_dir", str, "usage-spill"),
         prices_file=s.get("prices_file", str, ""),
@@ -105,8 +108,7 @@ def parse_config(raw: dict[str, Any], file: str, env: dict[str, str]) -> Config:
         storage.prices_file = str(Path(file).parent / storage.prices_file)  # absolute paths stay as they are
     if not storage.database_url.startswith(("sqlite://", "postgresql://", "postgres://")):
         raise ConfigError(file, "storage.database_url", "must start with sqlite:// or postgresql://")
-    if storage.redis_url and not storage.redis_url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(file, "storage.redis_url", "must start with redis://, rediss:// or unix://")
+    _check_stores(file, storage)
     s.done()
 
     s = Section(cfg, "observability", root.get("observability", dict, {}))
@@ -165,6 +167,43 @@ def _parse_files(cfg: Loader, table: Any, models: dict[str, ModelAlias],
             raise ConfigError(cfg.file, "files.model", f"alias {files.model!r} has no target of kind "
                               + " or ".join(FILES_KINDS))
     return files
+
+
+PG_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")  # libpq's, as asyncpg reads them
+
+
+def _check_stores(file: str, storage: StorageConfig) -> None:
+    """What the limits store and the ledger will be given, checked at start: URLs and the files they name."""
+    if storage.redis_url:
+        from proxy.redis_client import check_url
+
+        try:
+            check_url(storage.redis_url)
+        except ValueError as exc:
+            password = urlsplit(storage.redis_url).password if "@" in storage.redis_url else None
+            reason = str(exc).replace(password, "***") if password else str(exc)
+            raise ConfigError(file, "storage.redis_url", reason) from None
+    base = Path(file).parent
+    for name in ("redis_ca_file", "redis_client_cert", "redis_client_key"):
+        value = getattr(storage, name)
+        if not value:
+            continue
+        if not storage.redis_url.startswith("rediss://"):
+            raise ConfigError(file, f"storage.{name}", "applies only to a rediss:// redis_url (Redis over TLS)")
+        path = base / value  # relative to the config file's directory; absolute paths stay as they are
+        if not path.is_file():
+            raise ConfigError(file, f"storage.{name}", f"no such file: {path}")
+        setattr(storage, name, str(path))
+    if storage.redis_client_key and not storage.redis_client_cert:
+        raise ConfigError(file, "storage.redis_client_key", "needs storage.redis_client_cert")
+    query = parse_qs(urlsplit(storage.database_url).query) if storage.database_url.startswith("postgres") else {}
+    sslmode = query.get("sslmode", ["prefer"])[0]
+    if sslmode not in PG_SSLMODES:
+        raise ConfigError(file, "storage.database_url", f"sslmode={sslmode!r} must be one of {', '.join(PG_SSLMODES)}")
+    for param in ("sslrootcert", "sslcert", "sslkey"):
+        for value in query.get(param, []):
+            if not Path(value).is_file():
+                raise ConfigError(file, "storage.database_url", f"{param}: no such file: {value}")
 
 
 def _secrets(server: ServerConfig, storage: StorageConfig, providers: dict[str, ProviderConfig]) -> list[str]:

@@ -56,6 +56,10 @@ class ServerConfig:
 class StorageConfig:
     database_url: str = "sqlite:///gateway.db"
     redis_url: str = ""
+    # rediss:// only: the CA bundle that signs the server ("" = the system's), and a client certificate (mTLS)
+    redis_ca_file: str = ""
+    redis_client_cert: str = ""
+    redis_client_key: str = ""  # "" = the key is in redis_client_cert's file
     retention_days: int = 0  # 0 = keep usage rows forever
     spill_dir: str = "usage-spill"  # usage rows wait here while the database is unreachable
     prices_file: str = ""  # resolved against the config file's directory; "" = none

@@ -36,28 +36,95 @@ def shared_redis_url() -> str:
 
 
 class RedisServer:
-    """A redis-server of the test's own, on a free port; stop() and start() it at will."""
+    """A redis-server of the test's own, on a free port; stop() and start() it at will. ``tls`` and
+    ``unix`` make it listen over TLS or on a unix socket instead; ``args`` adds redis-server options."""
 
-    def __init__(self) -> None:
+    def __init__(self, *args: str) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             unavailable("redis-server binary not found")
         self.binary = binary
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.args = list(args)
+        self.unixsocket: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def tls(self, cert: Path, key: Path, ca: Path, auth_clients: str = "no") -> RedisServer:
+        """Only TLS on the port: certificate and key of the server, the CA it checks client certificates with."""
+        self.args += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert), "--tls-key-file",
+                      str(key), "--tls-ca-cert-file", str(ca), "--tls-auth-clients", auth_clients]
+        self.url = f"rediss://127.0.0.1:{self.port}/0"
+        return self
+
+    def unix(self, path: Path) -> RedisServer:
+        """Only the unix socket at ``path``: no TCP port."""
+        self.args += ["--port", "0", "--unixsocket", str(path), "--unixsocketperm", "700"]
+        self.unixsocket = path
+        self.url = f"unix://{path}"
+        return self
 
     def start(self) -> RedisServer:
         self.proc = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                      "--appendonly", "no", *self.args],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
+                if self.unixsocket is not None:
+                    with socket.socket(socket.AF_UNIX) as s:
+                        s.connect(str(self.unixsocket))
+                        return self
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return self
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+class RedisSentinel:
+    """A redis-server --sentinel of the test's own, monitoring the master at ``master_port`` as ``service``."""
+
+    def __init__(self, workdir: Path, master_port: int, service: str = "mymaster") -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            unavailable("redis-server binary not found")
+        self.binary = binary
+        self.port = free_port()
+        self.service = service
+        self.conf = workdir / f"sentinel-{self.port}.conf"  # the sentinel rewrites it: in the tmp dir
+        self.conf.write_text(f"port {self.port}\nbind 127.0.0.1\n"
+                             f"sentinel monitor {service} 127.0.0.1 {master_port} 1\n"
+                             f"sentinel down-after-milliseconds {service} 1000\n"
+                             f"sentinel failover-timeout {service} 10000\n")
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RedisSentinel:
+        self.proc = subprocess.Popen([self.binary, str(self.conf), "--sentinel"], cwd=self.workdir,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while self.master() is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis sentinel did not start")
+            time.sleep(0.05)
+        return self
+
+    def master(self) -> int | None:
+        """The port of the master the sentinel names now, or None when it does not answer yet."""
+        import redis
+
+        try:
+            addr = redis.Redis(port=self.port, socket_timeout=1).sentinel_get_master_addr_by_name(self.service)
+        except redis.RedisError:
+            return None
+        return int(addr[1]) if addr else None
 
     def stop(self) -> None:
         if self.proc is not None:

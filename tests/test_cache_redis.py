@@ -79,3 +79,23 @@ def test_a_corrupt_entry_is_a_counted_bypass(fake_openai, make_gateway, tmp_path
     r = chat(gw, text)
     assert (r.status_code, r.headers["x-gateway-cache"]) == (200, "bypass")
     assert chat(gw, text).headers["x-gateway-cache"] == "hit"  # the bypass's answer replaced the bad entry
+
+
+def test_the_cache_works_on_a_redis_cluster(fake_openai, make_gateway, tmp_path):
+    """Entries spread over the slots of three masters: a batch of embeddings reads them across nodes."""
+    from tests.redis_util import RedisCluster
+
+    cluster = RedisCluster(tmp_path).start()
+    try:
+        gw = make_gateway(config(fake_openai.url, tmp_path, f"redis://127.0.0.1:{cluster.ports[0]}/0", "gw"))
+        texts = [f"cluster {i} {uuid.uuid4().hex}" for i in range(12)]
+        first = gw.client().embeddings.create(model="a-ok", input=texts)
+        again = gw.client().embeddings.with_raw_response.create(model="a-ok", input=texts)
+        assert again.headers["x-gateway-cache"] == "hit"
+        assert [d.embedding for d in again.parse().data] == [d.embedding for d in first.data]
+        holders = [p for p in cluster.ports if int(cluster.run(p, "DBSIZE") or 0) > 0]
+        assert len(holders) > 1, "twelve entries all landed on one node: not spread over the cluster"
+        assert chat(gw, texts[0]).headers["x-gateway-cache"] == "miss"
+        assert chat(gw, texts[0]).headers["x-gateway-cache"] == "hit"
+    finally:
+        cluster.stop()

@@ -82,7 +82,8 @@ def test_client_leaving_mid_upload_leaves_a_499_row_not_an_internal_error(make_g
 
 class SlowRedis:
     """Just enough of Redis for the limits script, answering it only after ``delay_s``: NOSCRIPT to
-    EVALSHA, then a granted verdict (a bulk string of remaining/reset pairs) to EVAL."""
+    EVALSHA of a script not loaded yet, its SHA1 to SCRIPT LOAD, then a granted verdict (a bulk string
+    of remaining/reset pairs) to EVALSHA or EVAL."""
 
     def __init__(self, delay_s: float, pairs: int) -> None:
         import threading
@@ -95,6 +96,9 @@ class SlowRedis:
 
     def _run(self) -> None:
         import asyncio
+        import hashlib
+
+        loaded: set[bytes] = set()
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
@@ -104,11 +108,19 @@ class SlowRedis:
                     for _ in range(count):
                         size = int((await reader.readline())[1:])
                         args.append((await reader.readexactly(size + 2))[:-2])
-                    if args[0].upper() == b"EVALSHA":
+                    command = b" ".join(args[:2]).upper()
+                    if command.startswith(b"EVALSHA") and args[1] not in loaded:
                         writer.write(b"-NOSCRIPT No matching script.\r\n")
-                    elif args[0].upper() == b"EVAL":
+                    elif command == b"SCRIPT LOAD":
+                        sha = hashlib.sha1(args[2]).hexdigest().encode()
+                        loaded.add(sha)
+                        writer.write(b"$%d\r\n%s\r\n" % (len(sha), sha))
+                    elif command.startswith((b"EVALSHA", b"EVAL")):
                         await asyncio.sleep(self.delay_s)
                         writer.write(b"$%d\r\n%s\r\n" % (len(self.reply), self.reply))
+                    elif command.startswith(b"INFO"):
+                        info = b"# Cluster\r\ncluster_enabled:0\r\n"
+                        writer.write(b"$%d\r\n%s\r\n" % (len(info), info))
                     else:
                         writer.write(b"+PONG\r\n")
                     await writer.drain()

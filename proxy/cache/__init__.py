@@ -44,8 +44,11 @@ class SharedCache:
             shared = cls(MemoryStore(int(cache.max_size_mb * 1024 * 1024)))
         elif cache.backend == "redis":
             from proxy.cache.redis_store import RedisStore  # only a Redis cache loads the client
+            from proxy.redis_client import RedisTLS
 
-            shared = cls(RedisStore(config.storage.redis_url))
+            storage = config.storage
+            tls = RedisTLS(storage.redis_ca_file, storage.redis_client_cert, storage.redis_client_key)
+            shared = cls(RedisStore(storage.redis_url, tls))
         else:
             return cls(None)
         if cache.mode == "semantic":

@@ -8,7 +8,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from proxy.redis_client import Encoded
     from proxy.settings import KeyConfig
 
 WINDOW_S = 60.0  # rpm and tpm: a limit of N per minute refills over this window
@@ -18,6 +17,8 @@ PARALLEL_SLOT_TTL_S = 6.0  # a max_parallel slot not renewed for this long is dr
 PARALLEL_RENEW_S = 2.0  # each replica renews the slots of its running requests this often, in one batch
 PARALLEL_HOLD_MAX_S = 600.0  # a slot held this long (a request never settled) is no longer renewed
 PARALLEL_RETRY_S = 1.0  # the retry-after of a request refused for max_parallel
+# A check's kind, limit and ttl as bytes, encoded once: the Redis client sends bytes as they are.
+Encoded = tuple[bytes, ...]
 PREFIX = "{llm-gateway}:"  # one hash tag: every key of one script lands in one Redis Cluster slot
 
 REQUESTS_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests")

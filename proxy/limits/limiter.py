@@ -54,7 +54,7 @@ class Limits:
     @classmethod
     def from_config(cls, config: Config, observer: Observer | None = None) -> Limits:
         url = config.storage.redis_url
-        return cls(config, RedisBackend(url) if url else MemoryBackend(), observer,
+        return cls(config, RedisBackend(url, config.storage) if url else MemoryBackend(), observer,
                    LedgerSpend(config.storage.database_url))
 
     def plan(self, key: KeyConfig | None, alias: ModelAlias, request: ClientRequest) -> Plan | None:

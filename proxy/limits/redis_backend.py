@@ -16,17 +16,18 @@ from proxy.limits.checks import (
     WINDOW_S,
     Check,
     Denial,
+    Encoded,
     gcra_retry,
 )
 from proxy.limits.leases import LEASE_FREE_SHARE
 from proxy.limits.store import Settlement, SpendUnknown, StoreUnavailable, Verdict
-from proxy.redis_client import Encoded, MiniRedis, RedisError
+from proxy.settings import StorageConfig
 
 ACQUIRE_ARGS_PER_CHECK = 5  # kind, limit, ttl, amount, lease asked for
 SETTLE_ARGS_PER_ENTRY = 4  # kind, limit, delta, request id
 GCRA_KEY_LINGER_MS = 1000  # an rpm/tpm key outlives its last reservation by this much, then expires
 BUDGET_KEY_LINGER_S = 86400  # a budget's key outlives its period by this much, for late settlements
-REDIS_ERRORS = (OSError, TimeoutError, RedisError)
+REDIS_ERRORS = (Exception,)  # any failure of a call is the store's (see proxy.redis_client.ERRORS)
 
 
 def lua_script(name: str, **constants: float) -> str:
@@ -47,12 +48,16 @@ RENEW_LUA = lua_script("renew.lua")
 class RedisBackend:
     remote = True
 
-    def __init__(self, url: str) -> None:
-        # A purpose-built client (proxy.redis_client): the script call is on every request's path.
-        self.client = MiniRedis(url)
+    def __init__(self, url: str, storage: StorageConfig | None = None) -> None:
+        # Imported here: redis-py loads OpenTelemetry when it is installed, and a gateway without Redis
+        # should load neither.
+        from proxy.redis_client import RedisClient, RedisTLS
+
+        tls = storage and RedisTLS(storage.redis_ca_file, storage.redis_client_cert, storage.redis_client_key)
+        self.client = RedisClient(url, tls or None)  # no I/O here: it connects at the first call
 
     def wire(self, check: Check) -> Encoded:
-        return Encoded(check.kind, repr(check.limit), repr(check.ttl_s))
+        return _wire(check)
 
     async def acquire(self, checks: list[Check], request_id: str, asks: list[float] | None = None) -> Verdict:
         try:
@@ -89,7 +94,7 @@ class RedisBackend:
 
     async def ping(self) -> bool:
         try:
-            return await self.client.call("PING") == b"PONG"
+            return bool(await self.client.call("PING"))
         except REDIS_ERRORS:
             return False
 
@@ -99,12 +104,16 @@ class RedisBackend:
 
 def acquire_args(checks: list[Check], request_id: str, asks: list[float] | None) -> list[Any]:
     """The acquire script's ARGV: the request id, then ``ACQUIRE_ARGS_PER_CHECK`` values per check."""
-    # What changes per request goes as bytes, so it is not remembered (see proxy.redis_client.Packer).
+    # Bytes go to the wire as they are: a check's constants are encoded once (``Check.wire``).
     args: list[Any] = [request_id.encode()]
     for i, c in enumerate(checks):
-        args += (c.wire or Encoded(c.kind, repr(c.limit), repr(c.ttl_s).encode()), repr(c.amount).encode(),
-                 repr(asks[i]).encode() if asks is not None and asks[i] else b"0")
+        args += c.wire or _wire(c)
+        args += (repr(c.amount).encode(), repr(asks[i]).encode() if asks is not None and asks[i] else b"0")
     return args
+
+
+def _wire(check: Check) -> Encoded:
+    return check.kind.encode(), repr(check.limit).encode(), repr(check.ttl_s).encode()
 
 
 def verdict_of(checks: list[Check], reply: Any) -> Verdict:

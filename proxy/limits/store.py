@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-from proxy.limits.checks import Check, Denial
-
-if TYPE_CHECKING:
-    from proxy.redis_client import Encoded
+from proxy.limits.checks import Check, Denial, Encoded
 
 # A denial; or None, per check its remaining room and seconds to reset, and per check the lease units granted.
 Verdict = tuple[Denial | None, list[float], list[float] | None]
