@@ -6,13 +6,18 @@ found on disk right after the client read the end can only be there because the 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import threading
+import time
 import tomllib
 import uuid
 from pathlib import Path
 
 import anthropic
 import httpx
+import orjson
 import pytest
 from openai import OpenAI
 
@@ -33,6 +38,46 @@ def journaled(spill: Path, rid: str) -> bool:
     """Whether a row of request ``rid`` (the client's x-request-id) is in a journal file now."""
     needle = f'"request_id":"{rid}.'.encode()
     return any(needle in p.read_bytes() for p in spill.glob("usage-journal-*.jsonl"))
+
+
+def journal_rows(spill: Path, rid: str) -> list[dict]:
+    needle = f'"request_id":"{rid}.'.encode()
+    return [orjson.loads(line) for p in spill.glob("usage-journal-*.jsonl") for line in p.read_bytes().splitlines()
+            if needle in line]
+
+
+@contextlib.contextmanager
+def journal_held(gw: Running):
+    """The gateway's strict waits held until the test lets them go: (a set when one is waiting, the gate)."""
+    sink = gw.app.state.runtime.sink
+    waiting, gate = threading.Event(), threading.Event()
+    real = sink.durable
+
+    async def held() -> None:
+        waiting.set()
+        await asyncio.to_thread(gate.wait, 20)  # in a thread: the test sets it from its own
+        await real()
+
+    sink.durable = held
+    try:
+        yield waiting, gate
+    finally:
+        gate.set()
+        del sink.durable
+
+
+def until(predicate, timeout: float = 10):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def stream_lines(url: str, rid: str):  # type: ignore[no-untyped-def]
+    return httpx.stream("POST", url + "/v1/chat/completions", timeout=10,
+                        headers={"authorization": f"Bearer {GATEWAY_KEY}", "x-request-id": rid},
+                        json={"model": "gpt-test", "messages": HI, "stream": True,
+                              "stream_options": {"include_usage": True}})
 
 
 def sdk_stream(url: str, endpoint: str, rid: str) -> str:
@@ -120,6 +165,43 @@ def test_kill_9_right_after_the_end_of_a_stream_keeps_its_row(fake_openai: Runni
     finally:
         second.stop()
     assert [(r["status"], bool(r["stream"]), r["endpoint"]) for r in rows] == [(200, True, endpoint)]
+
+
+def test_only_the_last_event_waits_for_the_journal(strict_gateway) -> None:
+    """Everything before the stream's last event reaches the client while the journal write is held; the
+    last event comes only once it is let go."""
+    gw, spill = strict_gateway
+    rid = f"sd-held-{uuid.uuid4().hex[:8]}"
+    with journal_held(gw) as (waiting, gate), stream_lines(gw.url, rid) as r:
+        lines = r.iter_lines()
+        data = []
+        while not data or '"usage":{' not in data[-1]:  # the usage chunk, the one before [DONE]
+            line = next(lines)
+            if line.startswith("data: "):
+                data.append(line[6:])
+        until(waiting.is_set)  # the row is written and its journal write is waited on ...
+        assert len(journal_rows(spill, rid)) == 0  # ... and held: not on disk yet
+        gate.set()
+        rest = [line[6:] for line in lines if line.startswith("data: ")]
+    assert rest == ["[DONE]"] and len(data) > 2
+    assert len(journal_rows(spill, rid)) == 1
+
+
+def test_a_client_leaving_while_its_end_waits_leaves_one_row(strict_gateway) -> None:
+    gw, spill = strict_gateway
+    rid = f"sd-left-{uuid.uuid4().hex[:8]}"
+    with journal_held(gw) as (waiting, gate):
+        with stream_lines(gw.url, rid) as r:
+            for line in r.iter_lines():
+                if '"usage":{' in line:
+                    break
+            until(waiting.is_set)
+    # The client hung up while the end waited: its row was submitted before the wait, once. Nobody waits
+    # on it now, so the next strict wait (a whole answer's) journals it.
+    whole = httpx.post(gw.url + "/v1/chat/completions", headers={"authorization": f"Bearer {GATEWAY_KEY}"},
+                       json={"model": "gpt-test", "messages": HI}, timeout=10)
+    assert whole.status_code == 200
+    assert [(row["status"], row["stream"]) for row in journal_rows(spill, rid)] == [(200, True)]
 
 
 @pytest.mark.parametrize("data,split", [

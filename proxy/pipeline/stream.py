@@ -223,7 +223,7 @@ class StreamRelay:
         before, self.held = split_last_event(data)
         if before:
             yield before
-        await self.finish(False)
+        await _shielded(self.finish(False))
         await self.durable()
         data, self.held = self.held, b""
         direct = self.direct
@@ -303,11 +303,17 @@ def held_to_the_end(answer: StreamAnswer, durable: Durable | None) -> StreamAnsw
         before, last = split_last_event(b"".join([piece async for piece in answer.chunks(None)]))
         if before:
             yield before
-        await answer.finish(False)
+        await _shielded(answer.finish(False))
         await durable()
         yield last
 
     return StreamAnswer(answer.headers, chunks, answer.finish, answer.cut)
+
+
+async def _shielded(finish: Awaitable[None]) -> None:
+    """A stream's ``finish`` run from its body: a client leaving meanwhile (a cancel) must not stop it half
+    way, since the response's own close then finds it begun and would not write the row."""
+    await asyncio.shield(asyncio.ensure_future(finish))
 
 
 def split_last_event(data: bytes) -> tuple[bytes, bytes]:
