@@ -41,13 +41,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else config.server.port
     os.environ["GATEWAY_PORT"] = str(port)  # where each worker records its pid for `gateway reload`
     metrics_dir, created = None, False
+    factory = "proxy.app:app_from_env"
     if args.workers > 1:  # workers publish metric snapshots here; whichever answers /metrics sums them
         from proxy.observability.aggregate import prepare_dir
+        from proxy.parent_death import SUPERVISOR_ENV
 
         metrics_dir, created = prepare_dir()
+        os.environ[SUPERVISOR_ENV] = str(os.getpid())  # workers end if this process is killed (proxy.parent_death)
+        factory = "proxy.parent_death:worker_app"
     try:
         uvicorn.run(
-            "proxy.app:app_from_env",
+            factory,
             factory=True,
             host=args.host or config.server.host,
             port=port,
@@ -176,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", metavar="P", type=int, default=env("GATEWAY_PORT") or None,
                        help="bind port (default: $GATEWAY_PORT, else [server] port, else 8080)")
     serve.add_argument("--workers", metavar="N", type=int, default=env("GATEWAY_WORKERS") or 1,
-                       help="worker processes (default: $GATEWAY_WORKERS, else 1)")
+                       help="worker processes (default: $GATEWAY_WORKERS, else 1); a worker whose "
+                            "supervisor dies, even by SIGKILL, drains and exits")
     serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser("check", help="validate the config and print what it resolves to",

@@ -7,7 +7,7 @@ journal is truncated once the database has its rows, and a crashed process's jou
 the next ledger to start (before ``start`` returns, so budgets seeded from the database count it).
 A ``kill -9`` or power loss therefore loses at most the rows submitted in the last
 ``flush_interval``; ``await durable()`` waits until the rows submitted so far are journaled (strict
-durability: the pipeline awaits it before sending a whole answer). A second task, the flusher,
+durability: the pipeline awaits it before sending a whole answer or a stream's last event). A second task, the flusher,
 writes the queue to the database every ``flush_interval`` seconds, in batches of ``batch_rows`` rows.
 When the database is unreachable the rows stay queued and the flusher retries with exponential
 backoff (0.5 s doubling to 5 s), logging the outage once and then a summary every 30 s. Past

@@ -65,8 +65,8 @@ class StorageConfig:
     prices_file: str = ""  # resolved against the config file's directory; "" = none
     queue_max_rows: int = 10_000  # usage rows kept in memory before spilling to spill_dir
     flush_interval_ms: int = 200
-    # "batch": a crash loses at most the last flush_interval's rows; "strict": a whole answer is sent only
-    # once its row is in the journal on disk
+    # "batch": a crash loses at most the last flush_interval's rows; "strict": a whole answer, and a
+    # stream's last event and end, are sent only once its row is in the journal on disk
     durability: str = "batch"
 
 

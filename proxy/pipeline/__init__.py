@@ -41,7 +41,7 @@ from proxy.pipeline.account import Accounting
 from proxy.pipeline.cache import Cache, NoCache
 from proxy.pipeline.hooks import Hooks, NoHooks
 from proxy.pipeline.parse import parse, request_ids
-from proxy.pipeline.stream import open_stream
+from proxy.pipeline.stream import held_to_the_end, open_stream
 from proxy.pipeline.transaction import (
     Answer,
     ClientWatch,
@@ -86,9 +86,10 @@ class Pipeline:
             tx.dispatch = Dispatch(self.runtime.router, self.runtime.upstreams, self.runtime.obs, tx.alias, tx.request)
             tx.cached = await self.cache.lookup(tx)
             if tx.request.stream:  # relayed as it comes: after hooks and accounting run at its end
+                durable = self.account.stream_durable()  # strict: a stream's end waits for its row
                 if tx.cached is not None:
-                    return self.cache.replay(tx, self.stream_ended)
-                return await open_stream(tx, self.stream_ended, inbound.watch, self.cache.tap(tx))
+                    return held_to_the_end(self.cache.replay(tx, self.stream_ended), durable)
+                return await open_stream(tx, self.stream_ended, inbound.watch, self.cache.tap(tx), durable)
             if tx.cached is None:
                 tx.outcome = await self.call(tx, inbound.watch)
             await self.hooks.after_response(tx)

@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from adapters.base import Usage
@@ -67,6 +67,11 @@ class Accounting:
         with contextlib.suppress(asyncio.CancelledError):
             await self.runtime.sink.durable()
         return answer
+
+    def stream_durable(self) -> Callable[[], Awaitable[None]] | None:
+        """What a stream's last event and end wait for once its row is written: under strict durability the
+        ledger's journal (proxy.pipeline.stream), under batch nothing (None)."""
+        return self.runtime.sink.durable if self.runtime.config.storage.durability == "strict" else None
 
     def cancelled(self, tx: Transaction) -> None:
         """Cancelled from outside, i.e. the shutdown grace ran out: nobody sees an answer, but an upstream

@@ -3,6 +3,8 @@
 Until the first bytes are ready, a failure can still be retried elsewhere and answered with a real
 HTTP status. If that takes longer than the alias's keepalive_s, the response starts with SSE comments
 so that proxies in between do not cut an idle connection; a final failure is then an error event.
+Under ``[storage] durability = "strict"`` the stream's last event and the response's end wait until
+its usage row is in the ledger's journal; every byte before them is relayed as it comes.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from proxy.uvicorn_protocol import DirectBody
 
 log = logging.getLogger("gateway")
 
+Durable = Callable[[], Awaitable[None]]  # returns once every usage row submitted so far is on disk
+
 
 class StreamTap(Protocol):
     """Sees every piece of a stream as it is relayed (the response cache keeps what a stream said)."""
@@ -37,10 +41,12 @@ class StreamTap(Protocol):
 
 
 async def open_stream(tx: Transaction, on_end: Callable[[Transaction, int, str | None], Awaitable[None]],
-                      watch: ClientWatch | None = None, tap: StreamTap | None = None) -> StreamAnswer:
+                      watch: ClientWatch | None = None, tap: StreamTap | None = None,
+                      durable: Durable | None = None) -> StreamAnswer:
     """Start the dispatch and wait for its first bytes, at most keepalive_s; failures before that raise.
     ``on_end(tx, status, error_type)`` runs once when the stream is over. A client that hangs up during
-    that wait (``watch``) stops the upstream call at once: 499, not noticed only at the first bytes."""
+    that wait (``watch``) stops the upstream call at once: 499, not noticed only at the first bytes.
+    With ``durable`` (strict durability), the stream's last bytes wait for ``on_end`` and then ``durable()``."""
     dispatch = tx.dispatch
     assert dispatch is not None
     if watch is not None and watch.gone:
@@ -71,7 +77,7 @@ async def open_stream(tx: Transaction, on_end: Callable[[Transaction, int, str |
         describe(tx.headers, dispatch, tx.outcome, tx.model)
     overhead = max(0.0, time.perf_counter() - tx.started - dispatch.waited_s)
     tx.headers["x-gateway-overhead-ms"] = f"{overhead * 1000:.3f}"
-    relay = StreamRelay(tx, task, on_end, tap)
+    relay = StreamRelay(tx, task, on_end, tap, durable)
     return StreamAnswer(tx.headers, relay.chunks, relay.finish, relay.cut)
 
 
@@ -101,8 +107,10 @@ class StreamRelay:
 
     def __init__(self, tx: Transaction, task: asyncio.Task[Outcome],
                  on_end: Callable[[Transaction, int, str | None], Awaitable[None]],
-                 tap: StreamTap | None = None) -> None:
+                 tap: StreamTap | None = None, durable: Durable | None = None) -> None:
         self.tx = tx
+        self.durable = durable
+        self.held = b""  # strict durability: the stream's end, sent once its row is on disk (``_last``)
         self.tap = tap
         self.task = task
         self.on_end = on_end
@@ -132,11 +140,13 @@ class StreamRelay:
         try:
             tx.outcome = outcome = task.result()
         except APIError as e:
-            yield self._failed(e)
+            async for piece in self._last(self._failed(e)):
+                yield piece
             return
         except Exception:  # a bug: still an OpenAI error event for the client and an honest row
             log.exception("unhandled error in stream request %s", tx.request_id)
-            yield self._failed(internal_error())
+            async for piece in self._last(self._failed(internal_error())):
+                yield piece
             return
         start = outcome.stream
         assert start is not None
@@ -149,7 +159,8 @@ class StreamRelay:
         try:
             if tap is not None:
                 tap.feed(start.first)
-            yield start.first
+            if not (tr.done and self._hold(start.first)):
+                yield start.first
             if start.rest and not tr.done:  # the rest of the read the first event came in
                 rest, start.rest = start.rest, b""
                 out = tr.feed(rest)
@@ -172,7 +183,7 @@ class StreamRelay:
                     tail = tr.end()
                     if tap is not None:
                         tap.feed(tail)
-                    if tail:
+                    if tail and not self._hold(tail):
                         yield tail
                     break
                 tx.stream_waited_s += clock() - t0
@@ -184,9 +195,42 @@ class StreamRelay:
             if tr.error is not None:
                 self.status, self.error_type = tr.error.status, tr.error.reason
         except UpstreamError as e:
-            yield self._failed(e)
+            event = self._failed(e)
+            if not self._hold(event):
+                yield event
         except TRANSPORT_ERRORS as exc:
-            yield self._failed(outcome.upstream.transport_error(exc))
+            event = self._failed(outcome.upstream.transport_error(exc))
+            if not self._hold(event):
+                yield event
+        if self.durable is not None:
+            async for piece in self._last(self.held):
+                yield piece
+
+    def _hold(self, data: bytes) -> bool:
+        """Under strict durability, keep the stream's last bytes back for ``_last``; whether they were kept."""
+        if self.durable is None:
+            return False
+        self.held += data
+        return True
+
+    async def _last(self, data: bytes) -> AsyncGenerator[bytes, None]:
+        """The stream's last bytes. Under strict durability the row is written first (``finish``) and the
+        last event and the response's end go out only once it is on disk; any events before that last
+        one in ``data`` go out at once."""
+        if self.durable is None:
+            yield data
+            return
+        before, self.held = split_last_event(data)
+        if before:
+            yield before
+        await _shielded(self.finish(False))
+        await self.durable()
+        data, self.held = self.held, b""
+        direct = self.direct
+        if direct is not None and direct.ready():
+            direct.end(data)  # the last event and the chunked terminator in one write
+        elif data:
+            yield data
 
     def _push(self, data: bytes) -> bool:
         """The push sink: translate one read and write it to the client; whether to go on pushing."""
@@ -202,9 +246,14 @@ class StreamRelay:
 
     def _ended_with(self, out: bytes) -> bool:
         """If the translator has seen the stream's end and the client can take bytes now, write this
-        last piece together with the response's end (one write, not two) and say so."""
+        last piece together with the response's end (one write, not two) and say so. Under strict
+        durability the piece is held back instead (``_last`` sends it)."""
+        if self.translator is None or not self.translator.done:
+            return False
+        if self.durable is not None:
+            return self._hold(out)
         direct = self.direct
-        if self.translator is not None and self.translator.done and direct is not None and direct.ready():
+        if direct is not None and direct.ready():
             direct.end(out)
             return True
         return False
@@ -212,6 +261,8 @@ class StreamRelay:
     def cut(self) -> bytes:
         """Cut by the server (its shutdown grace ran out): the row says 503 ``gateway_shutdown`` and the
         client gets an error event to tell it from a finished answer (nothing if it had finished)."""
+        if self.finished:  # strict durability: the row is written, its end was waiting on the journal
+            return self.held
         if self.translator is not None and self.translator.done:
             return b""
         self.status, self.error_type = 503, "gateway_shutdown"
@@ -240,3 +291,34 @@ class StreamRelay:
             done = self.status == 200 and self.translator is not None and self.translator.done
             await self.tap.ended(done and self.translator is not None and self.translator.error is None)
         await self.on_end(tx, self.status, self.error_type)
+
+
+def held_to_the_end(answer: StreamAnswer, durable: Durable | None) -> StreamAnswer:
+    """A stream whose bytes are all ready (a cache hit's replay) ended as a relayed one is: under strict
+    durability its row first, then its last event and the response's end once the row is on disk."""
+    if durable is None:
+        return answer
+
+    async def chunks(direct: DirectBody | None) -> AsyncGenerator[bytes, None]:
+        before, last = split_last_event(b"".join([piece async for piece in answer.chunks(None)]))
+        if before:
+            yield before
+        await _shielded(answer.finish(False))
+        await durable()
+        yield last
+
+    return StreamAnswer(answer.headers, chunks, answer.finish, answer.cut)
+
+
+async def _shielded(finish: Awaitable[None]) -> None:
+    """A stream's ``finish`` run from its body: a client leaving meanwhile (a cancel) must not stop it half
+    way, since the response's own close then finds it begun and would not write the row."""
+    await asyncio.shield(asyncio.ensure_future(finish))
+
+
+def split_last_event(data: bytes) -> tuple[bytes, bytes]:
+    """``data`` cut before its last SSE event (events end with a blank line): (the events before, the last)."""
+    end = len(data.rstrip(b"\r\n"))
+    lf, crlf = data.rfind(b"\n\n", 0, end), data.rfind(b"\n\r\n", 0, end)
+    cut = max(lf + 2 if lf >= 0 else 0, crlf + 3 if crlf >= 0 else 0)
+    return data[:cut], data[cut:]

@@ -1,6 +1,6 @@
 """`make bench`: the fast fake upstream called directly, through the gateway (bare and governed) and through
 LiteLLM's proxy and Portkey's gateway, in one run, on loopback; prints one table and writes it to
-tests/bench/RESULTS.md.
+tests/bench/RESULTS.md, keeping the file's sections other runs wrote (`make scale`'s; results_file.py).
 
 Layout on a machine with 2+ cores: the server under test is pinned to core 0 (taskset), everything else
 (this driver, wrk, the fake upstream) to core 1, so the CPU time read from /proc/<pid>/stat for the server
@@ -48,6 +48,7 @@ from bench_load import (
 )
 from bench_procs import Noise, Server, cpus, free_port, http_get, log, pin, services_on, status_kb
 from bench_report import Memory, Plan, Results, Row, git_head, report
+from results_file import write_results
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE / "configs"
@@ -577,7 +578,7 @@ def main() -> int:
     res = run(args)
     text = report(res)
     print(text)
-    args.out.write_text(text)
+    write_results(args.out, text)
     log(f"done in {time.monotonic() - started:.0f} s; wrote {args.out}")
     return 0
 

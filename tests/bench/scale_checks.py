@@ -66,9 +66,10 @@ def worst_subwindow(items: list[tuple[float, float, float]], limit: float, slack
 def check(records: list[dict[str, Any]], rows: dict[str, dict[str, Any]], keys: dict[str, dict[str, Any]],
           kill: Kill | None, strict: bool = True, tick_s: float = 0.2) -> Findings:
     """``keys``: secret -> {"name", "rpm"|"tpm"|"budget_usd": limit}; ``rows``: usage rows by the client's id.
-    A row may be missing only where the gateway documents the loss: an answer the killed replica finished
-    in the journal tick (``tick_s``, flush_interval_ms) before the kill, a stream's (``strict`` durability
-    waits for whole answers' rows only), or any (batch durability). Those are counted and listed."""
+    A row may be missing only where the gateway documents the loss: under batch durability (not ``strict``,
+    which holds an answer, or a stream's last event, until its row is journaled), an answer the killed
+    replica finished in the journal tick (``tick_s``, flush_interval_ms) before the kill. Those are counted
+    and listed."""
     found = Findings()
     answered = [r for r in records if r["outcome"] == "answered"]
     dropped = [r for r in records if r["outcome"] == "dropped"]
@@ -96,7 +97,7 @@ def check(records: list[dict[str, Any]], rows: dict[str, dict[str, Any]], keys: 
     # one usage row per answered request, with its status; rows beyond those only for dropped requests
     missing = [r for r in answered if r["id"] not in rows]
     lost = [r for r in missing if kill is not None and r["gateway"] == kill.gateway
-            and kill.at - tick_s - 0.1 <= r["ended"] <= kill.at + 0.1 and (r["kind"] == "stream" or not strict)]
+            and kill.at - tick_s - 0.1 <= r["ended"] <= kill.at + 0.1 and not strict]
     found.lost = [f"{r['id']} ({r['kind']}, {r['status']}): the client read its end {_when(r['ended'], kill.at)} the "
                   "SIGKILL was sent" for r in lost if kill is not None]
     missing = [r for r in missing if r not in lost]

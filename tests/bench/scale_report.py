@@ -87,10 +87,10 @@ def report(o: Outcome) -> str:
     lines.append("Result: **PASS**" if not failures else "Result: **FAIL**")
     lines += [f"- {x}" for x in failures[:20]]
     if f.lost:
-        lines += ["", "Answered requests without a row (the gateway documents this loss: `durability = \"strict\"` "
-                  "holds a whole answer until its row is journaled, not a stream's last bytes; the journal is "
-                  "written once per `flush_interval_ms`, so a stream the killed replica finished in that interval "
-                  "has no row):"]
+        lines += ["", "Answered requests without a row (the gateway documents this loss under `durability = "
+                  "\"batch\"`: the journal is written once per `flush_interval_ms`, so a request the killed replica "
+                  "answered in that interval has no row; `strict` holds an answer, or a stream's last event, until "
+                  "its row is journaled):"]
         lines += [f"- {x}" for x in f.lost]
     return "\n".join(lines) + "\n"
 
