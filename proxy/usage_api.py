@@ -3,7 +3,8 @@
 ``?start=ISO&end=ISO&group_by=model|key|provider|day|hour``; ``start``/``end`` take ISO-8601 (a
 date alone means midnight UTC, a time without offset is UTC) or epoch seconds, and default to the
 last 24 hours; the range is ``[start, end)``. The admin key (``[server] admin_key``) sees every
-row; a gateway key sees only its own. Rows reach the database within about one flush interval.
+row; a gateway key sees only its own. Either may come in any header proxy.auth.presented_key reads
+(Authorization, x-api-key, api-key). Rows reach the database within about one flush interval.
 
 Per group: requests, errors (rows with an ``error_type``, client disconnects included), prompt,
 completion, cached and reasoning tokens, ``cost_usd`` (null when no row in the group had a price),
@@ -23,6 +24,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from proxy.auth import presented_key
 from proxy.errors import GatewayError, bad_request
 from proxy.runtime import Runtime
 from proxy.storage import GROUPS, ReportRow, Store, iso, total_of
@@ -107,7 +109,7 @@ def viewer(rt: Runtime, authorization: str | None) -> tuple[bool, str | None]:
 async def usage(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     try:
-        sees_all, key_name = viewer(rt, request.headers.get("authorization"))
+        sees_all, key_name = viewer(rt, presented_key(request.headers))  # Authorization, x-api-key or api-key
         params = request.query_params
         start, end = time_range(params.get("start"), params.get("end"))
         group_by = check_group(params.get("group_by"))

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+from typing import Any
+
 import httpx
 import openai
 import pytest
 
-from tests.conftest import GATEWAY_KEY, LIMITED_KEY, Running
+from tests.conftest import GATEWAY_KEY, LIMITED_KEY, Running, base_config
 
 BODY = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -49,3 +53,38 @@ def test_azure_sdk_style_client(gateway: Running) -> None:
                            default_headers={"api-key": GATEWAY_KEY, "Authorization": ""})
     reply = client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "yo"}])
     assert reply.choices[0].message.content == "Echo: yo"
+
+
+ADMIN_KEY = "sk-admin-headers"
+
+
+@pytest.mark.parametrize("header", ["authorization", "x-api-key", "api-key"])
+def test_usage_api_reads_every_key_header(make_gateway: Any, fake_openai: Running, tmp_path: Path,
+                                          header: str) -> None:
+    """GET /v1/usage takes the gateway key (its own rows) and the admin key (every row) in any of the
+    headers the model routes read, and answers a wrong one with the same 401."""
+    toml = base_config(fake_openai.url, tmp_path / "gw.db").replace(
+        "require_auth = true", f'require_auth = true\nadmin_key = "{ADMIN_KEY}"')
+    gw = make_gateway(toml)
+    gw.client().chat.completions.create(model="echo", messages=[{"role": "user", "content": "hi"}])
+    gw.client(LIMITED_KEY).chat.completions.create(model="echo", messages=[{"role": "user", "content": "hi"}])
+
+    def usage(key: str) -> httpx.Response:
+        value = f"Bearer {key}" if header == "authorization" else key
+        return httpx.get(gw.url + "/v1/usage?group_by=key", headers={header: value}, timeout=10)
+
+    deadline = time.monotonic() + 10
+    # Rows reach the ledger within a flush interval (the groups and the total are two queries: poll on both).
+    while (everyone := usage(ADMIN_KEY)).status_code == 200 and (
+            len(everyone.json()["data"]) < 2 or everyone.json()["total"]["requests"] < 2):
+        assert time.monotonic() < deadline, everyone.text
+        time.sleep(0.1)
+    assert everyone.status_code == 200, everyone.text
+    assert everyone.json()["key"] is None and {r["group"] for r in everyone.json()["data"]} == {"team", "limited"}
+    own = usage(GATEWAY_KEY)
+    assert own.status_code == 200, own.text
+    assert own.json()["key"] == "team" and [r["group"] for r in own.json()["data"]] == ["team"]
+    wrong = usage("sk-wrong")
+    assert wrong.status_code == 401 and wrong.json()["error"]["message"] == "Incorrect API key provided."
+    none = httpx.get(gw.url + "/v1/usage", timeout=10)
+    assert none.status_code == 401 and none.json()["error"]["message"].startswith("Missing API key")

@@ -4,58 +4,25 @@ schema (/work/shared/reference/openai-openapi.json, or the copy named by OPENAI_
 
 from __future__ import annotations
 
-import functools
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import jsonschema
 import openai
 import pytest
 
 from tests.conftest import GATEWAY_KEY, PROVIDER_KEY, Running, ledger_rows, start_gateway
 from tests.fakes.anthropic_server import make_app as make_fake_anthropic
 from tests.fakes.gemini_server import make_app as make_fake_gemini
+from tests.schemas import assert_valid, event_schemas
 from tests.servers import ServerThread
 
-SPEC = Path(os.environ.get("OPENAI_OPENAPI", "/work/shared/reference/openai-openapi.json"))
 ANTHROPIC_KEY = "sk-ant-provider-secret-654"
 GEMINI_KEY = "gemini-provider-secret-987"
 WEATHER = {"type": "function", "name": "get_weather", "description": "Weather for a city",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
-
-
-@functools.cache
-def spec() -> dict[str, Any]:
-    if not SPEC.exists():
-        pytest.skip(f"OpenAI's OpenAPI document is not at {SPEC}")
-    return json.loads(SPEC.read_text())
-
-
-@functools.cache
-def validator(name: str) -> jsonschema.Draft202012Validator:
-    return jsonschema.Draft202012Validator({"$ref": f"#/components/schemas/{name}",
-                                            "components": spec()["components"]})
-
-
-@functools.cache
-def event_schemas() -> dict[str, str]:
-    """Stream event type -> its schema's name, from the ResponseStreamEvent union."""
-    schemas = spec()["components"]["schemas"]
-    found = {}
-    for ref in schemas["ResponseStreamEvent"]["anyOf"]:
-        name = ref["$ref"].rsplit("/", 1)[1]
-        for kind in schemas[name]["properties"]["type"].get("enum", ()):
-            found[kind] = name
-    return found
-
-
-def assert_valid(name: str, data: dict[str, Any]) -> None:
-    errors = sorted(validator(name).iter_errors(data), key=lambda e: list(e.path))
-    assert not errors, f"{name}: " + "; ".join(f"{list(e.path)}: {e.message[:200]}" for e in errors[:5])
 
 
 def config(anthropic_url: str, openai_url: str, gemini_url: str, db: Path) -> str:

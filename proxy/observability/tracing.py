@@ -1,14 +1,18 @@
 """OpenTelemetry traces (the optional extra ``otel``), per the OpenTelemetry GenAI conventions.
 
-One SERVER span per chat or embeddings request, continuing the client's W3C ``traceparent``, and one
-CLIENT span per upstream attempt (retries, fallbacks and hedged requests each get their own), whose
-context goes upstream as ``traceparent``. Spans are named ``{gen_ai.operation.name} {model}`` and
+One SERVER span per model request (chat, completions, embeddings, Anthropic messages, responses and the
+pass-through endpoints), continuing the client's W3C ``traceparent``, and one CLIENT span per upstream
+attempt (retries, fallbacks and hedged requests each get their own), whose context goes upstream as
+``traceparent``. gen_ai.operation.name is the conventions' well-known value where one applies (chat for
+chat completions, Anthropic messages and responses; text_completion; embeddings), else the pass-through
+endpoint's name (images.generations, audio.transcriptions, files, ...); gateway.endpoint says which
+endpoint it was. Spans are named ``{gen_ai.operation.name} {model}`` and
 carry gen_ai.operation.name, gen_ai.provider.name, gen_ai.request.model, gen_ai.response.model,
 gen_ai.response.id, gen_ai.response.finish_reasons, gen_ai.usage.input_tokens/output_tokens,
 server.address/port and error.type (our low-cardinality reasons: timeout, connection, status_429,
 status_4xx, status_5xx, bad_response, cancelled, client_disconnect, or the gateway's error code).
 Prompt and completion text (gen_ai.input.messages, gen_ai.output.messages) only with
-``[observability] capture_content = true``.
+``[observability] capture_content = true``, and only for chat completions.
 
 On when a tracer provider is handed to ``create_app``, or the standard ``OTEL_*`` variables ask for
 an exporter (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_TRACES_EXPORTER
@@ -35,6 +39,7 @@ from urllib.parse import urlsplit
 
 from proxy.observability.content import MAX_CAPTURE_BYTES, content_attributes
 from proxy.observability.observer import Observer
+from proxy.passthrough.specs import ENDPOINTS as PASSTHROUGH
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -47,10 +52,24 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.tracing")
 
-LLM_PATHS = {"/v1/chat/completions": "chat", "/chat/completions": "chat", "/v1/embeddings": "embeddings",
-             "/embeddings": "embeddings"}
+# gen_ai.operation.name by endpoint: the conventions' well-known values; a pass-through endpoint's is its name.
+OPERATIONS = {"chat": "chat", "completions": "text_completion", "embeddings": "embeddings", "messages": "chat",
+              "responses": "chat"}
+_MODEL_PATHS = {"/chat/completions": "chat", "/completions": "completions", "/embeddings": "embeddings",
+                "/messages": "messages", "/responses": "responses",
+                **{spec.path: spec.name for spec in PASSTHROUGH if "{id}" not in spec.path}}
+LLM_PATHS = {prefix + path: endpoint for prefix in ("/v1", "") for path, endpoint in _MODEL_PATHS.items()}
+# Pass-through paths with an upstream id in them (/v1/files/{id}/content): matched only when no fixed path is.
+_ID_PATHS = tuple((re.compile(prefix + re.escape(spec.path).replace(r"\{id\}", "[^/]+")), spec.name)
+                  for prefix in ("/v1", "") for spec in PASSTHROUGH if "{id}" in spec.path)
 _ID = re.compile(rb'"id":\s*"([^"\\]{1,200})"')
-_FINISH = re.compile(rb'"finish_reason":\s*"([A-Za-z_]{1,40})"')
+# Where each generating endpoint's answer says why it stopped: Anthropic's stop_reason, a response's final
+# status (the top-level object's, whose members OpenAI and the gateway write in this order).
+_FINISH = {"chat": re.compile(rb'"finish_reason":\s*"([A-Za-z_]{1,40})"'),
+           "completions": re.compile(rb'"finish_reason":\s*"([A-Za-z_]{1,40})"'),
+           "messages": re.compile(rb'"stop_reason":\s*"([A-Za-z_]{1,40})"'),
+           "responses": re.compile(rb'"object":\s*"response",\s*"created_at":\s*[0-9.]+,\s*'
+                                   rb'"status":\s*"(completed|incomplete|failed|cancelled)"')}
 
 # gen_ai.provider.name by provider kind; OpenAI-compatible hosts the conventions name get their own.
 _KIND_NAMES = {"openai": "openai", "anthropic": "anthropic", "gemini": "gcp.gemini", "azure": "azure.ai.openai"}
@@ -94,6 +113,16 @@ def setup(capture_content: bool, tracer_provider: Any = None) -> Tracing | None:
     return None
 
 
+def endpoint_for(path: str) -> str | None:
+    """The traced endpoint a request path names (chat, messages, images.generations, ...), or None."""
+    endpoint = LLM_PATHS.get(path)
+    if endpoint is None and path.startswith(("/v1/files/", "/v1/batches/", "/files/", "/batches/")):
+        for pattern, name in _ID_PATHS:
+            if pattern.fullmatch(path):
+                return name
+    return endpoint
+
+
 def provider_name(provider: ProviderConfig) -> str:
     """gen_ai.provider.name for a configured provider: the conventions' well-known value when there is one."""
     host = provider.base_url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
@@ -124,13 +153,15 @@ def _sdk_provider() -> Any:
 class TracedRequest:
     """The trace state of one request, shared by the middleware, the upstream hook and the observer."""
 
-    __slots__ = ("span", "ctx", "operation", "status", "record", "body", "open", "winner", "winner_end",
-                 "response_id", "finish_reasons", "captured", "captured_bytes", "failed")
+    __slots__ = ("span", "ctx", "operation", "endpoint", "finish", "status", "record", "body", "open", "winner",
+                 "winner_end", "response_id", "finish_reasons", "captured", "captured_bytes", "failed")
 
-    def __init__(self, span: Any, ctx: Any, operation: str) -> None:
+    def __init__(self, span: Any, ctx: Any, operation: str, endpoint: str) -> None:
         self.span = span
         self.ctx = ctx  # the server span's context: parent of the attempt spans
         self.operation = operation
+        self.endpoint = endpoint
+        self.finish = _FINISH.get(endpoint)  # None: the answer is not scanned (embeddings, pass-through)
         self.status = 0
         self.record: UsageRecord | None = None
         self.body: dict[str, Any] | None = None  # capture_content: the client's request
@@ -149,8 +180,9 @@ class TracedRequest:
             m = _ID.search(chunk)
             if m is not None:
                 self.response_id = m.group(1).decode()
-        for m in _FINISH.finditer(chunk):
-            self.finish_reasons.append(m.group(1).decode())
+        if self.finish is not None:
+            for m in self.finish.finditer(chunk):
+                self.finish_reasons.append(m.group(1).decode())
         if self.captured is not None and self.captured_bytes < MAX_CAPTURE_BYTES:
             self.captured.append(chunk)
             self.captured_bytes += len(chunk)
@@ -190,14 +222,15 @@ class Tracing(Observer):
 
     # --- server span --------------------------------------------------------------------------------
 
-    def begin(self, scope: Scope, operation: str) -> TracedRequest:
+    def begin(self, scope: Scope, endpoint: str) -> TracedRequest:
+        operation = OPERATIONS.get(endpoint, endpoint)
         carrier: dict[str, str] = {}
         for k, v in scope["headers"]:
             if k in (b"traceparent", b"tracestate", b"host"):
                 carrier[k.decode("latin-1")] = v.decode("latin-1")
         parent = self._propagator.extract(carrier)
         attributes: dict[str, Any] = {"gen_ai.operation.name": operation, "http.request.method": scope["method"],
-                                      "url.path": scope["path"]}
+                                      "url.path": scope["path"], "gateway.endpoint": endpoint}
         host, port = _host_port(carrier.get("host", ""))
         if host:
             attributes["server.address"] = host
@@ -205,8 +238,8 @@ class Tracing(Observer):
                 attributes["server.port"] = int(port)
         span = self.tracer.start_span(operation, context=parent, kind=self._trace.SpanKind.SERVER,
                                       attributes=attributes)
-        req = TracedRequest(span, self._trace.set_span_in_context(span, parent), operation)
-        if self.capture_content and operation == "chat":
+        req = TracedRequest(span, self._trace.set_span_in_context(span, parent), operation, endpoint)
+        if self.capture_content and endpoint == "chat":
             req.captured = []
         return req
 
@@ -235,7 +268,7 @@ class Tracing(Observer):
         span.set_attributes(response)
         if req.status:
             span.set_attribute("http.response.status_code", req.status)
-        if self.capture_content:
+        if self.capture_content and req.endpoint == "chat":
             span.set_attributes(content_attributes(req.body, req.captured))
         if status >= 500 or req.failed:
             span.set_status(self._trace.Status(self._trace.StatusCode.ERROR))
@@ -303,7 +336,7 @@ class Tracing(Observer):
         span.set_attributes({"gen_ai.provider.name": self.names.get(call.provider.name, call.provider.kind),
                              "gen_ai.request.model": model, "gateway.provider": call.provider.name,
                              "gateway.target": state.label})
-        if self.capture_content:
+        if self.capture_content and req.endpoint == "chat":
             req.body = call.body
         if error is None:
             req.winner = span
@@ -323,25 +356,26 @@ class Tracing(Observer):
 
 
 class TraceMiddleware:
-    """Opens the server span around chat and embeddings requests; every other path passes through."""
+    """Opens the server span around model requests (``LLM_PATHS`` and the pass-through paths with an id);
+    every other path passes through."""
 
     def __init__(self, app: ASGIApp, tracing: Tracing) -> None:
         self.app = app
         self.tracing = tracing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        operation = LLM_PATHS.get(scope["path"]) if scope["type"] == "http" else None
-        if operation is None or self.tracing.tracer is None:
+        endpoint = endpoint_for(scope["path"]) if scope["type"] == "http" else None
+        if endpoint is None or self.tracing.tracer is None:
             await self.app(scope, receive, send)
             return
-        req = self.tracing.begin(scope, operation)
+        req = self.tracing.begin(scope, endpoint)
         token = _CURRENT.set(req)
 
         async def traced_send(message: Message) -> None:
             kind = message["type"]
             if kind == "http.response.start":
                 req.status = message["status"]
-            elif kind == "http.response.body" and req.status == 200 and operation == "chat":
+            elif kind == "http.response.body" and req.status == 200 and req.finish is not None:
                 chunk = message.get("body", b"")
                 if chunk:
                     req.saw(chunk)

@@ -173,7 +173,7 @@ def make_app() -> Starlette:
             if model == "tools":
                 call = {"id": "call_abc", "type": "function",
                         "function": {"name": "get_weather", "arguments": TOOL_ARGS}}
-                message = {"role": "assistant", "content": None, "tool_calls": [call]}
+                message = {"role": "assistant", "content": None, "refusal": None, "tool_calls": [call]}
                 finish = "tool_calls"
             return Response(orjson.dumps({
                 "id": ident, "object": "chat.completion", "created": created, "model": upstream_model,
