@@ -362,10 +362,11 @@ def test_steady_traffic_is_admitted_from_leases_and_counted_exactly():
     assert float(store.get(rpm_bucket)) == pytest.approx(rpm_tat + n * 60 / 100_000, abs=1e-5)
     assert float(store.get(tpm_bucket)) == pytest.approx(tpm_tat + n * 4 * 60 / 10_000_000, abs=1e-5)
     # what the headers show falls by one per request, leased or not (10 s of the window were used; it
-    # refills by 1,667 a second, which a request that went to Redis shows)
+    # refills by 1,667 a second, which a request that went to Redis shows: up to a second's refill
+    # between two requests, so a loaded machine's pause does not fail the run)
     remaining = [int(h["x-ratelimit-remaining-requests"]) for h in headers]
     assert remaining[0] == pytest.approx(50 * 100_000 / 60 - 1, abs=50)
-    assert all(-1 <= b - a <= 50 for a, b in zip(remaining, remaining[1:], strict=False))
+    assert all(-1 <= b - a <= 1_700 for a, b in zip(remaining, remaining[1:], strict=False))
     assert remaining[-1] < remaining[0] - n / 2
 
 
