@@ -355,3 +355,26 @@ def test_guardrail_actions_column_in_sqlite(gw):
     cols = [r[1] for r in conn.execute("PRAGMA table_info(usage_log)")]
     conn.close()
     assert "guardrail_actions" in cols
+
+
+def test_server_guardrails_and_admin_api_key_guardrails(make_gateway, fake_openai, tmp_path):
+    extra = ('[[guardrails]]\nname = "flag-all"\nkind = "pii"\naction = "flag"\n'
+             '[[guardrails]]\nname = "no-mail"\nkind = "pii"\naction = "block"\nentities = ["email"]\n')
+    text = base_config(fake_openai.url, tmp_path / "gw.db", extra).replace(
+        "require_auth = true", 'require_auth = true\nadmin_key = "adm-guard"\nguardrails = ["flag-all"]', 1)
+    gw = make_gateway(text)
+    gw.db = tmp_path / "gw.db"
+    admin = {"authorization": "Bearer adm-guard"}
+    r = httpx.post(gw.url + "/admin/keys", json={"name": "ghost", "guardrails": ["nope"]}, headers=admin)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "guardrails"
+    r = httpx.post(gw.url + "/admin/keys", json={"name": "careful", "guardrails": ["no-mail"]}, headers=admin)
+    assert r.status_code == 201, r.text
+    assert r.json()["guardrails"] == ["no-mail"]
+    with pytest.raises(openai.BadRequestError) as e:
+        _ask(gw, "gpt-test", f"mail {EMAIL}", "grd-admin", key=r.json()["key"])
+    assert e.value.code == "pii_detected"
+    assert _ask(gw, "gpt-test", f"mail {EMAIL}", "grd-server") == f"Hello mail {EMAIL}"  # the team key: flagged
+    assert orjson.loads(_row(gw, "grd-server")[2]) == [{"guardrail": "flag-all", "on": "input", "action": "flag",
+                                                       "count": 1}]
+    # the server's guardrails come first, then the key's
+    assert [a["guardrail"] for a in orjson.loads(_row(gw, "grd-admin")[2])] == ["flag-all", "no-mail"]
