@@ -14,14 +14,15 @@ _I = re.IGNORECASE
 _SIGNALS: tuple[tuple[tuple[str, ...], re.Pattern[str], float], ...] = (
     (("ignore", "disregard", "forget", "override", "bypass", "skip"),
      re.compile(r"\b(ignore|disregard|forget|override|bypass|skip)\b[^.\n]{0,40}\b(previous|prior|above|earlier|"
-                r"preceding|all|any|your|the|system)\b[^.\n]{0,30}\b(instructions?|prompts?|rules|directions|"
-                r"guidelines|polic(y|ies)|context|messages?)", _I), 0.85),
+                r"preceding|all|any|every|your|the|system)\b[^.\n]{0,30}\b(instructions?|prompts?|rules|directions|"
+                r"guidelines|polic(y|ies))", _I), 0.85),
     (("ignor", "vergiss", "忽略", "игнорир"),
      re.compile(r"\b(ignoriere|vergiss)\b.{0,40}\b(anweisungen|regeln|vorgaben)|\bignor(a|e[sz]?)\b.{0,40}"
                 r"\b(instrucciones|instructions|istruzioni|instruções)|忽略.{0,10}(指令|指示|说明)|"
                 r"игнорируй.{0,40}инструкци", _I), 0.85),
     (("prompt", "instruction", "rules", "message"),
-     re.compile(r"\b(reveal|print|show|output|repeat|display|leak|tell me|give me|what (is|are))\b[^.\n]{0,40}"
+     re.compile(r"\b(reveal|print|show|output|repeat|display|leak|tell me|give me|what (is|are|were) your)\b"
+                r"[^.\n]{0,40}"
                 r"\b(system|initial|hidden|original|secret|developer)\s+(prompt|instructions?|message|rules)", _I),
      0.75),
     (("above", "before", "so far"),
@@ -29,7 +30,11 @@ _SIGNALS: tuple[tuple[tuple[str, ...], re.Pattern[str], float], ...] = (
                 r"\b(above|before|so far)", _I), 0.6),
     (("dan", "anything now", "developer mode", "jailbr", "god mode", "unfiltered", "evil"),
      re.compile(r"\b(DAN|do anything now|developer mode|jailbreak|jailbroken|god mode|unfiltered mode|"
-                r"evil (ai|assistant|mode))\b", _I), 0.6),
+                r"evil (ai|assistant|mode))\b", _I), 0.4),
+    (("restriction", "filter", "censor", "bound by", "unrestricted", "uncensored", "guideline", "moral"),
+     re.compile(r"\b(no|without( any)?|free of( all)?)\s+(restrictions|filters|censorship|(moral )?guidelines|"
+                r"limitations)|\bnot bound by\b|\b(unrestricted|uncensored)\s+(ai|assistant|model|mode|version)", _I),
+     0.4),
     (("restriction", "limits", "filter", "rules", "guideline", "censor", "ethic", "moral"),
      re.compile(r"\b(pretend|act|behave|roleplay|role-play|imagine)\b[^.\n]{0,60}\b(no|without|free of|"
                 r"beyond)\b[^.\n]{0,30}\b(restrictions?|limits|filters?|rules|guidelines|censorship|ethics|"
