@@ -24,7 +24,7 @@ from proxy.guardrails.checks import Guard, InjectionGuard, SpanGuard
 from proxy.guardrails.external import CLASSIFYING, Blocked, LLMGuard, PythonGuard, WebhookGuard
 from proxy.guardrails.state import GuardState
 from proxy.guardrails.stream import StreamFilter
-from proxy.guardrails.text import reply_slots, request_slots
+from proxy.guardrails.text import reply_slots, request_slots, walk_slots
 from proxy.pipeline.transaction import Transaction
 
 if TYPE_CHECKING:
@@ -88,6 +88,12 @@ class GuardrailHooks:
             if new is not None:
                 body = request.body = new
                 slots = None
+        native = getattr(request.frontend, "native", None)
+        if native is not None and state.actions:
+            slots = walk_slots(native)
+            for guard in guards:
+                if isinstance(guard, SpanGuard) and guard.config.on_input and guard.config.action == "redact":
+                    guard.redact_native(state, slots)
         if state.restore or state.output or state.actions:
             # an answer kept for one request must not reach another whose redacted prompt looks the same
             tx.cache_control = ("no-store", None)

@@ -73,6 +73,14 @@ class SpanGuard(Guard):
     def scan(self, text: str, new_from: int) -> list[str]:
         return [entity for _, end, entity in self.finder.spans(text) if end > new_from]
 
+    def redact_native(self, state: GuardState, slots: list[Slot]) -> None:
+        """The same redaction on the client's own body (Messages, Responses), which a target that speaks the
+        client's API gets instead of the chat form; counted already on the chat form."""
+        for slot in slots:
+            spans = self.finder.spans(slot.text)
+            if spans:
+                slot.text = state.vault.redact(slot.text, spans)
+
 
 class InjectionGuard(Guard):
     incremental = True

@@ -52,15 +52,34 @@ def request_slots(body: dict[str, Any]) -> list[Slot]:
     return out
 
 
-def reply_slots(body: dict[str, Any]) -> list[Slot]:
-    """An OpenAI answer's text: chat choices' message content, or completions' text."""
-    out: list[Slot] = []
-    for choice in body.get("choices") or ():
-        if not isinstance(choice, dict):
-            continue
-        message = choice.get("message")
-        if isinstance(message, dict):
-            _content(message, "content", False, out)
-        elif isinstance(choice.get("text"), str):
-            out.append(Slot(choice, "text"))
+_TEXT_KEYS = frozenset({"content", "text", "system", "instructions", "input"})
+_REPLY_KEYS = frozenset({"content", "text"})
+
+
+def walk_slots(node: Any, keys: frozenset[str] = _TEXT_KEYS, out: list[Slot] | None = None,
+               under_key: bool = False) -> list[Slot]:
+    """Every string under one of ``keys``, however deep: the text of a body in any client API (an
+    Anthropic Messages or OpenAI Responses body as sent, an answer in OpenAI, Anthropic or Responses form)."""
+    out = [] if out is None else out
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if isinstance(v, str):
+                if k in keys:
+                    out.append(Slot(node, k))
+            elif isinstance(v, dict | list):
+                walk_slots(v, keys, out, k in keys)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            if isinstance(v, str):
+                if under_key:  # a list of strings under a text key ("input": ["a", "b"])
+                    out.append(Slot(node, i))
+            elif isinstance(v, dict | list):
+                walk_slots(v, keys, out, under_key)
     return out
+
+
+def reply_slots(body: dict[str, Any]) -> list[Slot]:
+    """An answer's text: OpenAI choices' content (or completions' text), Anthropic content blocks, or
+    Responses output text."""
+    return walk_slots(body.get("choices") or body.get("content") or body.get("output") or [], _REPLY_KEYS, None,
+                      "content" in body)
