@@ -145,7 +145,7 @@ def parse_config(raw: dict[str, Any], file: str, env: dict[str, str]) -> Config:
     if server.require_auth and not keys and not server.admin_key:  # admin_key alone: keys come from /admin/keys
         raise ConfigError(file, "keys", "require_auth is true but no [[keys]] are defined and server.admin_key "
                           "is not set (set one to create keys through the admin API)")
-    redactor = Redactor(_secrets(server, storage, providers))
+    redactor = Redactor(_secrets(server, storage, providers) + [g.secret for g in guardrails.values()])
     for provider in providers.values():
         provider.redactor = redactor  # every provider's errors hide every secret of the config
     return Config(path=file, server=server, storage=storage, providers=providers, models=models, keys=keys,

@@ -41,6 +41,9 @@ class Runtime:
     async def aclose(self) -> None:
         for upstream in self.upstreams.values():
             await upstream.aclose()
+        close = getattr(self.pipeline.hooks, "aclose", None)  # guardrails' webhook clients
+        if close is not None:
+            await close()
 
     def authenticate(self, authorization: str | None) -> KeyConfig | None:
         if not self.config.server.require_auth:

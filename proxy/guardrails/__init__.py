@@ -126,6 +126,11 @@ class GuardrailHooks:
         if body_bytes is not reply.body:
             reply.body = body_bytes
 
+    async def aclose(self) -> None:
+        for guard in self.guards.values():
+            if isinstance(guard, WebhookGuard):
+                await guard.aclose()
+
     async def _run(self, guard: Guard, tx: Transaction, state: GuardState, on: str, body: dict[str, Any],
                    slots: Any) -> dict[str, Any] | None:
         t0 = time.perf_counter()
