@@ -52,6 +52,7 @@ _TOOL_SIGNALS = re.compile(r"\b(assistant|ai|model|agent)\b[,:]?\s+(you must|mus
                            r"\b(important|attention|note to (the )?(ai|assistant))\s*:|\binstead,?\s+(you|do|send)|"
                            r"\b(send|forward|email|upload|exfiltrate)\b[^.\n]{0,40}\b(to|at)\b[^.\n]{0,20}"
                            r"(https?://|@)", _I)
+_WORDS = tuple(dict.fromkeys(word for words, _, _ in _SIGNALS for word in words))  # each tested once
 _BASE64 = re.compile(r"[A-Za-z0-9+/]{24,}={0,2}")
 _TAGS = re.compile("[\U000e0000-\U000e007f]+")
 _ZERO_WIDTH = re.compile("[\u200b-\u200f\u2060-\u2064\ufeff]")
@@ -67,7 +68,8 @@ def _combine(scores: list[float]) -> float:
 def score(text: str, tool_result: bool = False, depth: int = 0) -> float:
     """How much ``text`` looks like an injection attempt: 0 (nothing) to 1."""
     low = text.lower()
-    found = [w for words, pattern, w in _SIGNALS if any(word in low for word in words) and pattern.search(text)]
+    present = {word for word in _WORDS if word in low}
+    found = [w for words, pattern, w in _SIGNALS if present.intersection(words) and pattern.search(text)]
     if tool_result and _TOOL_SIGNALS.search(text):
         found.append(0.6)
     if depth == 0 and not text.isascii():
