@@ -88,6 +88,13 @@ on = "output"
 action = "flag"
 
 [[guardrails]]
+name = "redact-out"
+kind = "pii"
+on = "output"
+action = "redact"
+entities = ["email"]
+
+[[guardrails]]
 name = "injection"
 kind = "injection"
 threshold = 0.5
@@ -148,7 +155,7 @@ ALIASES = {
     "g-inj": (["injection"], "ok"), "g-shout": (["shout"], "ok"), "g-refuse": (["refuse"], "ok"),
     "g-slow-allow": (["slow-allow"], "ok"), "g-slow-block": (["slow-block"], "ok"), "g-hook": (["hook"], "ok"),
     "g-judge": (["judge"], "ok"), "g-chain": (["pii", "injection", "shout", "hook"], "chars-3"),
-    "g-plain": ([], "ok"),
+    "g-plain": ([], "ok"), "g-out-flag-whole": (["flag-out"], "ok"), "g-out-redact": (["redact-out"], "ok"),
 }
 
 
@@ -278,6 +285,14 @@ def test_output_flag_on_a_stream_holds_nothing_back(gw):
     assert all(len(c.choices[0].delta.content or "") <= 3 for c in chunks if c.choices)  # as the upstream sent
     actions = orjson.loads(_row(gw, "grd-outflag")[2])
     assert actions == [{"guardrail": "flag-out", "on": "output", "action": "flag", "count": 1}]
+
+
+def test_output_flag_and_redact_on_whole_answers(gw, fake_openai):
+    assert _ask(gw, "g-out-flag-whole", f"mail {EMAIL}", "grd-outflag-whole") == f"Hello mail {EMAIL}"
+    assert orjson.loads(_row(gw, "grd-outflag-whole")[2]) == [
+        {"guardrail": "flag-out", "on": "output", "action": "flag", "count": 1}]
+    assert _ask(gw, "g-out-redact", f"mail {EMAIL} ref r7", "grd-outredact") == "Hello mail [EMAIL_1] ref r7"
+    assert _upstream_body(fake_openai, "ref r7")["messages"][-1]["content"] == f"mail {EMAIL} ref r7"
 
 
 def test_injection_blocks_an_attack_and_passes_a_question(gw):
