@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -12,7 +15,10 @@ from proxy.guardrails.injection import score
 from proxy.guardrails.state import GuardState
 from proxy.guardrails.stream import StreamFilter
 from proxy.guardrails.vault import Vault
+from proxy.records import UsageRecord
 from proxy.settings import PII_ENTITIES
+from proxy.storage import open_store
+from tests import pg
 
 FIND = Finder(PII_ENTITIES)
 
@@ -87,3 +93,25 @@ def test_stream_filter_restores_across_every_split():
         text = "".join(orjson.loads(line[6:])["choices"][0]["delta"].get("content", "")
                        for line in out.split(b"\n\n") if line.startswith(b"data: {"))
         assert text == 'mail x"y@z.io and x"y@z.io!'
+
+
+pg_url, database_url = pg.pg_url, pg.database_url  # fixtures
+
+
+def test_guardrail_actions_column_on_both_databases(database_url):
+    actions = '[{"guardrail": "pii", "on": "input", "action": "redact", "count": 2}]'
+    rows = [UsageRecord(request_id=f"g-{i}", created_at=time.time(), key_name="team", model="m", endpoint="chat",
+                        stream=False, status=200, guardrail_actions=actions if i else None) for i in range(2)]
+
+    async def roundtrip() -> list[dict]:
+        store: Any = open_store(database_url)
+        try:
+            await store.migrate()
+            assert await store.write(rows) == 2
+            return await store.fetch_all()
+        finally:
+            await store.close()
+
+    got = {r["request_id"]: r["guardrail_actions"] for r in asyncio.run(roundtrip())}
+    assert got["g-0"] is None
+    assert orjson.loads(got["g-1"]) == orjson.loads(actions)
