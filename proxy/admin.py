@@ -105,7 +105,18 @@ def _json(data: Any, status: int = 200) -> Response:
 def _config_key_public(k: KeyConfig) -> dict[str, Any]:
     return {"name": k.name, "source": "config", "models": k.models, "rpm": k.rpm, "tpm": k.tpm,
             "max_parallel": k.max_parallel, "budget_usd": k.budget_usd, "budget_period": k.budget_period,
-            "expires_at": k.expires_at.isoformat() if k.expires_at else None, "metadata": k.metadata}
+            "expires_at": k.expires_at.isoformat() if k.expires_at else None, "metadata": k.metadata,
+            "guardrails": k.guardrails}
+
+
+def _settings(rt: Runtime, body: dict[str, Any], partial: bool) -> dict[str, Any]:
+    """The key's settings, its guardrails checked against the [[guardrails]] of the config in force."""
+    settings = validate_settings(body, partial)
+    for name in settings.get("guardrails") or ():
+        if name not in rt.config.guardrails:
+            raise bad_request(f"'guardrails' names {name!r}, which is not a [[guardrails]] name in "
+                              f"{rt.config.path}", param="guardrails")
+    return settings
 
 
 def _managed(request: Request) -> ManagedKeys:
@@ -117,7 +128,7 @@ async def create_key(request: Request) -> Response:
         rt = require_admin(request)
         body = await read_json(request, rt.config.server.max_body_bytes)
         name = check_name(body.pop("name", None))
-        settings = validate_settings(body, partial=False)
+        settings = _settings(rt, body, partial=False)
         managed = _managed(request)
         secret, key = await managed.store.create(name, settings, {k.name for k in rt.config.keys})
         await managed.refresh()
@@ -151,7 +162,7 @@ async def _change(request: Request, revoke: bool) -> Response:
             body = await read_json(request, rt.config.server.max_body_bytes)
             if "name" in body:
                 raise bad_request("a key cannot be renamed", param="name")
-            key = await managed.store.update(name, validate_settings(body, partial=True))
+            key = await managed.store.update(name, _settings(rt, body, partial=True))
         await managed.refresh()
     except GatewayError as e:
         return e.response()

@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 from adapters.redact import Redactor, provider_secrets
 from proxy.auth import hash_key
 from proxy.config_cache import parse_cache
+from proxy.config_guardrails import check_attached, parse_guardrails
 from proxy.config_providers import PROVIDER_KINDS, keyless_providers, parse_providers
 from proxy.config_reader import Loader, Section, count
 from proxy.prices import CAPABILITIES, apply_prices_file
@@ -75,6 +76,7 @@ def parse_config(raw: dict[str, Any], file: str, env: dict[str, str]) -> Config:
         body_timeout_s=s.number("body_timeout_s", 30.0, minimum=0.001),
         max_connections=count(s, "max_connections", 10_000, minimum=1),
         cors_origins=_origins(s),
+        guardrails=s.string_list("guardrails", []),
     )
     if server.port > 65535:
         raise ConfigError(file, "server.port", "must be <= 65535")
@@ -133,6 +135,8 @@ def parse_config(raw: dict[str, Any], file: str, env: dict[str, str]) -> Config:
     s.done()
     files = _parse_files(cfg, root.get("files", dict, {}), models, providers)
     cache = parse_cache(Section(cfg, "cache", root.get("cache", dict, {})), storage, models)
+    guardrails = parse_guardrails(cfg, root.get("guardrails", list, []), models)
+    check_attached(file, guardrails, server.guardrails, models, keys)
     root.done()
 
     used = {t.provider for alias in models.values() for t in alias.targets}
@@ -143,12 +147,12 @@ def parse_config(raw: dict[str, Any], file: str, env: dict[str, str]) -> Config:
     if server.require_auth and not keys and not server.admin_key:  # admin_key alone: keys come from /admin/keys
         raise ConfigError(file, "keys", "require_auth is true but no [[keys]] are defined and server.admin_key "
                           "is not set (set one to create keys through the admin API)")
-    redactor = Redactor(_secrets(server, storage, providers))
+    redactor = Redactor(_secrets(server, storage, providers) + [g.secret for g in guardrails.values()])
     for provider in providers.values():
         provider.redactor = redactor  # every provider's errors hide every secret of the config
     return Config(path=file, server=server, storage=storage, providers=providers, models=models, keys=keys,
                   limits=limits, observability=observability, redactor=redactor, files=files,
-                  cache=cache)
+                  cache=cache, guardrails=guardrails)
 
 
 FILES_KINDS = ("openai", "azure")  # provider kinds that serve /v1/files and /v1/batches
@@ -269,6 +273,7 @@ def _parse_models(cfg: Loader, items: list[Any], providers: dict[str, ProviderCo
             capabilities=None if capabilities is None else tuple(capabilities),
             cache=m.get("cache", bool, True),
             cache_ttl_s=m.number("cache_ttl_s", None, minimum=0.001),
+            guardrails=m.string_list("guardrails", []),
         )
         m.done()
     return models
@@ -371,7 +376,7 @@ def _parse_keys(cfg: Loader, items: list[Any]) -> list[KeyConfig]:
                       rpm=_opt_count(k, "rpm"), tpm=_opt_count(k, "tpm"), max_parallel=_opt_count(k, "max_parallel"),
                       budget_usd=budget, budget_period=period,
                       expires_at=None if expires is None else _utc(cfg, k.key("expires_at"), expires),
-                      metadata=k.get("metadata", dict, {}))
+                      metadata=k.get("metadata", dict, {}), guardrails=k.string_list("guardrails", []))
         )
         k.done()
     return keys

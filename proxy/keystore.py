@@ -24,7 +24,8 @@ from proxy.settings import BUDGET_PERIODS, KeyConfig
 from proxy.storage import migrate_postgres, migrate_sqlite, sqlite_path
 
 SECRET_PREFIX = "sk-gw-"
-FIELDS = ("models", "rpm", "tpm", "max_parallel", "budget_usd", "budget_period", "expires_at", "metadata")
+FIELDS = ("models", "rpm", "tpm", "max_parallel", "budget_usd", "budget_period", "expires_at", "metadata",
+          "guardrails")
 _NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.@:")
 
 def new_secret() -> str:
@@ -44,6 +45,9 @@ def validate_settings(data: dict[str, Any], partial: bool) -> dict[str, Any]:
         if name == "models":
             if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
                 raise bad_request("'models' must be an array of alias names or glob patterns", param=name)
+        elif name == "guardrails":  # names the admin handler checks against the config's [[guardrails]]
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                raise bad_request("'guardrails' must be an array of [[guardrails]] names", param=name)
         elif name in ("rpm", "tpm", "max_parallel"):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise bad_request(f"'{name}' must be a positive integer or null", param=name)
@@ -100,7 +104,7 @@ class StoredKey:
             tpm=s.get("tpm"), max_parallel=s.get("max_parallel"), budget_usd=s.get("budget_usd"),
             budget_period=s.get("budget_period") or "month",
             expires_at=datetime.fromisoformat(expires) if expires else None,
-            metadata=s.get("metadata") or {}, source="db",
+            metadata=s.get("metadata") or {}, guardrails=list(s.get("guardrails") or []), source="db",
         )
 
     def public(self) -> dict[str, Any]:

@@ -29,6 +29,8 @@ class UsageRecord:
     cache_hit: bool = False
     error_type: str | None = None
     cost_saved_usd: float | None = None  # a cache hit: what the original answer cost (this one cost 0)
+    # JSON: [{"guardrail", "on", "action", "count"}] for each guardrail that acted; never a matched value
+    guardrail_actions: str | None = None
 
 
 class UsageSink(Protocol):

@@ -8,6 +8,7 @@ from fnmatch import fnmatchcase
 
 from proxy.auth import KeyRing, model_allowed
 from proxy.errors import GatewayError
+from proxy.guardrails import GuardrailHooks
 from proxy.limits import Limits, MemoryBackend
 from proxy.observability.observer import Observer
 from proxy.pipeline import Pipeline
@@ -34,12 +35,15 @@ class Runtime:
         self.router = Router(config)
         self.globs = [a for a in config.models.values() if a.is_glob]  # tried in config order
         self.created = int(time.time())
-        self.pipeline = Pipeline(self)
+        self.pipeline = Pipeline(self, GuardrailHooks(self) if config.guardrails else None)
         self.obs.attach(self)  # last: the observer reads the models and providers set up above
 
     async def aclose(self) -> None:
         for upstream in self.upstreams.values():
             await upstream.aclose()
+        close = getattr(self.pipeline.hooks, "aclose", None)  # guardrails' webhook clients
+        if close is not None:
+            await close()
 
     def authenticate(self, authorization: str | None) -> KeyConfig | None:
         if not self.config.server.require_auth:

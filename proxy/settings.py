@@ -15,8 +15,8 @@ from adapters.targets import FALLBACK_REASONS, RETRYABLE_STATUSES, ProviderConfi
 
 __all__ = [  # ProviderConfig and Target are re-exported: every setting is read from here
     "BUDGET_PERIODS", "FALLBACK_REASONS", "RETRYABLE_STATUSES", "STRATEGIES", "CacheConfig", "Config", "ConfigError",
-    "FilesConfig", "KeyConfig", "LimitsConfig", "ModelAlias", "ObservabilityConfig", "ProviderConfig", "ServerConfig",
-    "StorageConfig", "Target",
+    "FilesConfig", "GuardrailConfig", "KeyConfig", "LimitsConfig", "ModelAlias", "ObservabilityConfig",
+    "ProviderConfig", "ServerConfig", "StorageConfig", "Target",
 ]
 
 STRATEGIES = ("priority", "weighted", "round_robin", "latency", "cost", "least_busy")
@@ -46,6 +46,7 @@ class ServerConfig:
     body_timeout_s: float = 30.0  # from the headers until the body's last byte
     max_connections: int = 10_000  # per process; more are answered 503 and closed at once
     cors_origins: list[str] = field(default_factory=list)  # browser origins allowed to call; [] = no CORS headers
+    guardrails: list[str] = field(default_factory=list)  # names of [[guardrails]] applied to every request
 
     @property
     def max_body_bytes(self) -> int:
@@ -93,6 +94,7 @@ class ModelAlias:
     file_metadata: dict[str, Any] = field(default_factory=dict)  # the prices file's context_window, capabilities
     cache: bool = True  # answers of this alias may be cached (when [cache] backend is not "off")
     cache_ttl_s: float | None = None  # this alias's entries live this long; None = [cache] ttl_s
+    guardrails: list[str] = field(default_factory=list)  # names of [[guardrails]] applied to this alias
     is_glob: bool = field(init=False)  # a pattern such as "openai/*": set from the name, read per request
 
     def __post_init__(self) -> None:
@@ -114,6 +116,7 @@ class KeyConfig:
     budget_period: str = "month"
     expires_at: datetime | None = None  # UTC
     metadata: dict[str, Any] = field(default_factory=dict)
+    guardrails: list[str] = field(default_factory=list)  # names of [[guardrails]] applied to this key's requests
     source: str = "config"  # config | db (managed through the admin API)
 
 
@@ -155,6 +158,39 @@ class CacheConfig:
         return self.backend != "off"
 
 
+GUARDRAIL_KINDS = ("pii", "injection", "regex", "llm", "webhook", "python")
+PII_ENTITIES = ("email", "phone", "credit_card", "iban", "us_ssn", "ip_address", "secret")
+
+
+@dataclass(slots=True)
+class GuardrailConfig:
+    """One [[guardrails]] table (proxy.guardrails): what it checks, on which side, and what it does."""
+
+    name: str
+    kind: str  # one of GUARDRAIL_KINDS
+    on: str = "input"  # input | output | both
+    action: str = "redact"  # redact | block | flag (llm, webhook, python, injection: block | flag)
+    entities: tuple[str, ...] = PII_ENTITIES  # pii: which entity types
+    restore: bool = False  # redact on input: put the originals back into the answer the client sees
+    patterns: dict[str, str] = field(default_factory=dict)  # regex: entity type -> pattern
+    threshold: float = 0.5  # injection: the score (0..1) at or above which the prompt counts as an attack
+    function: str = ""  # python: "module:function"
+    url: str = ""  # webhook: where the request (or answer) is POSTed
+    secret: str = field(default="", repr=False)  # webhook: HMAC-SHA256 key of the x-gateway-signature header
+    model: str = ""  # llm: the alias that classifies
+    prompt: str = ""  # llm: the template; {text} is replaced by the text to classify
+    timeout_s: float = 5.0  # llm, webhook, python: how long a verdict may take
+    on_error: str = "allow"  # llm, webhook, python: allow | block when the check fails or times out
+
+    @property
+    def on_input(self) -> bool:
+        return self.on in ("input", "both")
+
+    @property
+    def on_output(self) -> bool:
+        return self.on in ("output", "both")
+
+
 @dataclass(slots=True)
 class Config:
     path: str
@@ -167,4 +203,5 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     files: FilesConfig = field(default_factory=FilesConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    guardrails: dict[str, GuardrailConfig] = field(default_factory=dict)  # [[guardrails]] by name
     redactor: Redactor = field(default=NO_SECRETS, repr=False, compare=False)  # every secret above, to hide

@@ -91,6 +91,8 @@ class AccessLog(Observer):
             "attempts": r.attempts,
             "error_type": r.error_type,
         }
+        if r.guardrail_actions is not None:  # names and counts only (proxy.guardrails)
+            entry["guardrails"] = orjson.Fragment(r.guardrail_actions)
         if body is not None:
             entry["request_body"] = body
         return orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE)

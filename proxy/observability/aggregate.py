@@ -150,6 +150,8 @@ class Totals:
         self.auth_failures: dict[tuple, float] = {}  # (code,)
         self.unpriced: dict[tuple, float] = {}  # (model, provider)
         self.cache: dict[tuple, float] = {}  # (alias, result)
+        self.guardrail_actions: dict[tuple, float] = {}  # (guardrail, action, on)
+        self.guardrail_seconds: dict[tuple, HistSum] = {}  # (guardrail,)
         self.circuits: dict[tuple, float] = {}  # (provider, target): open in any live worker
         self.counters = {"spilled_rows": 0.0, "write_errors": 0.0, "limits_store_errors": 0.0, "cache_saved_usd": 0.0}
         self.gauges = {"inflight": 0.0, "queue_rows": 0.0, "cache_entries": 0.0, "cache_bytes": 0.0}  # live only
@@ -184,6 +186,10 @@ class Totals:
             _count(self.unpriced, (model, provider), n)
         for alias, result, n in snap["cache"]:
             _count(self.cache, (alias, result), n)
+        for guardrail, action, on, n in snap.get("guardrail_actions", ()):
+            _count(self.guardrail_actions, (guardrail, action, on), n)
+        for guardrail, (counts, total) in snap.get("guardrail_seconds", {}).items():
+            _hist(self.guardrail_seconds, (guardrail,), counts, total)
         for name in self.counters:
             self.counters[name] += snap.get(name, 0)
         for family, kind, doc, sample, labels, value in snap.get("process", ()):

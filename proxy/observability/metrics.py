@@ -26,6 +26,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
@@ -51,6 +52,7 @@ MAX_LABEL_CHARS = 100
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0)
+GUARDRAIL_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.025, 0.1, 0.5, 1.0, 5.0)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 UPSTREAM_REASONS = frozenset({"timeout", "connection", "status_5xx", "status_429", "bad_response", "auth_refused"})
 # Exported at 0 from the start, so that rate() sees the first refusal.
@@ -107,6 +109,8 @@ class Metrics(Observer):
         self.unpriced: dict[tuple[str, str], int] = {}  # (model, provider): requests with tokens but no price
         self.cache_total: dict[tuple[str, str], int] = {}  # (alias, result)
         self.cache_saved_usd = 0.0
+        self.guardrail_actions: dict[tuple[str, str, str], int] = {}  # (guardrail, action, on)
+        self.guardrail_seconds: dict[str, Hist] = {}  # by guardrail
         self.cache_gauges: Any = None  # () -> (entries, bytes) of this process's in-memory cache, or None
         self.aliases: frozenset[str] = frozenset()
         self.globs: tuple[str, ...] = ()
@@ -186,6 +190,8 @@ class Metrics(Observer):
         self._spent(s, r, model, provider)
         if r.cost_saved_usd:
             self.cache_saved_usd += r.cost_saved_usd
+        if r.guardrail_actions is not None:
+            self._guardrail_actions(r.guardrail_actions)
         h = self.overhead.get(r.endpoint)
         if h is None:
             h = self.overhead[r.endpoint] = Hist(OVERHEAD_BUCKETS)
@@ -242,6 +248,18 @@ class Metrics(Observer):
         k = (alias, result)  # a configured alias (a glob alias's pattern): a bounded label
         self.cache_total[k] = self.cache_total.get(k, 0) + 1
 
+    def guardrail_ran(self, name: str, on: str, seconds: float) -> None:
+        h = self.guardrail_seconds.get(name)
+        if h is None:
+            h = self.guardrail_seconds[name] = Hist(GUARDRAIL_BUCKETS)
+        h.observe(seconds)
+
+    def _guardrail_actions(self, actions: str) -> None:
+        """One count per guardrail, action and side that acted on the request (configured names only)."""
+        for a in orjson.loads(actions):
+            k = (a["guardrail"], a["action"], a["on"])
+            self.guardrail_actions[k] = self.guardrail_actions.get(k, 0) + 1
+
     # --- scrape ------------------------------------------------------------------------------------
 
     def render(self, accept: str | None = None) -> tuple[bytes, str]:
@@ -266,6 +284,8 @@ class Metrics(Observer):
             "unpriced": [[m, p, n] for (m, p), n in self.unpriced.items()],
             "cache": [[a, r, n] for (a, r), n in self.cache_total.items()],
             "cache_saved_usd": self.cache_saved_usd,
+            "guardrail_actions": [[g, a, o, n] for (g, a, o), n in self.guardrail_actions.items()],
+            "guardrail_seconds": {k: [h.counts, h.sum] for k, h in self.guardrail_seconds.items()},
             "cache_entries_bytes": self.cache_gauges() if self.cache_gauges is not None else None,
             "inflight": self.inflight,
             "queue_rows": getattr(sink, "queue_depth", 0),
@@ -338,6 +358,10 @@ class _GatewayCollector(Collector):
                      {(): t.gauges["cache_entries"]})
         yield _gauge("gateway_cache_bytes", "Bytes held by the in-memory response cache.", (),
                      {(): t.gauges["cache_bytes"]})
+        yield _counter("gateway_guardrail_actions", "Requests a guardrail acted on (redact, block, flag, modify, "
+                       "error), by side (input, output).", ("guardrail", "action", "on"), t.guardrail_actions)
+        yield _histogram("gateway_guardrail_duration_seconds", "Time one guardrail took on one request or answer.",
+                         ("guardrail",), t.guardrail_seconds, GUARDRAIL_BUCKETS)
         yield _gauge("gateway_inflight_requests", "Requests in progress.", (), {(): t.gauges["inflight"]})
         yield _gauge("gateway_circuit_open", "1 while the target's circuit breaker is open (in any worker).",
                      ("provider", "target"), t.circuits)

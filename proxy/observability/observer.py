@@ -61,6 +61,10 @@ class Observer:
     def cache_result(self, alias: str, result: str) -> None:
         """The response cache's verdict for one request: hit, semantic_hit, miss, bypass or error."""
 
+    def guardrail_ran(self, name: str, on: str, seconds: float) -> None:
+        """A guardrail checked a request (``on`` = input) or a whole answer (output); what it did is in the
+        usage row's ``guardrail_actions``."""
+
 
 class Observers(Observer):
     """Several observers seen as one: each hook is passed to every part, in order."""
@@ -115,3 +119,7 @@ class Observers(Observer):
     def cache_result(self, alias: str, result: str) -> None:
         for part in self.parts:
             part.cache_result(alias, result)
+
+    def guardrail_ran(self, name: str, on: str, seconds: float) -> None:
+        for part in self.parts:
+            part.guardrail_ran(name, on, seconds)

@@ -263,6 +263,8 @@ class Tracing(Observer):
                 span.set_attribute("gateway.cost_usd", r.cost_usd)
             if r.error_type:
                 span.set_attribute("error.type", r.error_type)
+            if r.guardrail_actions is not None:  # names and counts only (proxy.guardrails)
+                span.set_attribute("gateway.guardrail_actions", r.guardrail_actions)
             status = max(status, r.status)  # a stream that failed mid-way was still a 200 on the wire
         response = self._response_attributes(req)
         span.set_attributes(response)

@@ -9,13 +9,13 @@ whose body is the whole path, one stage a line:
     parse           proxy.pipeline.parse            body -> ClientRequest, read once; 400 naming the parameter;
                                                     the client's API (proxy.frontend)
     resolve         proxy.runtime                   model name -> ModelAlias (globs, fuzzy); 404 / 403
-    before hooks    proxy.pipeline.hooks            guardrails and middleware (none yet)
+    before hooks    proxy.pipeline.hooks            guardrails (proxy.guardrails) and middleware
     limits          proxy.limits                    rpm, tpm, max_parallel, budget; 429 / 503
     cache           proxy.pipeline.cache            a stored answer instead of an upstream call (proxy.cache)
     dispatch        proxy.dispatch                  targets in order: retries, fallbacks, hedging
                     proxy.pipeline.stream           streams: first bytes, then relayed as they come
                     proxy.frontend                  the answer in the client's API (or its bytes passed through)
-    after hooks     proxy.pipeline.hooks            see the answer before it is sent (none yet)
+    after hooks     proxy.pipeline.hooks            see the answer before it is sent (streams: tx.stream_filter)
     account         proxy.pipeline.account          the usage row, built once: ledger, limits settle,
                                                     metrics, access log, traces
 

@@ -110,6 +110,8 @@ class Accounting:
             record.cache_hit = True
             _set_usage(record, None, tx.cached.usage or Usage(estimated=True))
             record.cost_saved_usd = tx.cost_saved_usd
+        if tx.guardrails is not None:
+            record.guardrail_actions = tx.guardrails.summary()
         return record, max(0.0, elapsed - (dispatch.waited_s if dispatch is not None else 0.0))
 
     def commit(self, tx: Transaction, record: UsageRecord, overhead: float) -> None:

@@ -112,6 +112,7 @@ class StreamRelay:
         self.durable = durable
         self.held = b""  # strict durability: the stream's end, sent once its row is on disk (``_last``)
         self.tap = tap
+        self.filter = tx.stream_filter  # output guardrails (proxy.guardrails.stream); None: bytes pass as they are
         self.task = task
         self.on_end = on_end
         self.status, self.error_type = 200, None
@@ -155,25 +156,24 @@ class StreamRelay:
         clock = time.perf_counter
         push = start.response.push if direct is not None else None
         self.direct, self.translator = direct, tr
-        tap = self.tap
+        tap, seen = self.tap, self._seen
         try:
-            if tap is not None:
-                tap.feed(start.first)
-            if not (tr.done and self._hold(start.first)):
-                yield start.first
-            if start.rest and not tr.done:  # the rest of the read the first event came in
+            first = seen(start.first) if tap is not None or self.filter is not None else start.first
+            if not (tr.done and self._hold(first)):
+                yield first
+            if start.rest and not tr.done and not self._blocked():  # the rest of the read the first event came in
                 rest, start.rest = start.rest, b""
                 out = tr.feed(rest)
-                if tap is not None:
-                    tap.feed(out)
+                if tap is not None or self.filter is not None:
+                    out = seen(out)
                 if not self._ended_with(out) and out:  # a short answer in one read: rest and end in one write
                     yield out
-            while not tr.done:
+            while not tr.done and not self._blocked():
                 if push is not None and direct is not None and direct.ready():
                     t0, self.pushing_s = clock(), 0.0
                     await push(self._push)
                     tx.stream_waited_s += clock() - t0 - self.pushing_s
-                    if tr.done:
+                    if tr.done or self._blocked():
                         break
                 t0 = clock()
                 try:
@@ -181,15 +181,15 @@ class StreamRelay:
                 except StopAsyncIteration:
                     tx.stream_waited_s += clock() - t0
                     tail = tr.end()
-                    if tap is not None:
-                        tap.feed(tail)
+                    if tap is not None or self.filter is not None:
+                        tail = seen(tail)
                     if tail and not self._hold(tail):
                         yield tail
                     break
                 tx.stream_waited_s += clock() - t0
                 out = tr.feed(data)
-                if tap is not None:
-                    tap.feed(out)
+                if tap is not None or self.filter is not None:
+                    out = seen(out)
                 if not self._ended_with(out) and out:
                     yield out
             if tr.error is not None:
@@ -238,11 +238,28 @@ class StreamRelay:
         tr, direct = self.translator, self.direct
         assert tr is not None and direct is not None
         out = tr.feed(data)
-        if self.tap is not None:
-            self.tap.feed(out)
-        more = not self._ended_with(out) and (direct.write(out) if out else True) and not tr.done
+        if self.tap is not None or self.filter is not None:
+            out = self._seen(out)
+        more = (not self._ended_with(out) and (direct.write(out) if out else True) and not tr.done
+                and not self._blocked())
         self.pushing_s += time.perf_counter() - t0
         return more
+
+    def _seen(self, out: bytes) -> bytes:
+        """A piece on its way to the client through the output guardrails, then seen by the cache's tap."""
+        if self.filter is not None:
+            out = self.filter.feed(out)
+        if self.tap is not None:
+            self.tap.feed(out)
+        return out
+
+    def _blocked(self) -> bool:
+        """An output guardrail ended the stream (its last bytes said so): nothing more is relayed."""
+        f = self.filter
+        if f is None or not f.blocked:
+            return False
+        self.status, self.error_type = f.error.status, f.error.error_type
+        return True
 
     def _ended_with(self, out: bytes) -> bool:
         """If the translator has seen the stream's end and the client can take bytes now, write this
@@ -287,6 +304,7 @@ class StreamRelay:
             outcome.state.end()
         if disconnected and not (outcome and outcome.stream and outcome.stream.translator.done):
             self.status, self.error_type = 499, "client_disconnect"
+        self._blocked()
         if self.tap is not None:
             done = self.status == 200 and self.translator is not None and self.translator.done
             await self.tap.ended(done and self.translator is not None and self.translator.error is None)

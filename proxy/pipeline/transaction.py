@@ -80,6 +80,10 @@ class Transaction:
     cache_control: tuple[str | None, str | None] | None = None
     cache_state: Any = None
     cost_saved_usd: float | None = None
+    # Guardrails (proxy.guardrails): this request's state (what acted, its placeholders), and what a
+    # stream's events pass through on their way to the client (``feed(bytes) -> bytes``; ``blocked``).
+    guardrails: Any = None
+    stream_filter: Any = None
 
     @property
     def model(self) -> str:

@@ -15,6 +15,7 @@ COLUMNS: tuple[str, ...] = (
     "request_id", "created_at", "key_name", "model", "provider", "upstream_model", "endpoint", "stream", "status",
     "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens", "usage_estimated", "cost_usd",
     "latency_ms", "ttft_ms", "attempts", "cache_hit", "error_type", "cost_saved_usd",
+    "guardrail_actions",
 )
 BOOL_COLUMNS = frozenset({"stream", "usage_estimated", "cache_hit"})
 GROUPS = ("model", "key", "provider", "day", "hour")
@@ -112,6 +113,10 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "add usage_log.cost_saved_usd",
               sqlite=("ALTER TABLE usage_log ADD COLUMN cost_saved_usd REAL",),
               postgres=("ALTER TABLE usage_log ADD COLUMN IF NOT EXISTS cost_saved_usd double precision",)),
+    # Guardrails: which acted and how (JSON names, sides, actions, counts; never a matched value); null if none.
+    Migration(4, "add usage_log.guardrail_actions",
+              sqlite=("ALTER TABLE usage_log ADD COLUMN guardrail_actions TEXT",),
+              postgres=("ALTER TABLE usage_log ADD COLUMN IF NOT EXISTS guardrail_actions jsonb",)),
 )
 LATEST = MIGRATIONS[-1].version
 

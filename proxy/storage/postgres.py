@@ -20,8 +20,9 @@ _PG_TYPES = {
     "prompt_tokens": "bigint", "completion_tokens": "bigint", "cached_tokens": "bigint", "reasoning_tokens": "bigint",
     "usage_estimated": "boolean", "cost_usd": "double precision", "latency_ms": "double precision",
     "ttft_ms": "double precision", "attempts": "integer", "cache_hit": "boolean", "error_type": "text",
-    "cost_saved_usd": "double precision",
+    "cost_saved_usd": "double precision", "guardrail_actions": "text",
 }
+_PG_CASTS = {"created_at": "to_timestamp(created_at)", "guardrail_actions": "guardrail_actions::jsonb"}
 
 _PG_GROUPS = {
     "model": "model",
@@ -56,7 +57,7 @@ class PostgresStore(Store):
         # and Postgres unpacks by field name: cheaper for the gateway than typed arrays that asyncpg
         # encodes element by element.
         spec = ", ".join(f"{c} {'double precision' if c == 'created_at' else _PG_TYPES[c]}" for c in COLUMNS)
-        values = ", ".join("to_timestamp(created_at)" if c == "created_at" else c for c in COLUMNS)
+        values = ", ".join(_PG_CASTS.get(c, c) for c in COLUMNS)
         self._insert = (f"INSERT INTO usage_log ({', '.join(COLUMNS)}) SELECT {values} "
                         f"FROM json_to_recordset($1::json) AS r({spec}) ON CONFLICT (request_id) DO NOTHING")
 

@@ -7,7 +7,7 @@ Layout on a machine with 2+ cores: the server under test is pinned to core 0 (ta
 is its own. For the "direct" row the fake upstream itself is the server under test and moves to core 0.
 
 Usage: .venv/bin/python tests/bench/run.py [--quick] [--skip-litellm] [--skip-portkey] [--skip-memory]
-       [--skip-cache | --only-cache] [--out PATH]
+       [--skip-cache | --only-cache | --only-guardrails] [--out PATH]
        (BENCH_QUICK=1, BENCH_SKIP_LITELLM=1 and BENCH_SKIP_PORTKEY=1 do the same as the flags)
 """
 
@@ -27,6 +27,7 @@ from pathlib import Path
 
 from bench_cache import CacheBench, run_cache
 from bench_cache import memory_check as cache_memory_check
+from bench_guardrails import GuardrailsBench, run_guardrails
 from bench_ledger import count_rows, prepare_db, settle_rows
 from bench_load import (
     CHAT,
@@ -320,6 +321,10 @@ def run(args: argparse.Namespace) -> Results:
     try:
         upstream.wait_ready(15)
         pin(upstream.pids, server_cpu)  # direct: the fake upstream is the server under test
+        if args.only_guardrails:  # guardrails off and on, side by side, on a 2 KB prompt
+            run_guardrails_row(res, env, upstream, server_cpu, logdir)
+            res.noise = noise.summary()
+            return res
         if args.only_cache:  # the response cache's row alone, against the direct p50 at c=1
             direct_c1 = measured(upstream, upstream, lambda: phase(upstream.url + CHAT, 1, plan.c1_s, None,
                                                                    [NONSTREAM], plan.min_requests, plan.phase_cap_s))
@@ -541,6 +546,17 @@ def run_memory(res: Results, env: dict[str, str], upstream: Server, cpu: int | N
         gw.stop()
 
 
+def run_guardrails_row(res: Results, env: dict[str, str], upstream: Server, cpu: int | None, logdir: Path) -> None:
+    """Guardrails (PII redaction with restore, injection check) on a 2 KB prompt vs none, both in bare mode."""
+    bench = res.guardrails = GuardrailsBench()  # type: ignore[attr-defined]
+    plan = res.plan
+    try:
+        run_guardrails(bench, lambda name, config: start_gateway(name, config, cpu, env, logdir),
+                       bare_config(logdir, env)[0], upstream, plan.c1_s, plan.min_requests, plan.phase_cap_s)
+    except (RuntimeError, OSError) as e:
+        bench.status = f"failed: {e}"
+
+
 def run_cache_row(res: Results, env: dict[str, str], upstream: Server, cpu: int | None, logdir: Path,
                   direct_c1_ms: float | None) -> None:
     """The response cache: hits vs proxied requests, then its memory over memory_total distinct requests."""
@@ -570,12 +586,17 @@ def main() -> int:
     parser.add_argument("--skip-cache", action="store_true", help="skip the response cache row")
     parser.add_argument("--only-cache", action="store_true", help="run only the response cache row (and the "
                         "direct p50 at c=1 it is compared with)")
+    parser.add_argument("--only-guardrails", action="store_true", help="run only the guardrails row: a 2 KB "
+                        "prompt through the bare gateway with PII and injection guardrails off and on")
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md", help="where to write the table")
     args = parser.parse_args()
     if not GATEWAY.exists():
         raise SystemExit(f"bench: {GATEWAY} not found: run `make install` first")
     started = time.monotonic()
     res = run(args)
+    if args.only_guardrails:  # its own small table, printed; RESULTS.md keeps the full run's
+        print(res.guardrails.table())  # type: ignore[attr-defined]
+        return 0
     text = report(res)
     print(text)
     write_results(args.out, text)

@@ -11,6 +11,7 @@ cut-stream          stream that stops mid-way without [DONE]
 error-stream        stream that sends an in-band error event, then ends
 split-stream        events split across writes in the middle of lines
 comment-stream      interleaves ": OPENROUTER PROCESSING" comment lines
+chars-<n>           stream: the answer in pieces of <n> characters (split inside words and placeholders)
 slow-stream         one chunk every 50 ms, 400 chunks; records whether the client went away
 leak-key            error message that echoes the provider key it was sent
 delay-<ms>          answers after <ms> milliseconds (stream: before the response head)
@@ -311,7 +312,8 @@ async def _stream(state: State, kind: str, model: str, ident: str, created: int,
             raise
         return
     else:
-        words = words_of(text)
+        n = int(kind[6:]) if kind.startswith("chars-") and kind[6:].isdigit() else 0
+        words = [text[i:i + n] for i in range(0, len(text), n)] if n else words_of(text)
         for i, word in enumerate(words):
             event = _chunk(ident, created, model, {"content": word})
             if kind == "cut-stream" and i == len(words) // 2:
