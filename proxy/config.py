@@ -75,6 +75,7 @@ def parse_config(raw: dict[str, Any], file: str, env: dict[str, str]) -> Config:
         body_timeout_s=s.number("body_timeout_s", 30.0, minimum=0.001),
         max_connections=count(s, "max_connections", 10_000, minimum=1),
         cors_origins=_origins(s),
+        ui=s.get("ui", bool, True),
     )
     if server.port > 65535:
         raise ConfigError(file, "server.port", "must be <= 65535")

@@ -46,6 +46,7 @@ class ServerConfig:
     body_timeout_s: float = 30.0  # from the headers until the body's last byte
     max_connections: int = 10_000  # per process; more are answered 503 and closed at once
     cors_origins: list[str] = field(default_factory=list)  # browser origins allowed to call; [] = no CORS headers
+    ui: bool = True  # the web console at /ui (proxy.console)
 
     @property
     def max_body_bytes(self) -> int:

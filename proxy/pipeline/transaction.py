@@ -80,6 +80,7 @@ class Transaction:
     cache_control: tuple[str | None, str | None] | None = None
     cache_state: Any = None
     cost_saved_usd: float | None = None
+    session: Any = None  # the sessions stage's state for a request that names a session
 
     @property
     def model(self) -> str:
