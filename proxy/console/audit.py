@@ -95,9 +95,9 @@ async def audit_endpoint(request: Request) -> Response:
         before = _int_param(params.get("before"), "before", None, 2**62)
         assert limit is not None
         audit: AuditLog = request.app.state.console.audit
+        start, end = _iso_param(params.get("start"), "start"), _iso_param(params.get("end"), "end")
         try:
-            rows = await audit.query(filters, _iso_param(params.get("start"), "start"),
-                                     _iso_param(params.get("end"), "end"), before, limit + 1)
+            rows = await audit.query(filters, start, end, before, limit + 1)
         except Exception as exc:
             log.warning("audit log unavailable: %s", type(exc).__name__)
             raise GatewayError(503, "The audit log's database is unavailable.", "service_unavailable_error",
