@@ -1,7 +1,8 @@
 """Read-only views for the console: live health per target (``GET /admin/health``) and the request log
 (``GET /admin/requests``, ``GET /admin/requests/{id}``) read from the usage ledger.
 
-Health joins this process's router state (circuit, in-flight, first-byte EWMA) with the ledger's last
+Health describes every alias as /v1/models does (prices, context window, capabilities) plus its routing
+strategy and targets, and joins this process's router state (circuit, in-flight, first-byte EWMA) with the ledger's last
 ``?window_s=`` seconds (default 900) per provider and upstream model: requests, p50 latency and error
 rate. Both are computed when asked, off the request path.
 """
@@ -19,6 +20,7 @@ from starlette.responses import Response
 from proxy.admin import require_admin
 from proxy.console.db import ConsoleDB
 from proxy.errors import GatewayError, bad_request
+from proxy.models_api import model_object
 from proxy.runtime import Runtime
 from proxy.storage import COLUMNS, iso
 from proxy.usage_api import parse_time, viewer
@@ -73,12 +75,16 @@ async def health(request: Request) -> Response:
             circuit = "closed" if not state.circuit_open else ("half_open" if now >= state.open_until else "open")
             targets.append({
                 "provider": t.provider, "model": t.model, "kind": rt.config.providers[t.provider].kind,
+                "input_per_mtok": t.input_per_mtok, "output_per_mtok": t.output_per_mtok,
                 "circuit": circuit, "inflight": state.inflight, "consecutive_failures": state.failures,
                 "ttfb_ewma_ms": round(state.ewma_ttfb * 1000, 3) if state.ewma_ttfb is not None else None,
                 "requests": len(seen), "p50_latency_ms": latencies[(len(latencies) - 1) // 2] if latencies else None,
                 "error_rate": round(sum(err for _, err in seen) / len(seen), 6) if seen else None,
             })
-        data.append({"alias": alias.name, "strategy": alias.strategy, "targets": targets})
+        described = model_object(alias, rt.config.providers, rt.created)
+        data.append({"alias": alias.name, "strategy": alias.strategy, "context_window": described["context_window"],
+                     "pricing": described["pricing"], "capabilities": described["capabilities"],
+                     "targets": targets})
     return _json({"object": "health", "window_s": int(window_text), "data": data})
 
 
