@@ -218,7 +218,8 @@ def test_a_gateway_key_sees_only_its_own_pages(browser, fake_openai, make_gatewa
 
     from tests.conftest import GATEWAY_KEY
 
-    text = base_config(fake_openai.url, tmp_path / "gw.db").replace("[server]\n", f'[server]\nadmin_key = "{ADMIN}"\n', 1)
+    text = base_config(fake_openai.url, tmp_path / "gw.db").replace("[server]\n", f'[server]\nadmin_key = "{ADMIN}"\n',
+                                                                    1)
     gw = make_gateway(text)
     page = browser.new_page()
     page.goto(gw.url + "/ui")
