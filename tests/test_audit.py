@@ -119,3 +119,18 @@ def test_postgres_refuses_edits_of_the_audit_log(pg_url):
             await db.close()
 
     asyncio.run(run())
+
+
+def test_keys_changed_from_the_command_line_are_recorded(fake_openai, tmp_path, capsys):
+    from proxy import cli
+
+    path = tmp_path / "gw.toml"
+    db = tmp_path / "gw.db"
+    path.write_text(gateway_text(fake_openai.url, f"sqlite:///{db}", tmp_path))
+    assert cli.main(["keys", "create", "cli-key", "--rpm", "5", "--config", str(path)]) == 0
+    secret = capsys.readouterr().out.strip()
+    assert cli.main(["keys", "revoke", "cli-key", "--config", str(path)]) == 0
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT principal, action, target, change, client FROM audit_log ORDER BY id").fetchall()
+    assert [r[:3] for r in rows] == [("cli", "key.created", "cli-key"), ("cli", "key.revoked", "cli-key")]
+    assert '"rpm":5' in rows[0][3] and secret not in rows[0][3] and rows[0][4] is None
