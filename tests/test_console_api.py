@@ -109,3 +109,23 @@ def test_the_console_is_served_with_a_strict_policy_and_can_be_turned_off(fake_o
     assert httpx.get(gw.url + "/ui/..%2f..%2fapp.py").status_code == 404
     off = make_gateway(text.replace("[server]\n", "[server]\nui = false\n", 1))
     assert httpx.get(off.url + "/ui").status_code == 404
+
+
+def test_the_console_source_has_no_inline_code_and_builds_no_html_from_text():
+    """What the CSP enforces in the browser, checked in the files too; and text only ever goes in as text."""
+    import re
+    from pathlib import Path
+
+    static = Path(__file__).resolve().parent.parent / "proxy" / "console" / "static"
+    for page in static.rglob("*.html"):
+        html = page.read_text()
+        assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", html), page  # every script is a file
+        assert not re.search(r"\s(style|on\w+)\s*=", html), page
+        assert not re.search(r"""(src|href)=["']?(https?:)?//""", html), page  # nothing from elsewhere
+    ours = [p for p in static.rglob("*.js") if "vendor" not in p.parts]
+    assert len(ours) >= 8
+    for script in ours:
+        text = script.read_text()
+        for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
+            assert sink not in text, f"{script.name} uses {sink}"
+        assert not re.search(r"""import[^;]*from\s+["']https?:""", text), script

@@ -5,6 +5,7 @@ log; a screenshot of each page in the test's tmp_path, and every page at a phone
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import time
@@ -104,12 +105,12 @@ capabilities = ["streaming", "reasoning"]
 
     # the catalog lists every alias, with its health
     nav("Models")
-    table = page.locator("table")
+    table = page.locator("#catalog")
     for alias in ("gpt-test", "echo", "paced", "a-ok"):
         expect(table).to_contain_text(alias)
     expect(table).to_contain_text("closed")
     page.fill("input[type=search]", "paced")
-    expect(page.locator("tbody tr")).to_have_count(1)
+    expect(page.locator("#catalog tbody tr")).to_have_count(1)
     shot("catalog")
 
     # create a key: the secret is shown once
@@ -119,10 +120,10 @@ capabilities = ["streaming", "reasoning"]
     page.click("text=Create key")
     secret = page.locator(".secret").text_content() or ""
     assert re.fullmatch(r"sk-gw-[\w-]+", secret), secret
-    expect(page.locator("table")).to_contain_text("e2e")
+    expect(page.locator("#keys")).to_contain_text("e2e")
     shot("keys")
     page.reload()
-    expect(page.locator("table")).to_contain_text("e2e")
+    expect(page.locator("#keys")).to_contain_text("e2e")
     assert page.locator(".secret").count() == 0 and secret not in page.content()
 
     # a streamed chat in the playground, with that key
@@ -170,7 +171,7 @@ capabilities = ["streaming", "reasoning"]
     expect(page.locator(".chart canvas").first).to_be_visible()
     shot("dashboard")
     nav("Requests")
-    row = page.locator("tbody tr", has_text="paced")
+    row = page.locator("#requests tbody tr", has_text="paced")
     expect(row).to_contain_text("e2e")
     expect(row).to_contain_text("$0.0000")
     row.click()
@@ -180,11 +181,11 @@ capabilities = ["streaming", "reasoning"]
 
     # revoke the key and see it refused
     nav("Keys")
-    revoke = page.locator("tbody tr", has_text="e2e").locator("button.danger")
+    revoke = page.locator("#keys tbody tr", has_text="e2e").locator("button.danger")
     revoke.click()
     expect(revoke).to_have_text("Confirm revoke")
     revoke.click()
-    expect(page.locator("tbody tr", has_text="e2e")).to_contain_text("revoked")
+    expect(page.locator("#keys tbody tr", has_text="e2e")).to_contain_text("revoked")
     with pytest.raises(openai.AuthenticationError):
         gw.client(secret).chat.completions.create(model="paced", messages=[{"role": "user", "content": "x"}])
     nav("Playground")
@@ -192,7 +193,7 @@ capabilities = ["streaming", "reasoning"]
 
     # the audit log shows the creation and the revocation
     nav("Audit log")
-    audit = page.locator("tbody")
+    audit = page.locator("#audit tbody")
     expect(audit.locator("tr", has_text="key.created")).to_contain_text("e2e")
     expect(audit.locator("tr", has_text="key.revoked")).to_contain_text("e2e")
     shot("audit")
@@ -233,7 +234,31 @@ def test_a_gateway_key_sees_only_its_own_pages(browser, fake_openai, make_gatewa
     expect(nav).to_contain_text("Playground")
     assert "Keys" not in (nav.text_content() or "") and "Audit" not in (nav.text_content() or "")
     page.goto(gw.url + "/ui#/catalog")
-    expect(page.locator("table")).to_contain_text("gpt-test")
+    expect(page.locator("#catalog")).to_contain_text("gpt-test")
+    # model and user text is shown as text: markup in it stays inert
+    page.goto(gw.url + "/ui#/playground")
+    page.select_option("#model", "gpt-test")
+    markup = '<img src=x onerror="window.pwned=1"><b>bold</b>'
+    page.fill("#prompt", markup)
+    page.click("#send")
+    expect(page.locator(".msg.assistant .text")).to_have_text("Hello " + markup)
+    expect(page.locator(".msg.user .text")).to_have_text(markup)
+    assert page.locator(".messages b, .messages img").count() == 0
+    assert page.evaluate("window.pwned") is None
+    # an image attachment is kept with the session and comes back when it is reopened
+    png = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJ"
+                           "RU5ErkJggg==")
+    page.set_input_files("#attach", files=[{"name": "dot.png", "mimeType": "image/png", "buffer": png}])
+    expect(page.locator(".thumb")).to_have_count(1)
+    page.fill("#prompt", "what is this")
+    page.click("#send")
+    expect(page.locator(".msg.assistant .text").last).to_have_text("Hello what is this")
+    until(lambda: "#/playground/sess_" in page.url, "the session's URL")
+    page.reload()
+    image = page.locator(".msg.user img")
+    expect(image).to_have_count(1)
+    assert (image.get_attribute("src") or "").startswith("data:image/png;base64,")
+    assert page.evaluate("document.querySelector('.msg.user img').naturalWidth") == 1
     # the key lives in sessionStorage: a new tab (another context) is signed out
     other = browser.new_page()
     other.goto(gw.url + "/ui")

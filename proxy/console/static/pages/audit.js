@@ -29,5 +29,5 @@ export async function render(root) {
     { label: "Target", value: (e) => e.target ?? "–" },
     { label: "Change", value: (e) => JSON.stringify(e.change) },
     { label: "Client", value: (e) => e.client ?? "–" },
-  ], entries));
+  ], entries, { id: "audit" }));
 }

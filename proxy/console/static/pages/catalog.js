@@ -48,7 +48,7 @@ export async function render(root) {
       return words.every((w) => text.includes(w));
     });
     clear(holder);
-    holder.append(table(columns, shown, { caption: `${shown.length} of ${rows.length} models` }));
+    holder.append(table(columns, shown, { caption: `${shown.length} of ${rows.length} models`, id: "catalog" }));
   };
   search.addEventListener("input", fill);
   root.append(el("div", { class: "row" }, search), holder);

@@ -86,7 +86,7 @@ export async function render(root) {
       { label: "State", value: (k) => (k.revoked_at ? "revoked" : "active"),
         render: (k) => (k.revoked_at ? el("span", { class: "badge open" }, "revoked") : el("span", { class: "badge closed" }, "active")) },
       { label: "", value: () => "", render: (k) => (k.source !== "db" || k.revoked_at ? "" : actions(k, editor)) },
-    ], keys.data));
+    ], keys.data, { id: "keys" }));
   }
 
   function actions(key, editor) {

@@ -41,5 +41,5 @@ export async function render(root, rest) {
       render: (r) => `${num(r.prompt_tokens)} + ${num(r.completion_tokens)}`, num: true },
     { label: "Cost", value: (r) => r.cost_usd, render: (r) => money(r.cost_usd), num: true },
     { label: "Latency", value: (r) => r.latency_ms, render: (r) => ms(r.latency_ms), num: true },
-  ], rows, { onRow: (r) => go(`requests/${encodeURIComponent(r.request_id)}`) }));
+  ], rows, { id: "requests", onRow: (r) => go(`requests/${encodeURIComponent(r.request_id)}`) }));
 }
