@@ -62,7 +62,11 @@ def test_history_is_prepended_and_both_messages_kept(gw, fake_openai):
     assert body["title"] == "trip"
     assert [(m["role"], m["content"]) for m in body["messages"]] == [
         ("user", "one"), ("assistant", "Hello one"), ("user", "two"), ("assistant", "Hello two")]
-    meta = body["messages"][-1]["meta"]
+    raw = api(gw, "POST", "/v1/chat/completions", json={"model": "gpt-test", "session_id": sid,
+                                                         "messages": [{"role": "user", "content": "three"}]})
+    assert raw.headers["x-gateway-session-id"] == sid
+    body = api(gw, "GET", f"/v1/sessions/{sid}?limit=4").json()
+    meta = body["messages"][-3]["meta"]
     assert meta["provider"] == "fake" and meta["model"] == "gpt-test"
     assert meta["usage"]["completion_tokens"] == 2 and meta["cost_usd"] > 0 and meta["latency_ms"] > 0
 

@@ -39,6 +39,8 @@ class SessionStage:
     async def open(self, tx: Transaction, header: str | None) -> None:
         body = tx.body
         assert body is not None
+        if header is None and "session_id" not in body:
+            return  # most requests: nothing more to look at
         given = body.pop("session_id", None) if "session_id" in body else header
         if given is None:
             return

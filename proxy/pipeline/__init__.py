@@ -98,7 +98,8 @@ class Pipeline:
             if tx.cached is None:
                 tx.outcome = await self.call(tx, inbound.watch)
             await self.hooks.after_response(tx)
-            await self.sessions.record(tx)
+            if tx.session is not None:  # a request that names a session
+                await self.sessions.record(tx)
             await self.cache.store(tx)
             return await self.account.durable(self.account.answered(tx))
         except APIError as e:  # the gateway's own refusals and upstream failures alike
