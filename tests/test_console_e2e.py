@@ -263,3 +263,10 @@ def test_a_gateway_key_sees_only_its_own_pages(browser, fake_openai, make_gatewa
     other = browser.new_page()
     other.goto(gw.url + "/ui")
     expect(other.locator("form.signin")).to_be_visible()
+    # on a gateway without an admin key, a gateway key signs in all the same
+    plain = make_gateway(base_config(fake_openai.url, tmp_path / "plain.db"))
+    other.goto(plain.url + "/ui")
+    other.fill("input[name=key]", GATEWAY_KEY)
+    other.click("form.signin button[type=submit]")
+    expect(other.locator("#who")).to_have_text("gateway key")
+    expect(other.locator("#breakdown")).to_be_visible()

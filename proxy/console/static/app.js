@@ -63,12 +63,13 @@ export function showError(root, error) {
 }
 
 async function whoIs(key) {
-  // The admin key answers /admin/keys; a gateway key is refused there (403) but lists its models.
+  // The admin key answers /admin/keys; a gateway key is refused there (403, or 401 on a gateway without
+  // an admin key) but lists its models.
   try {
     await api("/admin/keys", { key });
     return "admin";
   } catch (e) {
-    if (e.status !== 403) throw e;
+    if (e.status !== 403 && e.status !== 401) throw e;
   }
   await api("/v1/models", { key });
   return "key";
