@@ -115,8 +115,8 @@ capabilities = ["streaming", "reasoning"]
 
     # create a key: the secret is shown once
     nav("Keys")
-    page.fill("input[name=name]", "e2e")
-    page.fill("input[name=budget_usd]", "1")
+    page.fill("#new-key input[name=name]", "e2e")
+    page.fill("#new-key input[name=budget_usd]", "1")
     page.click("text=Create key")
     secret = page.locator(".secret").text_content() or ""
     assert re.fullmatch(r"sk-gw-[\w-]+", secret), secret
@@ -125,6 +125,10 @@ capabilities = ["streaming", "reasoning"]
     page.reload()
     expect(page.locator("#keys")).to_contain_text("e2e")
     assert page.locator(".secret").count() == 0 and secret not in page.content()
+    page.locator("#keys tbody tr", has_text="e2e").locator("text=Edit").click()
+    page.fill("#edit-key input[name=rpm]", "50")
+    page.click("#edit-key button[type=submit]")
+    expect(page.locator("#keys tbody tr", has_text="e2e")).to_contain_text("rpm 50")
 
     # a streamed chat in the playground, with that key
     page.goto(gw.url + "/ui#/playground")
@@ -196,6 +200,7 @@ capabilities = ["streaming", "reasoning"]
     audit = page.locator("#audit tbody")
     expect(audit.locator("tr", has_text="key.created")).to_contain_text("e2e")
     expect(audit.locator("tr", has_text="key.revoked")).to_contain_text("e2e")
+    expect(audit.locator("tr", has_text="key.updated")).to_contain_text('{"rpm":50}')  # what changed, only
     shot("audit")
 
     # every page at a phone's width: nothing wider than the screen

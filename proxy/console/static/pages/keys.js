@@ -31,7 +31,7 @@ function settingsOf(form, creating) {
 
 function keyForm(key, submitLabel) {
   const input = (name, label, value, attrs = {}) => el("label", {}, label, el("input", { name, value: value ?? "", ...attrs }));
-  return el("form", { class: "filters" },
+  return el("form", { class: "filters", id: key ? "edit-key" : "new-key" },
     key ? null : input("name", "Name", "", { required: true, size: 14 }),
     input("models", "Models (comma-separated)", key ? (key.models || []).join(", ") : "", { size: 18 }),
     ...LIMITS.map((n) => input(n, n, key?.[n], { type: "number", min: 1, size: 6 })),
@@ -99,7 +99,11 @@ export async function render(root) {
       form.addEventListener("submit", async (event) => {
         event.preventDefault();
         try {
-          await api(`/admin/keys/${encodeURIComponent(key.name)}`, { method: "PATCH", body: settingsOf(form, false) });
+          const changes = settingsOf(form, false);
+          for (const name of Object.keys(changes)) {  // only what changed: the audit log says what was done
+            if (JSON.stringify(changes[name]) === JSON.stringify(key[name] ?? null)) delete changes[name];
+          }
+          await api(`/admin/keys/${encodeURIComponent(key.name)}`, { method: "PATCH", body: changes });
           await list();
         } catch (e) { showError(note, e); }
       });
