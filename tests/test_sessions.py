@@ -16,7 +16,7 @@ from tests import pg
 from tests.conftest import GATEWAY_KEY, LIMITED_KEY
 from tests.pg import ledger_config
 
-pg_url, database_url = pg.pg_url, pg.database_url  # fixtures
+pg_url, database_url, throwaway_pg = pg.pg_url, pg.database_url, pg.throwaway_pg  # fixtures
 ADMIN = "sk-admin-secret"
 PNG = base64.b64encode(bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000")).decode()
 
@@ -188,3 +188,30 @@ def test_retention_prunes_unused_sessions(tmp_path: Path):
             await db.close()
 
     assert asyncio.run(run()) == (1, 0, 1)
+
+
+def test_a_database_outage_is_a_503_in_the_apis_shape_and_the_chat_without_a_session_goes_on(
+        fake_openai, make_gateway, throwaway_pg, tmp_path):
+    import asyncio
+    import uuid
+
+    schema = f"sessions_{uuid.uuid4().hex[:8]}"
+    asyncio.run(pg._execute(throwaway_pg.url, f"CREATE SCHEMA {schema}"))
+    url = f"{throwaway_pg.url}?search_path={schema}"
+    gw = make_gateway(ledger_config(fake_openai.url, url, storage=f'spill_dir = "{tmp_path / "spill"}"',
+                                    server=f'admin_key = "{ADMIN}"'))
+    sid = new_session(gw)
+    throwaway_pg.stop()
+    try:
+        with pytest.raises(openai.InternalServerError) as info:
+            gw.client().chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "x"}],
+                                                extra_body={"session_id": sid})
+        assert info.value.status_code == 503 and info.value.body["code"] == "sessions_unavailable"
+        for path in ("/v1/sessions", f"/v1/sessions/{sid}"):
+            r = api(gw, "GET", path)
+            assert r.status_code == 503 and r.json()["error"]["code"] == "sessions_unavailable", path
+        assert api(gw, "GET", "/admin/audit", ADMIN).json()["error"]["code"] == "audit_unavailable"
+        answer = gw.client().chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "y"}])
+        assert answer.choices[0].message.content == "Hello y"
+    finally:
+        throwaway_pg.start()

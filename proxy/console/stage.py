@@ -48,8 +48,10 @@ class SessionStage:
             raise bad_request("'session_id' must be a session id string", param="session_id", code="invalid_type")
         if tx.endpoint != "chat":
             raise bad_request("sessions work with /v1/chat/completions", param="session_id")
+        messages = body.get("messages")
         try:
             session = await self.store.get(given, owner_of(tx))
+            history = await self.store.history(session.id) if session is not None else []
         except Exception as exc:
             log.warning("sessions unavailable: %s", type(exc).__name__)
             raise GatewayError(503, "The sessions database is unavailable.", "service_unavailable_error",
@@ -57,10 +59,8 @@ class SessionStage:
         if session is None:
             raise GatewayError(404, f"No session found with id '{given}'.", code="session_not_found",
                                param="session_id")
-        messages = body.get("messages")
         if not isinstance(messages, list):
             return  # parse names the mistake
-        history = await self.store.history(session.id)
         system = [m for m in messages if isinstance(m, dict) and m.get("role") in _NOT_STORED]
         new = [m for m in messages if not (isinstance(m, dict) and m.get("role") in _NOT_STORED)]
         body["messages"] = system + history + new
