@@ -123,6 +123,14 @@ def _managed(request: Request) -> ManagedKeys:
     return request.app.state.managed_keys
 
 
+async def _audit(request: Request, action: str, target: str | None, change: dict[str, Any]) -> None:
+    """One row of the audit log (proxy.console.audit), when the app keeps one."""
+    console = getattr(request.app.state, "console", None)
+    if console is not None:
+        client = request.client.host if request.client else None
+        await console.audit.record("admin", action, target, change, client)
+
+
 async def create_key(request: Request) -> Response:
     try:
         rt = require_admin(request)
@@ -132,6 +140,7 @@ async def create_key(request: Request) -> Response:
         managed = _managed(request)
         secret, key = await managed.store.create(name, settings, {k.name for k in rt.config.keys})
         await managed.refresh()
+        await _audit(request, "key.created", name, settings)
     except GatewayError as e:
         return e.response()
     return _json({**key.public(), "key": secret}, 201)
@@ -158,11 +167,14 @@ async def _change(request: Request, revoke: bool) -> Response:
         key: StoredKey
         if revoke:
             key = await managed.store.revoke(name)
+            await _audit(request, "key.revoked", name, {})
         else:
             body = await read_json(request, rt.config.server.max_body_bytes)
             if "name" in body:
                 raise bad_request("a key cannot be renamed", param="name")
-            key = await managed.store.update(name, _settings(rt, body, partial=True))
+            changes = _settings(rt, body, partial=True)
+            key = await managed.store.update(name, changes)
+            await _audit(request, "key.updated", name, changes)
         await managed.refresh()
     except GatewayError as e:
         return e.response()
@@ -187,7 +199,9 @@ async def cache(request: Request) -> Response:
             raise GatewayError(404, f"No alias {alias!r} in {rt.config.path}.", code="model_not_found", param="alias")
         try:
             if request.method == "DELETE":
-                return _json({"object": "cache.cleared", "alias": alias, "deleted": await shared.clear(alias)})
+                deleted = await shared.clear(alias)
+                await _audit(request, "cache.cleared", alias or "*", {"alias": alias, "deleted": deleted})
+                return _json({"object": "cache.cleared", "alias": alias, "deleted": deleted})
             stats = await shared.stats()
         except Exception as exc:  # the cache's Redis: an error in the API's shape, never a traceback
             log.warning("response cache unavailable to the admin API: %s", exc)

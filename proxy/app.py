@@ -15,13 +15,15 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from proxy import admin, endpoints, observability, reload, usage_api
 from proxy.admin import ManagedKeys, apply_keys
 from proxy.cache import SharedCache
 from proxy.config import Config, keyless_providers, load_config
+from proxy.console import Console
+from proxy.console import routes as console_routes
 from proxy.cors import Cors
 from proxy.errors import GatewayError
 from proxy.keystore import KeyStore
@@ -73,7 +75,7 @@ async def server_error(request: Request, exc: Exception) -> Response:
     return GatewayError(500, "The gateway hit an internal error.", "server_error", "internal_error").response()
 
 
-def routes() -> list[Route]:
+def routes(ui: bool = True) -> list[BaseRoute]:
     table = [
         ("/chat/completions", endpoints.chat_completions, ["POST"]),
         ("/completions", endpoints.completions, ["POST"]),
@@ -85,7 +87,7 @@ def routes() -> list[Route]:
         ("/models", endpoints.list_models, ["GET"]),
         ("/models/{model_id:path}", endpoints.get_model, ["GET"]),
     ]
-    out = [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"]),
+    out: list[BaseRoute] = [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"]),
            Route("/metrics", observability.metrics_endpoint, methods=["GET"]),
            Route("/v1/usage", usage_api.usage, methods=["GET"]),
            Route("/admin/keys", admin.create_key, methods=["POST"]),
@@ -93,6 +95,7 @@ def routes() -> list[Route]:
            Route("/admin/keys/{name}", admin.update_key, methods=["PATCH"]),
            Route("/admin/keys/{name}", admin.revoke_key, methods=["DELETE"]),
            Route("/admin/cache", admin.cache, methods=["GET", "DELETE"])]
+    out += console_routes(ui)  # audit log, sessions, the console's read-only views and /ui
     for prefix in ("/v1", ""):
         out += [Route(prefix + path, handler, methods=methods) for path, handler, methods in table]
     return out + passthrough_http.routes()  # images, audio, moderations, rerank, files, batches
@@ -123,9 +126,13 @@ def create_app(config: Config, tracer_provider: Any = None) -> Starlette | FastP
         # The response cache is app-level too: entries outlive reloads; each Runtime gets its stage.
         cache = app.state.cache = SharedCache.from_config(config)
         metrics.cache_gauges = cache.gauges
-        app.state.on_runtime = [lambda rt: apply_keys(rt, managed), cache.attach]  # applied to every new Runtime
+        # Audit log and sessions: app-level too, in the ledger's database.
+        console = app.state.console = Console(config.storage.database_url, config.storage.retention_days)
+        app.state.on_runtime = [lambda rt: apply_keys(rt, managed), cache.attach, console.attach]  # every Runtime
         app.state.runtime = Runtime(config, sink=ledger, limits=limits, observer=observer)
         cache.attach(app.state.runtime)
+        console.attach(app.state.runtime)
+        console.start()
         await managed.start()
         apply_keys(app.state.runtime, managed)
         await seed_budgets(config, limits, app.state.runtime.all_keys)
@@ -150,6 +157,7 @@ def create_app(config: Config, tracer_provider: Any = None) -> Starlette | FastP
                 await app.state.runtime.aclose()
                 await limits.aclose()
                 await cache.aclose()
+                await console.close()
             finally:
                 await ledger.close()
                 await observer.aclose()
@@ -159,7 +167,7 @@ def create_app(config: Config, tracer_provider: Any = None) -> Starlette | FastP
         middleware.insert(0, Middleware(NoDirectWrites))
         middleware.insert(0, Middleware(TrailingSlash))
     app = Starlette(
-        routes=routes(),
+        routes=routes(config.server.ui),
         middleware=middleware,
         lifespan=lifespan,
         exception_handlers={HTTPException: http_error, Exception: server_error},

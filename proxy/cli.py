@@ -327,15 +327,18 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 return 0
             name = check_name(args.name)
             if args.keys_command == "create":
-                secret, _ = await store.create(name, validate_settings(settings, partial=False),
-                                               {k.name for k in config.keys})
+                change = validate_settings(settings, partial=False)
+                secret, _ = await store.create(name, change, {k.name for k in config.keys})
                 print(secret)
             elif args.keys_command == "update":
-                await store.update(name, validate_settings(settings, partial=True))
+                change = validate_settings(settings, partial=True)
+                await store.update(name, change)
                 print(f"updated {name}")
             else:
+                change = {}
                 await store.revoke(name)
                 print(f"revoked {name}")
+            await _audit(config.storage.database_url, f"key.{args.keys_command}d", name, change)
             return 0
         except GatewayError as e:
             print(f"error: {e.message}", file=sys.stderr)
@@ -344,6 +347,18 @@ def cmd_keys(args: argparse.Namespace) -> int:
             await store.close()
 
     return asyncio.run(run())
+
+
+async def _audit(database_url: str, action: str, name: str, change: dict) -> None:
+    """The audit log's row for a key changed from the command line (principal ``cli``)."""
+    from proxy.console.audit import AuditLog
+    from proxy.console.db import ConsoleDB
+
+    db = ConsoleDB(database_url)
+    try:
+        await AuditLog(db).record("cli", action, name, change, None)
+    finally:
+        await db.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,6 +77,7 @@ def parse_config(raw: dict[str, Any], file: str, env: dict[str, str]) -> Config:
         max_connections=count(s, "max_connections", 10_000, minimum=1),
         cors_origins=_origins(s),
         guardrails=s.string_list("guardrails", []),
+        ui=s.get("ui", bool, True),
     )
     if server.port > 65535:
         raise ConfigError(file, "server.port", "must be <= 65535")

@@ -35,9 +35,11 @@ async def reload(app: Any) -> bool:
         new = Runtime(config, sink=old.sink, limits=app.state.limits, observer=old.obs)
     except ConfigError as e:
         log.error("reload refused, still serving the previous config: %s", e)
+        await _audit(app, "config.reload_failed", old.config.path, {"key": e.key})  # the reason may quote a value
         return False
     except Exception as e:  # anything else about the new file: refuse it the same way
         log.error("reload refused, still serving the previous config: %s: %s", type(e).__name__, e)
+        await _audit(app, "config.reload_failed", old.config.path, {"error": type(e).__name__})
         return False
     for hook in getattr(app.state, "on_runtime", []):
         hook(new)
@@ -49,7 +51,16 @@ async def reload(app: Any) -> bool:
     task = asyncio.create_task(_close_when_drained(old))
     app.state.background.add(task)
     task.add_done_callback(app.state.background.discard)
+    await _audit(app, "config.reloaded", config.path, {"providers": len(config.providers),
+                                                       "models": len(config.models), "pid": os.getpid()})
     return True
+
+
+async def _audit(app: Any, action: str, path: str, change: dict[str, Any]) -> None:
+    """A row of the audit log (proxy.console.audit); a reload comes from a signal, not a client."""
+    console = getattr(app.state, "console", None)
+    if console is not None:
+        await console.audit.record("signal", action, str(path), change, None)
 
 
 async def _close_when_drained(old: Runtime) -> None:

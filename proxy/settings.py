@@ -47,6 +47,7 @@ class ServerConfig:
     max_connections: int = 10_000  # per process; more are answered 503 and closed at once
     cors_origins: list[str] = field(default_factory=list)  # browser origins allowed to call; [] = no CORS headers
     guardrails: list[str] = field(default_factory=list)  # names of [[guardrails]] applied to every request
+    ui: bool = True  # the web console at /ui (proxy.console)
 
     @property
     def max_body_bytes(self) -> int:

@@ -1,6 +1,9 @@
 """GET /v1/usage: totals per group from the usage ledger.
 
-``?start=ISO&end=ISO&group_by=model|key|provider|day|hour``; ``start``/``end`` take ISO-8601 (a
+``?start=ISO&end=ISO&group_by=model|key|provider|day|hour``, with optional filters ``model=``,
+``provider=``, ``key=`` (a gateway key's own rows only, whatever it asks), ``bucket=hour|day`` (then
+each row of ``data`` is one group in one time bucket, with ``bucket`` set: the dashboard's series) and
+``format=csv`` (the data rows as CSV). ``start``/``end`` take ISO-8601 (a
 date alone means midnight UTC, a time without offset is UTC) or epoch seconds, and default to the
 last 24 hours; the range is ``[start, end)``. The admin key (``[server] admin_key``) sees every
 row; a gateway key sees only its own. Either may come in any header proxy.auth.presented_key reads
@@ -8,14 +11,16 @@ row; a gateway key sees only its own. Either may come in any header proxy.auth.p
 
 Per group: requests, errors (rows with an ``error_type``, client disconnects included), prompt,
 completion, cached and reasoning tokens, ``cost_usd`` (null when no row in the group had a price),
-``unpriced_requests`` (rows with tokens but no price), average and p95 latency (nearest rank, the
+``unpriced_requests`` (rows with tokens but no price), average, p50 and p95 latency (nearest rank, the
 same definition on SQLite and Postgres) and the cache hit rate.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import hmac
+import io
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,7 +32,7 @@ from starlette.responses import Response
 from proxy.auth import presented_key
 from proxy.errors import GatewayError, bad_request
 from proxy.runtime import Runtime
-from proxy.storage import GROUPS, ReportRow, Store, iso, total_of
+from proxy.storage import FILTER_COLUMNS, GROUPS, ReportRow, Store, iso, total_of
 
 DEFAULT_WINDOW = timedelta(days=1)
 _TIME_GROUPS = ("day", "hour")
@@ -60,23 +65,57 @@ def check_group(group_by: str | None) -> str:
     return group
 
 
+def check_bucket(bucket: str | None) -> str | None:
+    if bucket is not None and bucket not in _TIME_GROUPS:
+        raise bad_request("'bucket' must be hour or day", param="bucket", code="invalid_value")
+    return bucket
+
+
 async def build_report(store: Store, start: datetime, end: datetime, group_by: str,
-                       key_name: str | None = None) -> dict[str, Any]:
-    rows = await store.report(start, end, group_by, key_name)
-    if group_by in _TIME_GROUPS:
-        rows.sort(key=lambda r: r.group or "")
+                       key_name: str | None = None, filters: dict[str, str] | None = None,
+                       bucket: str | None = None) -> dict[str, Any]:
+    rows = await store.report(start, end, group_by, key_name, filters, bucket)
+    data = [asdict(r) for r in rows]
+    if bucket:
+        for row in data:
+            row["bucket"], _, group = (row["group"] or "").partition("|")
+            row["group"] = group or None
+        data.sort(key=lambda r: (r["bucket"], -r["requests"], r["group"] or ""))
+    elif group_by in _TIME_GROUPS:
+        data.sort(key=lambda r: r["group"] or "")
     else:
-        rows.sort(key=lambda r: (-r.requests, r.group or ""))
-    total = total_of(await store.report(start, end, None, key_name))
+        data.sort(key=lambda r: (-r["requests"], r["group"] or ""))
+    total = total_of(await store.report(start, end, None, key_name, filters))
     return {
         "object": "usage.report",
         "start": iso(start),
         "end": iso(end),
         "group_by": group_by,
+        "bucket": bucket,
         "key": key_name,
-        "data": [asdict(r) for r in rows],
+        "filters": filters or {},
+        "data": data,
         "total": _total(total),
     }
+
+
+def to_csv(report: dict[str, Any]) -> bytes:
+    """The report's data rows as CSV, one header line, the columns of the JSON rows."""
+    out = io.StringIO()
+    fields = (["bucket"] if report["bucket"] else []) + ["group"] + [
+        f for f in report["total"] if f != "group"]
+    writer = csv.DictWriter(out, fields, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in report["data"]:
+        writer.writerow({k: _csv_cell(v) for k, v in row.items()})
+    return out.getvalue().encode()
+
+
+def _csv_cell(value: Any) -> Any:
+    """Text a spreadsheet would run as a formula is quoted with a leading apostrophe."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
+        return "'" + value
+    return value
 
 
 def _total(row: ReportRow) -> dict[str, Any]:
@@ -113,12 +152,18 @@ async def usage(request: Request) -> Response:
         params = request.query_params
         start, end = time_range(params.get("start"), params.get("end"))
         group_by = check_group(params.get("group_by"))
+        bucket = check_bucket(params.get("bucket"))
+        filters = {name: params[name] for name in FILTER_COLUMNS if params.get(name) and (sees_all or name != "key")}
+        fmt = params.get("format") or "json"
+        if fmt not in ("json", "csv"):
+            raise bad_request("'format' must be json or csv", param="format", code="invalid_value")
         ledger = getattr(request.app.state, "ledger", None)
         if ledger is None:
             raise GatewayError(503, "Usage accounting is not running.", "service_unavailable_error",
                                "usage_unavailable")
         try:
-            report = await build_report(ledger.store, start, end, group_by, None if sees_all else key_name)
+            report = await build_report(ledger.store, start, end, group_by, None if sees_all else key_name,
+                                        filters, bucket)
         except GatewayError:
             raise
         except Exception as exc:
@@ -126,6 +171,9 @@ async def usage(request: Request) -> Response:
                                "service_unavailable_error", "usage_unavailable") from None
     except GatewayError as e:
         return e.response()
+    if fmt == "csv":
+        return Response(to_csv(report), media_type="text/csv; charset=utf-8",
+                        headers={"content-disposition": 'attachment; filename="usage.csv"'})
     return Response(orjson.dumps(report), media_type="application/json")
 
 

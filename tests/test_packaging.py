@@ -65,6 +65,19 @@ def test_wheel_carries_the_lua_scripts_and_no_checkout(installed):
     assert out[1] == str(["acquire.lua", "renew.lua", "settle.lua"])
 
 
+def test_wheel_carries_every_console_file(installed):
+    """The console at /ui is served from the package: every file of the checkout's static/ is in the wheel."""
+    static = ROOT / "proxy" / "console" / "static"
+    expected = sorted(str(p.relative_to(static)) for p in static.rglob("*") if p.is_file())
+    out = subprocess.run([str(installed / "bin" / "python"), "-c",
+                          "import proxy.console.ui as ui, pathlib; s = ui.STATIC; print(s); "
+                          "print(sorted(str(p.relative_to(s)) for p in s.rglob('*') if p.is_file()))"],
+                         cwd=installed, check=True, capture_output=True, text=True).stdout.splitlines()
+    assert out[0].startswith(str(installed)), out
+    assert out[1] == str(expected)
+    assert {"index.html", "app.js", "vendor/uPlot.esm.js", "pages/playground.js"} <= set(expected)
+
+
 def test_installed_gateway_serves_chat_with_redis_limits(installed, tmp_path):
     redis = RedisServer().start()
     run = tmp_path / "run"  # the cwd: outside the repository, where relative ledger paths land
@@ -116,6 +129,8 @@ rpm = 2
         import redis as redis_py
 
         assert redis_py.Redis.from_url(redis.url).dbsize() > 0
+        page = httpx.get(url + "/ui/app.js", timeout=10)  # the console, from the installed package's files
+        assert page.status_code == 200 and "auth" in page.text
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

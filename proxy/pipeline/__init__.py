@@ -6,6 +6,7 @@ whose body is the whole path, one stage a line:
 
     stage           module                          what it does
     authenticate    proxy.auth (Runtime)            the gateway key: 401 without a usage row
+    sessions        proxy.pipeline.sessions         a named session's history prepended (proxy.console.stage)
     parse           proxy.pipeline.parse            body -> ClientRequest, read once; 400 naming the parameter;
                                                     the client's API (proxy.frontend)
     resolve         proxy.runtime                   model name -> ModelAlias (globs, fuzzy); 404 / 403
@@ -16,6 +17,7 @@ whose body is the whole path, one stage a line:
                     proxy.pipeline.stream           streams: first bytes, then relayed as they come
                     proxy.frontend                  the answer in the client's API (or its bytes passed through)
     after hooks     proxy.pipeline.hooks            see the answer before it is sent (streams: tx.stream_filter)
+    sessions        proxy.pipeline.sessions         the new messages and the answer kept in their session
     account         proxy.pipeline.account          the usage row, built once: ledger, limits settle,
                                                     metrics, access log, traces
 
@@ -41,6 +43,7 @@ from proxy.pipeline.account import Accounting
 from proxy.pipeline.cache import Cache, NoCache
 from proxy.pipeline.hooks import Hooks, NoHooks
 from proxy.pipeline.parse import parse, request_ids
+from proxy.pipeline.sessions import NoSessions, Sessions, taps
 from proxy.pipeline.stream import held_to_the_end, open_stream
 from proxy.pipeline.transaction import (
     Answer,
@@ -69,6 +72,7 @@ class Pipeline:
         self.runtime = runtime
         self.hooks: Hooks = hooks or NoHooks()
         self.cache: Cache = cache or NoCache()
+        self.sessions: Sessions = NoSessions()
         self.account = Accounting(runtime)
 
     async def handle(self, inbound: Inbound) -> Answer:
@@ -79,6 +83,7 @@ class Pipeline:
         self.account.begin(tx)
         try:
             tx.body = await inbound.json(self.runtime.config.server.max_body_bytes)
+            await self.sessions.open(tx, getattr(inbound, "session_id", None))
             tx.request = parse(tx.endpoint, tx.body, tx.request_id, tx.header_id, getattr(inbound, "api_headers", None))
             tx.alias = self.resolve(tx)
             await self.hooks.before_request(tx)
@@ -89,10 +94,13 @@ class Pipeline:
                 durable = self.account.stream_durable()  # strict: a stream's end waits for its row
                 if tx.cached is not None:
                     return held_to_the_end(self.cache.replay(tx, self.stream_ended), durable)
-                return await open_stream(tx, self.stream_ended, inbound.watch, self.cache.tap(tx), durable)
+                tap = taps(self.cache.tap(tx), self.sessions.tap(tx))
+                return await open_stream(tx, self.stream_ended, inbound.watch, tap, durable)
             if tx.cached is None:
                 tx.outcome = await self.call(tx, inbound.watch)
             await self.hooks.after_response(tx)
+            if tx.session is not None:  # a request that names a session
+                await self.sessions.record(tx)
             await self.cache.store(tx)
             return await self.account.durable(self.account.answered(tx))
         except APIError as e:  # the gateway's own refusals and upstream failures alike

@@ -84,6 +84,7 @@ class Transaction:
     # stream's events pass through on their way to the client (``feed(bytes) -> bytes``; ``blocked``).
     guardrails: Any = None
     stream_filter: Any = None
+    session: Any = None  # the sessions stage's state for a request that names a session
 
     @property
     def model(self) -> str:

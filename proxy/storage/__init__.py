@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from proxy.storage.base import (
     COLUMNS,
+    FILTER_COLUMNS,
     GROUPS,
     LATEST,
     MIGRATIONS,
@@ -24,7 +25,8 @@ from proxy.storage.base import (
 from proxy.storage.postgres import PostgresStore, migrate_postgres
 from proxy.storage.sqlite import SQLiteStore, migrate_sqlite, sqlite_path
 
-__all__ = ["COLUMNS", "GROUPS", "LATEST", "MIGRATIONS", "PostgresStore", "ReportRow", "RowRejected", "SQLiteStore",
+__all__ = ["COLUMNS", "FILTER_COLUMNS", "GROUPS", "LATEST", "MIGRATIONS", "PostgresStore", "ReportRow", "RowRejected",
+           "SQLiteStore",
            "StorageError", "Store", "iso", "migrate_postgres", "migrate_sqlite", "open_store", "redact",
            "sqlite_path", "total_of"]
 

@@ -19,6 +19,7 @@ COLUMNS: tuple[str, ...] = (
 )
 BOOL_COLUMNS = frozenset({"stream", "usage_estimated", "cache_hit"})
 GROUPS = ("model", "key", "provider", "day", "hour")
+FILTER_COLUMNS = {"model": "model", "provider": "provider", "key": "key_name"}  # usage report filters
 CONNECT_TIMEOUT_S = 5.0
 
 
@@ -145,18 +146,19 @@ class ReportRow:
     p95_latency_ms: float = 0.0
     cache_hit_rate: float = 0.0
     cost_saved_usd: float = 0.0  # what cache hits saved
+    p50_latency_ms: float = 0.0
 
     @classmethod
     def from_tuple(cls, row: tuple[Any, ...] | Any) -> ReportRow:
         (group, requests, errors, prompt, completion, cached, reasoning, cost, unpriced, avg, p95, hits,
-         saved) = tuple(row)
+         saved, p50) = tuple(row)
         return cls(
             group=group, requests=int(requests), errors=int(errors or 0), prompt_tokens=int(prompt or 0),
             completion_tokens=int(completion or 0), cached_tokens=int(cached or 0),
             reasoning_tokens=int(reasoning or 0), cost_usd=None if cost is None else round(float(cost), 10),
             unpriced_requests=int(unpriced or 0), avg_latency_ms=round(float(avg or 0), 3),
             p95_latency_ms=round(float(p95 or 0), 3), cache_hit_rate=round(float(hits or 0), 6),
-            cost_saved_usd=round(float(saved or 0), 10),
+            cost_saved_usd=round(float(saved or 0), 10), p50_latency_ms=round(float(p50 or 0), 3),
         )
 
 
@@ -180,8 +182,11 @@ class Store:
         raise NotImplementedError
 
     async def report(self, start: datetime, end: datetime, group_by: str | None,
-                     key_name: str | None = None) -> list[ReportRow]:
-        """Totals per group over [start, end); group_by None = one total row. key_name filters to one key."""
+                     key_name: str | None = None, filters: dict[str, str] | None = None,
+                     bucket: str | None = None) -> list[ReportRow]:
+        """Totals per group over [start, end); group_by None = one total row. key_name filters to one key,
+        ``filters`` to rows whose FILTER_COLUMNS equal the values; with ``bucket`` (day or hour) each group
+        is ``"<bucket start>|<group>"``."""
         raise NotImplementedError
 
     async def close(self) -> None:

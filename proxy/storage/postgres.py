@@ -10,7 +10,16 @@ from typing import Any
 import orjson
 
 from proxy.records import UsageRecord
-from proxy.storage.base import COLUMNS, CONNECT_TIMEOUT_S, MIGRATIONS, ReportRow, RowRejected, Store, not_newer
+from proxy.storage.base import (
+    COLUMNS,
+    CONNECT_TIMEOUT_S,
+    FILTER_COLUMNS,
+    MIGRATIONS,
+    ReportRow,
+    RowRejected,
+    Store,
+    not_newer,
+)
 
 # --- Postgres ------------------------------------------------------------------------------------------------------
 
@@ -38,7 +47,7 @@ SELECT {group} AS grp, count(*), count(error_type), sum(prompt_tokens)::bigint, 
        sum(cached_tokens)::bigint, sum(reasoning_tokens)::bigint, sum(cost_usd),
        count(*) FILTER (WHERE cost_usd IS NULL AND prompt_tokens + completion_tokens > 0),
        avg(latency_ms), percentile_disc(0.95) WITHIN GROUP (ORDER BY latency_ms), avg(cache_hit::int),
-       sum(cost_saved_usd)
+       sum(cost_saved_usd), percentile_disc(0.5) WITHIN GROUP (ORDER BY latency_ms)
 FROM usage_log WHERE created_at >= $1 AND created_at < $2 {key_filter}
 GROUP BY 1
 """
@@ -96,9 +105,15 @@ class PostgresStore(Store):
         return int(status.rsplit(" ", 1)[-1])
 
     async def report(self, start: datetime, end: datetime, group_by: str | None,
-                     key_name: str | None = None) -> list[ReportRow]:
-        sql = _PG_REPORT.format(group=_PG_GROUPS[group_by], key_filter="AND key_name = $3" if key_name else "")
-        params: list[Any] = [start, end] + ([key_name] if key_name else [])
+                     key_name: str | None = None, filters: dict[str, str] | None = None,
+                     bucket: str | None = None) -> list[ReportRow]:
+        wanted = {**(filters or {}), **({"key": key_name} if key_name else {})}
+        group = _PG_GROUPS[group_by]
+        if bucket:
+            group = f"{_PG_GROUPS[bucket]} || '|' || COALESCE({group}, '')"
+        where = "".join(f" AND {FILTER_COLUMNS[name]} = ${i + 3}" for i, name in enumerate(wanted))
+        sql = _PG_REPORT.format(group=group, key_filter=where)
+        params: list[Any] = [start, end, *wanted.values()]
         async with await self._conn() as conn:
             rows = await conn.fetch(sql, *params)
         return [ReportRow.from_tuple(r) for r in rows]

@@ -13,6 +13,7 @@ from proxy.records import UsageRecord
 from proxy.storage.base import (
     BOOL_COLUMNS,
     COLUMNS,
+    FILTER_COLUMNS,
     MIGRATIONS,
     ReportRow,
     StorageError,
@@ -56,12 +57,13 @@ ranked AS (
            COUNT(*) OVER (PARTITION BY grp) AS n
     FROM base
 ),
-p95 AS (SELECT grp, MIN(latency_ms) AS p95 FROM ranked WHERE rn * 100 >= n * 95 GROUP BY grp)
+p95 AS (SELECT grp, MIN(latency_ms) AS p95 FROM ranked WHERE rn * 100 >= n * 95 GROUP BY grp),
+p50 AS (SELECT grp, MIN(latency_ms) AS p50 FROM ranked WHERE rn * 100 >= n * 50 GROUP BY grp)
 SELECT b.grp, COUNT(*), COUNT(b.error_type), SUM(b.prompt_tokens), SUM(b.completion_tokens),
        SUM(b.cached_tokens), SUM(b.reasoning_tokens), SUM(b.cost_usd),
        SUM(b.cost_usd IS NULL AND b.prompt_tokens + b.completion_tokens > 0),
-       AVG(b.latency_ms), MAX(p.p95), AVG(b.cache_hit), SUM(b.cost_saved_usd)
-FROM base b LEFT JOIN p95 p ON p.grp IS b.grp
+       AVG(b.latency_ms), MAX(p.p95), AVG(b.cache_hit), SUM(b.cost_saved_usd), MAX(m.p50)
+FROM base b LEFT JOIN p95 p ON p.grp IS b.grp LEFT JOIN p50 m ON m.grp IS b.grp
 GROUP BY b.grp
 """
 
@@ -154,9 +156,15 @@ class SQLiteStore(Store):
         )
 
     async def report(self, start: datetime, end: datetime, group_by: str | None,
-                     key_name: str | None = None) -> list[ReportRow]:
-        sql = _SQLITE_REPORT.format(group=_SQLITE_GROUPS[group_by], key_filter="AND key_name = ?" if key_name else "")
-        params: list[Any] = [iso(start), iso(end)] + ([key_name] if key_name else [])
+                     key_name: str | None = None, filters: dict[str, str] | None = None,
+                     bucket: str | None = None) -> list[ReportRow]:
+        wanted = {**(filters or {}), **({"key": key_name} if key_name else {})}
+        group = _SQLITE_GROUPS[group_by]
+        if bucket:
+            group = f"{_SQLITE_GROUPS[bucket]} || '|' || COALESCE({group}, '')"
+        where = "".join(f" AND {FILTER_COLUMNS[name]} = ?" for name in wanted)
+        sql = _SQLITE_REPORT.format(group=group, key_filter=where)
+        params: list[Any] = [iso(start), iso(end), *wanted.values()]
 
         def run() -> list[ReportRow]:
             conn = self._connect()
