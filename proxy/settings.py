@@ -37,7 +37,7 @@ class ServerConfig:
     max_body_mb: float = 32
     require_auth: bool = True
     admin_key: str = ""
-    fuzzy_models: bool = False  # resolve close misspellings of an alias (said in x-gateway-model-resolved)
+    fuzzy_models: bool = False  # resolve partial model names (proxy.model_names; said in x-gateway-model-resolved)
     metrics_port: int = 0  # 0 = GET /metrics on the main port; else only on this port
     metrics_require_admin: bool = False  # /metrics needs `Authorization: Bearer <admin_key>`
     # Slow and idle clients (GatewayHttpProtocol): how long each phase of a request may take on the wire.

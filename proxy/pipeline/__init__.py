@@ -80,7 +80,7 @@ class Pipeline:
         try:
             tx.body = await inbound.json(self.runtime.config.server.max_body_bytes)
             tx.request = parse(tx.endpoint, tx.body, tx.request_id, tx.header_id, getattr(inbound, "api_headers", None))
-            tx.alias = self.resolve(tx)
+            tx.alias = await self.resolve(tx)
             await self.hooks.before_request(tx)
             tx.ticket = await self.admit(tx)
             tx.dispatch = Dispatch(self.runtime.router, self.runtime.upstreams, self.runtime.obs, tx.alias, tx.request)
@@ -117,15 +117,16 @@ class Pipeline:
         return Transaction(inbound.endpoint, request_id, header_id, key, headers={"x-request-id": header_id},
                            authorization=inbound.authorization, cache_control=getattr(inbound, "cache_control", None))
 
-    def resolve(self, tx: Transaction) -> ModelAlias:
-        """The alias the model name means; a fuzzy match is said in a header and accounted to the alias."""
+    async def resolve(self, tx: Transaction) -> ModelAlias:
+        """The alias the model name means; a partial name's resolution is said in a header and accounted
+        (and, through a glob alias, forwarded) as the name it resolved to."""
         assert tx.request is not None
-        alias = self.runtime.resolve(tx.request.model, tx.key)
+        alias, name = await self.runtime.resolve_name(tx.request.model, tx.key)
+        if name != tx.request.model:
+            tx.headers["x-gateway-model-resolved"] = name
+            tx.request.model = name
         if alias.is_glob:
             check_forwarded_model(tx.request.model)
-        elif alias.name != tx.request.model:
-            tx.headers["x-gateway-model-resolved"] = alias.name
-            tx.request.model = alias.name
         return alias
 
     async def admit(self, tx: Transaction) -> Ticket | None:
