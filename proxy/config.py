@@ -93,6 +93,8 @@ def parse_config(raw: dict[str, Any], file: str, env: dict[str, str]) -> Config:
         retention_days=count(s, "retention_days", 0, minimum=0),
         spill_dir=s.get("spill_dir", str, "usage-spill"),
         prices_file=s.get("prices_file", str, ""),
+        prices_refresh_hours=s.number("prices_refresh_hours", 0.0, minimum=0.0),
+        prices_refresh_url=s.get("prices_refresh_url", str, "https://openrouter.ai"),
         queue_max_rows=count(s, "queue_max_rows", 10_000, minimum=1),
         flush_interval_ms=count(s, "flush_interval_ms", 200, minimum=1),
         durability=s.get("durability", str, "batch"),
@@ -103,6 +105,8 @@ def parse_config(raw: dict[str, Any], file: str, env: dict[str, str]) -> Config:
         raise ConfigError(file, "storage.spill_dir", "must not be empty")
     if storage.prices_file:
         storage.prices_file = str(Path(file).parent / storage.prices_file)  # absolute paths stay as they are
+    if not storage.prices_refresh_url.startswith(("http://", "https://")):
+        raise ConfigError(file, "storage.prices_refresh_url", "must start with http:// or https://")
     if not storage.database_url.startswith(("sqlite://", "postgresql://", "postgres://")):
         raise ConfigError(file, "storage.database_url", "must start with sqlite:// or postgresql://")
     if storage.redis_url and not storage.redis_url.startswith(("redis://", "rediss://", "unix://")):
@@ -119,8 +123,7 @@ def parse_config(raw: dict[str, Any], file: str, env: dict[str, str]) -> Config:
 
     providers = parse_providers(cfg, root.get("providers", dict, {}))
     models = _parse_models(cfg, root.get("models", list, []), providers)
-    if storage.prices_file:
-        apply_prices_file(file, storage.prices_file, providers, models)
+    apply_prices_file(file, storage.prices_file, providers, models)  # and the shipped table
     keys = _parse_keys(cfg, root.get("keys", list, []))
     s = Section(cfg, "limits", root.get("limits", dict, {}))
     limits = LimitsConfig(rpm=_opt_count(s, "rpm"), tpm=_opt_count(s, "tpm"),

@@ -59,6 +59,8 @@ class StorageConfig:
     retention_days: int = 0  # 0 = keep usage rows forever
     spill_dir: str = "usage-spill"  # usage rows wait here while the database is unreachable
     prices_file: str = ""  # resolved against the config file's directory; "" = none
+    prices_refresh_hours: float = 0.0  # > 0: OpenRouter's prices fetched at start and this often (proxy.price_refresh)
+    prices_refresh_url: str = "https://openrouter.ai"  # where they are fetched (its /api/v1/models)
     queue_max_rows: int = 10_000  # usage rows kept in memory before spilling to spill_dir
     flush_interval_ms: int = 200
     # "batch": a crash loses at most the last flush_interval's rows; "strict": a whole answer is sent only
@@ -87,6 +89,8 @@ class ModelAlias:
     tpm: int | None = None
     capabilities: tuple[str, ...] | None = None  # what GET /v1/models says the alias can do; None = not said
     file_metadata: dict[str, Any] = field(default_factory=dict)  # the prices file's context_window, capabilities
+    # Per target, the prices gateway.toml gave (None where it gave none): price tables fill in the rest.
+    configured_prices: list[dict[str, float | None]] = field(default_factory=list)
     cache: bool = True  # answers of this alias may be cached (when [cache] backend is not "off")
     cache_ttl_s: float | None = None  # this alias's entries live this long; None = [cache] ttl_s
     is_glob: bool = field(init=False)  # a pattern such as "openai/*": set from the name, read per request
