@@ -39,7 +39,7 @@ log = logging.getLogger("gateway")
 
 OPENROUTER_URL = "https://openrouter.ai"
 PRICE_FIELDS = ("input_per_mtok", "output_per_mtok", "cached_input_per_mtok", "per_request", "per_image",
-                "per_second", "per_character")
+                "per_second", "per_character", "per_web_search")
 MEDIA_FIELDS = ("per_image", "per_second", "per_character")  # pass-through endpoints' unit prices
 META_FIELDS = ("context_window", "capabilities")
 CAPABILITIES = ("streaming", "tools", "vision", "reasoning", "embeddings")
@@ -226,6 +226,9 @@ def parse_openrouter(data: Any) -> dict[str, dict[str, Any]]:
         per_request = _usd(pricing.get("request"))
         if per_request:
             entry["per_request"] = float(per_request)
+        per_search = _usd(pricing.get("web_search"))
+        if per_search:
+            entry["per_web_search"] = float(per_search)
         entry.update(openrouter_metadata(item))
         out[item["id"]] = entry
     return out

@@ -30,6 +30,7 @@ class OpenRouter:
         self.prices = {"openai/gpt-4o-mini": ("0.000001", "0.000002"), "openai/gpt-4o": ("0.000009", "0.000009")}
         self.calls = 0
         self.fail = False
+        self.extra: list[dict[str, Any]] = []  # listed as they are
 
     async def models(self, request: Request) -> JSONResponse:
         self.calls += 1
@@ -37,7 +38,7 @@ class OpenRouter:
             return JSONResponse({"error": "down"}, 503)
         data = [{"id": m, "pricing": {"prompt": p, "completion": c}, "context_length": 128000}
                 for m, (p, c) in self.prices.items()]
-        return JSONResponse({"data": data})
+        return JSONResponse({"data": data + self.extra})
 
 
 @pytest.fixture
@@ -153,3 +154,54 @@ def test_admin_refresh_applies_at_once_and_says_what_changed(fake_openai: Runnin
     assert failed.status_code == 502 and failed.json()["error"]["code"] == "prices_refresh_failed"
     said, tokens = priced(gw, "mini")
     assert said == pytest.approx(cost(tokens, 1.0, 2.0))  # a failed refresh keeps the running prices
+
+
+class SearchingUpstream:
+    """An OpenAI-compatible upstream whose answers report web searches the way OpenRouter does."""
+
+    async def chat(self, request: Request) -> JSONResponse:
+        body = await request.json()
+        usage = {"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100,
+                 "server_tool_use": {"web_search_requests": 3}}
+        if body["model"].startswith("gpt-4o-mini-search"):
+            usage.pop("server_tool_use")  # OpenAI's search models report no count: one search an answer
+        return JSONResponse({"id": "c1", "object": "chat.completion", "created": 1, "model": body["model"],
+                             "choices": [{"index": 0, "message": {"role": "assistant", "content": "found"},
+                                          "finish_reason": "stop"}], "usage": usage})
+
+
+def test_web_searches_are_charged_from_the_providers_usage(openrouter: Any, make_gateway: Any,
+                                                            tmp_path: Path) -> None:
+    fake, router_url = openrouter
+    upstream = ServerThread(Starlette(routes=[Route("/v1/chat/completions", SearchingUpstream().chat,
+                                                    methods=["POST"])])).start()
+    try:
+        text = config(upstream.url, router_url, tmp_path) + """
+[[models]]
+name = "searcher"
+targets = [{ provider = "openai", model = "gpt-4o", input_per_mtok = 1.0, output_per_mtok = 1.0, per_web_search = 0.5 }]
+
+[[models]]
+name = "search-preview"
+targets = [{ provider = "openai", model = "gpt-4o-mini-search-preview" }]
+"""
+        gw = make_gateway(text)
+        client = gw.client()
+
+        def said(model: str) -> float:
+            raw = client.chat.completions.with_raw_response.create(model=model, messages=MSGS)  # type: ignore
+            return float(raw.headers["x-gateway-cost-usd"])
+
+        assert said("searcher") == pytest.approx(1100 / 1e6 + 3 * 0.5)  # gateway.toml's per_web_search
+        assert said("mini") == pytest.approx((1000 * 0.15 + 100 * 0.6) / 1e6)  # the table has no search price
+        # the shipped table's search price for OpenAI's search models, one search per answer
+        assert said("search-preview") == pytest.approx((1000 * 0.15 + 100 * 0.6) / 1e6 + 0.0275)
+        fake.prices = {}
+        fake.extra = [{"id": "openai/gpt-4o-mini",
+                       "pricing": {"prompt": "0.000001", "completion": "0.000002", "web_search": "0.004"}}]
+        body = httpx.post(gw.url + "/admin/prices/refresh", headers={"authorization": f"Bearer {ADMIN}"},
+                          timeout=10).json()
+        assert {(c["field"], c["new"]) for c in body["changed"]} >= {("per_web_search", 0.004)}
+        assert said("mini") == pytest.approx((1000 * 1.0 + 100 * 2.0) / 1e6 + 3 * 0.004)  # OpenRouter's price
+    finally:
+        upstream.stop()
