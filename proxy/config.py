@@ -128,7 +128,8 @@ def parse_config(raw: dict[str, Any], file: str, env: dict[str, str]) -> Config:
     s = Section(cfg, "limits", root.get("limits", dict, {}))
     limits = LimitsConfig(rpm=_opt_count(s, "rpm"), tpm=_opt_count(s, "tpm"),
                           on_store_error=s.get("on_store_error", str, "local"),
-                          expected_replicas=count(s, "expected_replicas", 1, 1))
+                          expected_replicas=count(s, "expected_replicas", 1, 1),
+                          per_user_rpm=_opt_count(s, "per_user_rpm"), per_user_tpm=_opt_count(s, "per_user_tpm"))
     if limits.on_store_error not in ("local", "allow", "deny"):
         raise ConfigError(file, "limits.on_store_error", "must be 'local', 'allow' or 'deny'")
     s.done()
@@ -336,7 +337,8 @@ def _parse_keys(cfg: Loader, items: list[Any]) -> list[KeyConfig]:
                       rpm=_opt_count(k, "rpm"), tpm=_opt_count(k, "tpm"), max_parallel=_opt_count(k, "max_parallel"),
                       budget_usd=budget, budget_period=period,
                       expires_at=None if expires is None else _utc(cfg, k.key("expires_at"), expires),
-                      metadata=k.get("metadata", dict, {}))
+                      metadata=k.get("metadata", dict, {}), user_rpm=_opt_count(k, "user_rpm"),
+                      user_tpm=_opt_count(k, "user_tpm"), user_budget_usd=k.number("user_budget_usd", None))
         )
         k.done()
     return keys

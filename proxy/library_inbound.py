@@ -19,13 +19,14 @@ READ_AHEAD = 64
 class LibraryInbound:
     """One in-process request: its body is already a dict, its key the Gateway's ``api_key``."""
 
-    __slots__ = ("endpoint", "authorization", "client_request_id", "watch", "body", "cache_control")
+    __slots__ = ("endpoint", "authorization", "client_request_id", "watch", "body", "cache_control", "end_user")
 
     def __init__(self, endpoint: str, body: dict[str, Any], api_key: str | None) -> None:
         self.endpoint = endpoint
         self.authorization = f"Bearer {api_key}" if api_key else None
         self.client_request_id: str | None = None
         self.cache_control: tuple[str | None, str | None] | None = None
+        self.end_user: str | None = None  # library calls say their end user with `user=`
         self.watch = ClientWatch()
         self.body = body
 
@@ -72,6 +73,8 @@ class StreamRelay:
         item = await self.queue.get()
         if item is _DONE:
             self.answer = _DONE
+            if self.task is not None:
+                await asyncio.shield(self.task)  # its row is accounted before the reader hears the end
             return None
         if isinstance(item, BaseException):
             self.answer = _DONE

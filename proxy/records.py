@@ -29,6 +29,7 @@ class UsageRecord:
     cache_hit: bool = False
     error_type: str | None = None
     cost_saved_usd: float | None = None  # a cache hit: what the original answer cost (this one cost 0)
+    end_user: str | None = None  # the key's end user (the request's `user` or x-gateway-end-user), if any
 
 
 class UsageSink(Protocol):

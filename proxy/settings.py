@@ -115,6 +115,11 @@ class KeyConfig:
     expires_at: datetime | None = None  # UTC
     metadata: dict[str, Any] = field(default_factory=dict)
     source: str = "config"  # config | db (managed through the admin API)
+    # Each end user of this key (the request's `user`, or x-gateway-end-user): limits of their own, over
+    # [limits] per_user_rpm / per_user_tpm; user_budget_usd per budget_period.
+    user_rpm: int | None = None
+    user_tpm: int | None = None
+    user_budget_usd: float | None = None
 
 
 @dataclass(slots=True)
@@ -124,6 +129,8 @@ class LimitsConfig:
     # local | allow | deny: what to do when Redis cannot be reached (local: each replica enforces its share)
     on_store_error: str = "local"
     expected_replicas: int = 1  # under "local", each replica enforces every limit divided by this
+    per_user_rpm: int | None = None  # each end user of a key (proxy.end_users), unless the key says otherwise
+    per_user_tpm: int | None = None
 
 
 @dataclass(slots=True)

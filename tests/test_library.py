@@ -5,12 +5,14 @@ and metrics for the same request."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import sqlite3
 import subprocess
 import sys
 import tomllib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -267,7 +269,12 @@ def test_asgi_app_mounted_in_starlette(tmp_path: Path) -> None:
     gw = echo_gateway(tmp_path)
     recorder = Recorder()
     gw.add_middleware(recorder)
-    host = Starlette(routes=[Mount("/llm", app=gw.asgi_app())])
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await gw.aclose()  # mounted apps get no lifespan of their own: the host's stops the gateway
+
+    host = Starlette(routes=[Mount("/llm", app=gw.asgi_app())], lifespan=lifespan)
     server = ServerThread(host).start()
     try:
         client = OpenAI(base_url=server.url + "/llm/v1", api_key="unused", max_retries=0)

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from adapters.errors import APIError
+from proxy import end_users
 from proxy.dispatch import Dispatch, Outcome
 from proxy.errors import GatewayError, client_gone, error_body, internal_error
 from proxy.limits import Ticket
@@ -80,6 +81,7 @@ class Pipeline:
         try:
             tx.body = await inbound.json(self.runtime.config.server.max_body_bytes)
             tx.request = parse(tx.endpoint, tx.body, tx.request_id, tx.header_id, getattr(inbound, "api_headers", None))
+            tx.request.end_user = end_users.identify(inbound, tx.request.body)
             tx.alias = await self.resolve(tx)
             await self.hooks.before_request(tx)
             tx.ticket = await self.admit(tx)

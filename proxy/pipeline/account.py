@@ -95,7 +95,8 @@ class Accounting:
             model=tx.model, endpoint=tx.endpoint, stream=request.stream if request is not None else False,
             status=status, error_type=error_type, latency_ms=elapsed * 1000,
             ttft_ms=tx.ttft_s * 1000 if tx.ttft_s is not None else None,
-            attempts=dispatch.attempts if dispatch is not None else 0)
+            attempts=dispatch.attempts if dispatch is not None else 0,
+            end_user=request.end_user if request is not None else None)
         if dispatch is not None:
             record.provider, record.upstream_model = describe(tx.headers, dispatch, tx.outcome, record.model)
         billed = _billed(tx)

@@ -14,10 +14,10 @@ from proxy.records import UsageRecord
 COLUMNS: tuple[str, ...] = (
     "request_id", "created_at", "key_name", "model", "provider", "upstream_model", "endpoint", "stream", "status",
     "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens", "usage_estimated", "cost_usd",
-    "latency_ms", "ttft_ms", "attempts", "cache_hit", "error_type", "cost_saved_usd",
+    "latency_ms", "ttft_ms", "attempts", "cache_hit", "error_type", "cost_saved_usd", "end_user",
 )
 BOOL_COLUMNS = frozenset({"stream", "usage_estimated", "cache_hit"})
-GROUPS = ("model", "key", "provider", "day", "hour")
+GROUPS = ("model", "key", "provider", "day", "hour", "end_user")
 CONNECT_TIMEOUT_S = 5.0
 
 
@@ -112,6 +112,11 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "add usage_log.cost_saved_usd",
               sqlite=("ALTER TABLE usage_log ADD COLUMN cost_saved_usd REAL",),
               postgres=("ALTER TABLE usage_log ADD COLUMN IF NOT EXISTS cost_saved_usd double precision",)),
+    # End users (proxy.end_users): whom a key's request was for; null when it named none. (Another branch
+    # adds usage_log.guardrail_actions as the next migration: this one goes after it when both are merged.)
+    Migration(4, "add usage_log.end_user",
+              sqlite=("ALTER TABLE usage_log ADD COLUMN end_user TEXT",),
+              postgres=("ALTER TABLE usage_log ADD COLUMN IF NOT EXISTS end_user text",)),
 )
 LATEST = MIGRATIONS[-1].version
 

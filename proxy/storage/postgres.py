@@ -20,13 +20,14 @@ _PG_TYPES = {
     "prompt_tokens": "bigint", "completion_tokens": "bigint", "cached_tokens": "bigint", "reasoning_tokens": "bigint",
     "usage_estimated": "boolean", "cost_usd": "double precision", "latency_ms": "double precision",
     "ttft_ms": "double precision", "attempts": "integer", "cache_hit": "boolean", "error_type": "text",
-    "cost_saved_usd": "double precision",
+    "cost_saved_usd": "double precision", "end_user": "text",
 }
 
 _PG_GROUPS = {
     "model": "model",
     "key": "key_name",
     "provider": "provider",
+    "end_user": "end_user",
     "day": "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
     "hour": "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:00:00\"Z\"')",
     None: "'total'",
