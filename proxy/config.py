@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from adapters.redact import Redactor, provider_secrets
 from proxy.auth import hash_key
+from proxy.capabilities import TARGET_CAPABILITIES
 from proxy.config_cache import parse_cache
 from proxy.config_providers import PROVIDER_KINDS, keyless_providers, parse_providers
 from proxy.config_reader import Loader, Section, count
@@ -283,6 +284,13 @@ def _parse_target(cfg: Loader, t: Section, providers: dict[str, ProviderConfig],
         raise ConfigError(cfg.file, t.key("failure_rate"), "must be a share of attempts, at most 1")
     if retry_on is not None:
         target.retry_on = tuple(retry_on)
+    capabilities = t.get("capabilities", list, None)
+    if capabilities is not None:
+        unknown = [c for c in capabilities if c not in TARGET_CAPABILITIES]
+        if unknown:
+            raise ConfigError(cfg.file, t.key("capabilities"), f"unknown capability {unknown[0]!r}; expected any of "
+                              + ", ".join(TARGET_CAPABILITIES))
+        target.capabilities = tuple(capabilities)
     t.done()
     return target
 

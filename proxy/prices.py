@@ -131,7 +131,8 @@ def apply_tables(models: dict[str, ModelAlias], providers: dict[str, ProviderCon
         if not alias.configured_prices:  # the first time: what gateway.toml itself says, kept for later tables
             alias.configured_prices = [{n: getattr(t, n) for n in PRICE_FIELDS} for t in alias.targets]
         found = [_first(tables, t, providers.get(t.provider)) for t in alias.targets]
-        alias.file_metadata = {k: found[0][k] for k in META_FIELDS if k in found[0]} if found[0] else {}
+        alias.target_metadata = [{k: e[k] for k in META_FIELDS if k in e} if e else {} for e in found]
+        alias.file_metadata = alias.target_metadata[0]
         for target, configured, entry in zip(alias.targets, alias.configured_prices, found, strict=True):
             priced = configured["input_per_mtok"] is not None or configured["output_per_mtok"] is not None
             for name in PRICE_FIELDS:

@@ -19,7 +19,7 @@ __all__ = [  # ProviderConfig and Target are re-exported: every setting is read 
     "StorageConfig", "Target",
 ]
 
-STRATEGIES = ("priority", "weighted", "round_robin", "latency", "cost", "least_busy")
+STRATEGIES = ("priority", "weighted", "round_robin", "latency", "cost", "least_busy", "capability")
 
 
 class ConfigError(Exception):
@@ -91,6 +91,8 @@ class ModelAlias:
     file_metadata: dict[str, Any] = field(default_factory=dict)  # the prices file's context_window, capabilities
     # Per target, the prices gateway.toml gave (None where it gave none): price tables fill in the rest.
     configured_prices: list[dict[str, float | None]] = field(default_factory=list)
+    # Per target, the price table's context_window and capabilities for its model (capability routing).
+    target_metadata: list[dict[str, Any]] = field(default_factory=list)
     cache: bool = True  # answers of this alias may be cached (when [cache] backend is not "off")
     cache_ttl_s: float | None = None  # this alias's entries live this long; None = [cache] ttl_s
     is_glob: bool = field(init=False)  # a pattern such as "openai/*": set from the name, read per request

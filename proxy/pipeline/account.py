@@ -184,7 +184,7 @@ def hedge_rows(record: UsageRecord, dispatch: Dispatch) -> list[UsageRecord]:
                           created_at=record.created_at, key_name=record.key_name, model=record.model,
                           endpoint=record.endpoint, stream=record.stream, provider=call.target.provider,
                           upstream_model=call.target.model, status=499, latency_ms=seconds * 1000, attempts=1,
-                          error_type="hedge_lost")
+                          error_type="hedge_lost", end_user=record.end_user)
         billed = outcome_usage(outcome, prompt) if outcome is not None else None
         _set_usage(row, *(billed or (call.target, Usage(prompt_tokens=prompt, estimated=True))))
         rows.append(row)
