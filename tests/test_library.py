@@ -78,7 +78,7 @@ def test_readme_example_runs_as_written(tmp_path: Path) -> None:
 
 def test_chat_stream_embeddings_and_one_row_each(tmp_path: Path) -> None:
     with echo_gateway(tmp_path) as gw:
-        r = gw.chat(model="echo", messages=HELLO, max_tokens=50)
+        r = gw.chat(model="echo", messages=HELLO, max_tokens=50, user="alice")
         assert r.content == "Echo: Hello there" and r.provider == "local"
         assert r.usage is not None and r.usage["completion_tokens"] == 4
         assert r.cost == pytest.approx((r.usage["prompt_tokens"] * 1.0 + 4 * 2.0) / 1e6)
@@ -92,6 +92,7 @@ def test_chat_stream_embeddings_and_one_row_each(tmp_path: Path) -> None:
     assert [(r["endpoint"], r["stream"], r["status"]) for r in found] == [("chat", 0, 200), ("chat", 1, 200),
                                                                             ("embeddings", 0, 200)]
     assert found[0]["request_id"] and found[0]["cost_usd"] == pytest.approx(r.cost)
+    assert [row["end_user"] for row in found] == ["alice", None, None]  # `user=` names the end user
 
 
 def test_errors_are_typed_and_carry_the_server_body(fake_openai: Running, tmp_path: Path) -> None:
