@@ -29,6 +29,7 @@ class Usage:
     images: int = 0
     audio_seconds: float = 0.0
     characters: int = 0
+    web_searches: int = 0  # server-side web searches the provider ran and bills apart (per_web_search)
 
     @classmethod
     def from_openai(cls, usage: Any) -> Usage | None:
@@ -43,6 +44,7 @@ class Usage:
             reasoning_tokens=(
                 int_or_zero(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else 0
             ),
+            web_searches=web_searches_of(usage),
         )
 
     def to_openai(self) -> dict[str, Any]:
@@ -237,3 +239,9 @@ def loads_object(provider: ProviderConfig, body: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise bad_response(provider, "a JSON body that is not an object")
     return data
+
+
+def web_searches_of(usage: dict[str, Any]) -> int:
+    """``server_tool_use.web_search_requests``: how Anthropic and OpenRouter count the searches they ran."""
+    tools = usage.get("server_tool_use")
+    return int_or_zero(tools.get("web_search_requests")) if isinstance(tools, dict) else 0

@@ -54,6 +54,9 @@ class Target:
     per_image: float | None = None  # USD per image generated or edited (images endpoints)
     per_second: float | None = None  # USD per second of audio transcribed or translated
     per_character: float | None = None  # USD per character of text spoken (audio/speech)
+    per_web_search: float | None = None  # USD per web search the provider ran (usage's server_tool_use)
+    # what it can serve (strategy "capability"): vision, tools, json_schema, reasoning; None = not said
+    capabilities: tuple[str, ...] | None = None
     default_max_tokens: int = 4096  # translating adapters whose API requires max_tokens
     drop_unsupported: bool = False  # drop fields the provider cannot honour instead of a 400
     # routing and resilience

@@ -211,3 +211,19 @@ async def cache(request: Request) -> Response:
         return e.response()
     return _json({"object": "cache.stats", "backend": stats.backend, "mode": rt.config.cache.mode,
                   "entries": stats.entries, "bytes": stats.bytes, "max_bytes": stats.max_bytes})
+
+
+async def refresh_prices(request: Request) -> Response:
+    """POST: fetch OpenRouter's prices now and apply them (proxy.price_refresh); says what changed."""
+    try:
+        require_admin(request)
+        app = request.app
+        try:
+            result = await app.state.prices.refresh(lambda: app.state.runtime)
+        except Exception as exc:  # the running prices stay; the caller learns why in the API's shape
+            log.warning("price refresh failed: %s: %s", type(exc).__name__, exc)
+            raise GatewayError(502, f"The price refresh failed ({type(exc).__name__}): the running prices stay.",
+                               "api_error", "prices_refresh_failed") from None
+    except GatewayError as e:
+        return e.response()
+    return _json(result)

@@ -30,6 +30,7 @@ from proxy.keystore import KeyStore
 from proxy.ledger import Ledger
 from proxy.limits import Limits, seed_budgets
 from proxy.passthrough import http as passthrough_http
+from proxy.price_refresh import PriceRefresher
 from proxy.prices import warn_unpriced
 from proxy.runtime import Runtime
 from proxy.uvicorn_protocol import NoDirectWrites
@@ -94,7 +95,8 @@ def routes(ui: bool = True) -> list[BaseRoute]:
            Route("/admin/keys", admin.list_keys, methods=["GET"]),
            Route("/admin/keys/{name}", admin.update_key, methods=["PATCH"]),
            Route("/admin/keys/{name}", admin.revoke_key, methods=["DELETE"]),
-           Route("/admin/cache", admin.cache, methods=["GET", "DELETE"])]
+           Route("/admin/cache", admin.cache, methods=["GET", "DELETE"]),
+           Route("/admin/prices/refresh", admin.refresh_prices, methods=["POST"])]
     out += console_routes(ui)  # audit log, sessions, the console's read-only views and /ui
     for prefix in ("/v1", ""):
         out += [Route(prefix + path, handler, methods=methods) for path, handler, methods in table]
@@ -145,6 +147,9 @@ def create_app(config: Config, tracer_provider: Any = None) -> Starlette | FastP
             task.add_done_callback(app.state.background.discard)
 
         managed.on_change.append(keys_changed)
+        prices = app.state.prices = PriceRefresher(config)  # app-level: a refreshed table outlives reloads
+        app.state.on_runtime.append(prices.apply)
+        prices.start(lambda: app.state.runtime)
         pid_file = reload.install(app)
         try:
             yield
@@ -152,6 +157,7 @@ def create_app(config: Config, tracer_provider: Any = None) -> Starlette | FastP
             reload.uninstall(pid_file)
             try:
                 await managed.close()
+                await prices.aclose()
                 for task in list(app.state.background):
                     task.cancel()
                 await app.state.runtime.aclose()

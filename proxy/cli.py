@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--since", default="24h", metavar="T",
                        help="start: a duration back from now (30m, 24h, 7d, 2w) or an ISO time (default: 24h)")
     usage.add_argument("--until", metavar="T", help="end: same forms as --since (default: now)")
-    usage.add_argument("--by", default="model", choices=["model", "key", "provider", "day", "hour"],
+    usage.add_argument("--by", default="model", choices=["model", "key", "provider", "day", "hour", "end_user"],
                        help="group rows by (default: model)")
     usage.set_defaults(func=cmd_usage)
 

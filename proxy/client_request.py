@@ -23,6 +23,7 @@ class ClientRequest:
     max_tokens: int | None = None  # max_completion_tokens or max_tokens, when the client set one
     choices: int = 1  # n: each completion is billed its own tokens
     frontend: Frontend = CHAT  # the client's API: how the answer is made for it
+    end_user: str | None = None  # who the key's request is for (proxy.end_users): limits and the row
 
     def completion_allowance(self, default: int) -> int:
         """The completion tokens to plan for: what the client asked for (else the target's default)

@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from adapters.redact import Redactor, provider_secrets
 from proxy.auth import hash_key
+from proxy.capabilities import TARGET_CAPABILITIES
 from proxy.config_cache import parse_cache
 from proxy.config_guardrails import check_attached, parse_guardrails
 from proxy.config_providers import PROVIDER_KINDS, keyless_providers, parse_providers
@@ -99,6 +100,8 @@ def parse_config(raw: dict[str, Any], file: str, env: dict[str, str]) -> Config:
         retention_days=count(s, "retention_days", 0, minimum=0),
         spill_dir=s.get("spill_dir", str, "usage-spill"),
         prices_file=s.get("prices_file", str, ""),
+        prices_refresh_hours=s.number("prices_refresh_hours", 0.0, minimum=0.0),
+        prices_refresh_url=s.get("prices_refresh_url", str, "https://openrouter.ai"),
         queue_max_rows=count(s, "queue_max_rows", 10_000, minimum=1),
         flush_interval_ms=count(s, "flush_interval_ms", 200, minimum=1),
         durability=s.get("durability", str, "batch"),
@@ -109,6 +112,8 @@ def parse_config(raw: dict[str, Any], file: str, env: dict[str, str]) -> Config:
         raise ConfigError(file, "storage.spill_dir", "must not be empty")
     if storage.prices_file:
         storage.prices_file = str(Path(file).parent / storage.prices_file)  # absolute paths stay as they are
+    if not storage.prices_refresh_url.startswith(("http://", "https://")):
+        raise ConfigError(file, "storage.prices_refresh_url", "must start with http:// or https://")
     if not storage.database_url.startswith(("sqlite://", "postgresql://", "postgres://")):
         raise ConfigError(file, "storage.database_url", "must start with sqlite:// or postgresql://")
     _check_stores(file, storage)
@@ -124,13 +129,13 @@ def parse_config(raw: dict[str, Any], file: str, env: dict[str, str]) -> Config:
 
     providers = parse_providers(cfg, root.get("providers", dict, {}))
     models = _parse_models(cfg, root.get("models", list, []), providers)
-    if storage.prices_file:
-        apply_prices_file(file, storage.prices_file, providers, models)
+    apply_prices_file(file, storage.prices_file, providers, models)  # and the shipped table
     keys = _parse_keys(cfg, root.get("keys", list, []))
     s = Section(cfg, "limits", root.get("limits", dict, {}))
     limits = LimitsConfig(rpm=_opt_count(s, "rpm"), tpm=_opt_count(s, "tpm"),
                           on_store_error=s.get("on_store_error", str, "local"),
-                          expected_replicas=count(s, "expected_replicas", 1, 1))
+                          expected_replicas=count(s, "expected_replicas", 1, 1),
+                          per_user_rpm=_opt_count(s, "per_user_rpm"), per_user_tpm=_opt_count(s, "per_user_tpm"))
     if limits.on_store_error not in ("local", "allow", "deny"):
         raise ConfigError(file, "limits.on_store_error", "must be 'local', 'allow' or 'deny'")
     s.done()
@@ -303,6 +308,7 @@ def _parse_target(cfg: Loader, t: Section, providers: dict[str, ProviderConfig],
         per_image=t.number("per_image", None),
         per_second=t.number("per_second", None),
         per_character=t.number("per_character", None),
+        per_web_search=t.number("per_web_search", None),
         default_max_tokens=int(t.number("default_max_tokens", 4096, minimum=1)),
         drop_unsupported=t.get("drop_unsupported", bool, False),
         weight=t.number("weight", 1.0),
@@ -323,6 +329,13 @@ def _parse_target(cfg: Loader, t: Section, providers: dict[str, ProviderConfig],
         raise ConfigError(cfg.file, t.key("failure_rate"), "must be a share of attempts, at most 1")
     if retry_on is not None:
         target.retry_on = tuple(retry_on)
+    capabilities = t.get("capabilities", list, None)
+    if capabilities is not None:
+        unknown = [c for c in capabilities if c not in TARGET_CAPABILITIES]
+        if unknown:
+            raise ConfigError(cfg.file, t.key("capabilities"), f"unknown capability {unknown[0]!r}; expected any of "
+                              + ", ".join(TARGET_CAPABILITIES))
+        target.capabilities = tuple(capabilities)
     t.done()
     return target
 
@@ -377,7 +390,9 @@ def _parse_keys(cfg: Loader, items: list[Any]) -> list[KeyConfig]:
                       rpm=_opt_count(k, "rpm"), tpm=_opt_count(k, "tpm"), max_parallel=_opt_count(k, "max_parallel"),
                       budget_usd=budget, budget_period=period,
                       expires_at=None if expires is None else _utc(cfg, k.key("expires_at"), expires),
-                      metadata=k.get("metadata", dict, {}), guardrails=k.string_list("guardrails", []))
+                      metadata=k.get("metadata", dict, {}), user_rpm=_opt_count(k, "user_rpm"),
+                      user_tpm=_opt_count(k, "user_tpm"), user_budget_usd=k.number("user_budget_usd", None),
+                      guardrails=k.string_list("guardrails", []))
         )
         k.done()
     return keys

@@ -9,7 +9,8 @@ from proxy.settings import Target
 
 
 def cost_usd(target: Target, usage: Usage) -> float | None:
-    """uncached prompt x input + cached x cached_input + completion x output (+ per_request).
+    """uncached prompt x input + cached x cached_input + completion x output (+ per_request, + web
+    searches x per_web_search).
 
     None when the target has no input or output price: never a made-up number. A request with media
     units (images, audio seconds, characters) is priced by ``media_cost`` instead.
@@ -18,7 +19,18 @@ def cost_usd(target: Target, usage: Usage) -> float | None:
         return media_cost(target, usage)
     if target.input_per_mtok is None or target.output_per_mtok is None:
         return None
-    return _token_cost(target, usage) + (target.per_request or 0.0)
+    return _token_cost(target, usage) + (target.per_request or 0.0) + _search_cost(target, usage)
+
+
+def _search_cost(target: Target, usage: Usage) -> float:
+    """Web searches x per_web_search. OpenAI's search models (``*-search-*``) report no count: each of
+    their answers is one search; an estimated usage (no answer) is none."""
+    if target.per_web_search is None:
+        return 0.0
+    searches = usage.web_searches
+    if not searches and "-search-" in target.model and not usage.estimated:
+        searches = 1
+    return searches * target.per_web_search
 
 
 def _token_cost(target: Target, usage: Usage) -> float:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from adapters.base import Call, Reply, StreamTranslator, UpstreamError, UpstreamRequest
 from adapters.sse_decoder import first_event_end
+from proxy.capabilities import capable
 from proxy.client_request import ClientRequest
 from proxy.cost import estimated_cost
 from proxy.errors import GatewayError
@@ -139,6 +140,8 @@ class Dispatch:
         max_tokens = self.request.completion_allowance(self.alias.targets[0].default_max_tokens)
         prompt = self.request.prompt_estimate
         plan = self.router.plan(self.alias, prompt, max_tokens)
+        if self.alias.strategy == "capability":  # the targets that can serve it (400 if none), cheapest first
+            plan = capable(self.alias, self.request, plan, prompt, max_tokens)
         if not plan:
             raise GatewayError(503, f"No target of `{self.alias.name}` is available right now (circuit open).",
                                "service_unavailable_error", "no_healthy_upstream",

@@ -102,7 +102,7 @@ class HttpInbound:
     """One HTTP request as the pipeline reads it."""
 
     __slots__ = ("request", "endpoint", "authorization", "client_request_id", "watch", "hooked", "watcher",
-                 "api_headers", "cache_control", "session_id")
+                 "api_headers", "cache_control", "session_id", "end_user")
 
     def __init__(self, request: Request, endpoint: str) -> None:
         headers = request.headers
@@ -115,6 +115,7 @@ class HttpInbound:
         control, ttl = headers.get("cache-control"), headers.get("x-gateway-cache-ttl")
         self.cache_control = (control, ttl) if control is not None or ttl is not None else None
         self.session_id = headers.get("x-gateway-session-id")  # proxy.pipeline.sessions
+        self.end_user = headers.get("x-gateway-end-user")  # over the body's `user` (proxy.end_users)
         self.watch = ClientWatch()
         self.hooked = on_disconnect(request.scope, self.watch)  # our protocol calls it on a hang-up
         self.watcher: asyncio.Task[None] | None = None

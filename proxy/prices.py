@@ -12,9 +12,12 @@ shows them for an alias whose first target's model is in the file (proxy.models_
 change routing or prices.
 
 A target with neither ``input_per_mtok`` nor ``output_per_mtok`` in gateway.toml takes its prices
-from the file, looked up by its upstream model id: first exactly, then as ``<vendor>/<model>``
-(vendor from the provider kind: openai, anthropic, google), which is how OpenRouter names them.
-Explicit prices in gateway.toml always win. A model found nowhere stays unpriced: cost_usd null.
+from the first table that has its upstream model id, looked up first exactly, then as ``<vendor>/<model>``
+(vendor from the provider kind: openai, anthropic, google), which is how OpenRouter names them. The
+tables, in order: the latest scheduled or on-demand refresh (proxy.price_refresh), the prices file,
+and the table shipped in the package (proxy/data/prices.json: OpenAI, Anthropic, Google, Mistral,
+DeepSeek and Groq list prices). Explicit prices in gateway.toml always win. A model found nowhere
+stays unpriced: cost_usd null.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -35,11 +39,12 @@ log = logging.getLogger("gateway")
 
 OPENROUTER_URL = "https://openrouter.ai"
 PRICE_FIELDS = ("input_per_mtok", "output_per_mtok", "cached_input_per_mtok", "per_request", "per_image",
-                "per_second", "per_character")
+                "per_second", "per_character", "per_web_search")
 MEDIA_FIELDS = ("per_image", "per_second", "per_character")  # pass-through endpoints' unit prices
 META_FIELDS = ("context_window", "capabilities")
 CAPABILITIES = ("streaming", "tools", "vision", "reasoning", "embeddings")
 VENDORS = {"openai": "openai", "azure": "openai", "anthropic": "anthropic", "gemini": "google"}
+DEFAULT_PRICES = Path(__file__).parent / "data" / "prices.json"  # package data: the wheel carries it
 
 
 # --- reading and applying ------------------------------------------------------------------------------------------
@@ -83,27 +88,67 @@ def _metadata(where: str, name: str, value: Any) -> int | list[str]:
     return list(value)
 
 
+def default_prices() -> dict[str, dict[str, Any]]:
+    """The price table shipped in the package (proxy/data/prices.json): list prices of common models."""
+    return load_prices(DEFAULT_PRICES)
+
+
 def apply_prices_file(file: str, path: str, providers: dict[str, ProviderConfig],
                       models: dict[str, ModelAlias]) -> None:
-    """Fill unpriced targets from the prices file. A missing file is not an error (it is what
-    `gateway prices refresh` creates); such targets stay unpriced and are named at start."""
-    try:
-        prices = load_prices(path)
-    except FileNotFoundError:
-        return
-    except (OSError, ValueError) as e:  # orjson.JSONDecodeError is a ValueError
-        raise ConfigError(file, "storage.prices_file", f"{path}: {e}") from None
+    """Fill unpriced targets from the prices file (``path``, "" for none), then from the shipped table. A
+    missing file is not an error (it is what `gateway prices refresh` creates)."""
+    tables = []
+    if path:
+        try:
+            tables.append(load_prices(path))
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as e:  # orjson.JSONDecodeError is a ValueError
+            raise ConfigError(file, "storage.prices_file", f"{path}: {e}") from None
+    apply_tables(models, providers, [*tables, default_prices()])
+
+
+@dataclass(slots=True)
+class PriceChange:
+    alias: str
+    provider: str
+    model: str
+    field: str
+    old: float | None
+    new: float | None
+
+    def __str__(self) -> str:
+        return f"{self.alias} -> {self.provider}/{self.model}: {self.field} {self.old} -> {self.new}"
+
+
+def apply_tables(models: dict[str, ModelAlias], providers: dict[str, ProviderConfig],
+                 tables: list[dict[str, dict[str, Any]]]) -> list[PriceChange]:
+    """Price every target gateway.toml leaves unpriced from the first table that has its model, in place
+    (requests read the targets as they go: no restart or reload). Explicit prices always win: each target
+    starts again from what gateway.toml said. Returns what changed."""
+    changes: list[PriceChange] = []
     for alias in models.values():
-        first = lookup(prices, alias.targets[0], providers.get(alias.targets[0].provider))
-        if first is not None:  # what /v1/models tells of the alias
-            alias.file_metadata = {k: first[k] for k in META_FIELDS if k in first}
-        for target in alias.targets:
-            if target.input_per_mtok is None and target.output_per_mtok is None:
-                found = lookup(prices, target, providers.get(target.provider))
-                if found is not None:
-                    for name in PRICE_FIELDS:
-                        if name in found and getattr(target, name) is None:  # a unit price in gateway.toml wins
-                            setattr(target, name, found[name])
+        if not alias.configured_prices:  # the first time: what gateway.toml itself says, kept for later tables
+            alias.configured_prices = [{n: getattr(t, n) for n in PRICE_FIELDS} for t in alias.targets]
+        found = [_first(tables, t, providers.get(t.provider)) for t in alias.targets]
+        alias.target_metadata = [{k: e[k] for k in META_FIELDS if k in e} if e else {} for e in found]
+        alias.file_metadata = alias.target_metadata[0]
+        for target, configured, entry in zip(alias.targets, alias.configured_prices, found, strict=True):
+            priced = configured["input_per_mtok"] is not None or configured["output_per_mtok"] is not None
+            for name in PRICE_FIELDS:
+                new = configured[name]
+                if new is None and not priced and entry is not None:  # a unit price in gateway.toml wins
+                    new = entry.get(name)
+                old = getattr(target, name)
+                if new != old:
+                    setattr(target, name, new)
+                    changes.append(PriceChange(alias.name, target.provider, target.model, name, old, new))
+    return changes
+
+
+def _first(tables: list[dict[str, dict[str, Any]]], target: Target,
+           provider: ProviderConfig | None) -> dict[str, Any] | None:
+    return next((e for e in (lookup(t, target, provider) for t in tables) if e is not None), None)
 
 
 def lookup(prices: dict[str, dict[str, Any]], target: Target,
@@ -182,6 +227,9 @@ def parse_openrouter(data: Any) -> dict[str, dict[str, Any]]:
         per_request = _usd(pricing.get("request"))
         if per_request:
             entry["per_request"] = float(per_request)
+        per_search = _usd(pricing.get("web_search"))
+        if per_search:
+            entry["per_web_search"] = float(per_search)
         entry.update(openrouter_metadata(item))
         out[item["id"]] = entry
     return out

@@ -31,6 +31,7 @@ class UsageRecord:
     cost_saved_usd: float | None = None  # a cache hit: what the original answer cost (this one cost 0)
     # JSON: [{"guardrail", "on", "action", "count"}] for each guardrail that acted; never a matched value
     guardrail_actions: str | None = None
+    end_user: str | None = None  # the key's end user (the request's `user` or x-gateway-end-user), if any
 
 
 class UsageSink(Protocol):

@@ -19,7 +19,7 @@ __all__ = [  # ProviderConfig and Target are re-exported: every setting is read 
     "ProviderConfig", "ServerConfig", "StorageConfig", "Target",
 ]
 
-STRATEGIES = ("priority", "weighted", "round_robin", "latency", "cost", "least_busy")
+STRATEGIES = ("priority", "weighted", "round_robin", "latency", "cost", "least_busy", "capability")
 
 
 class ConfigError(Exception):
@@ -37,7 +37,7 @@ class ServerConfig:
     max_body_mb: float = 32
     require_auth: bool = True
     admin_key: str = ""
-    fuzzy_models: bool = False  # resolve close misspellings of an alias (said in x-gateway-model-resolved)
+    fuzzy_models: bool = False  # resolve partial model names (proxy.model_names; said in x-gateway-model-resolved)
     metrics_port: int = 0  # 0 = GET /metrics on the main port; else only on this port
     metrics_require_admin: bool = False  # /metrics needs `Authorization: Bearer <admin_key>`
     # Slow and idle clients (GatewayHttpProtocol): how long each phase of a request may take on the wire.
@@ -65,6 +65,8 @@ class StorageConfig:
     retention_days: int = 0  # 0 = keep usage rows forever
     spill_dir: str = "usage-spill"  # usage rows wait here while the database is unreachable
     prices_file: str = ""  # resolved against the config file's directory; "" = none
+    prices_refresh_hours: float = 0.0  # > 0: OpenRouter's prices fetched at start and this often (proxy.price_refresh)
+    prices_refresh_url: str = "https://openrouter.ai"  # where they are fetched (its /api/v1/models)
     queue_max_rows: int = 10_000  # usage rows kept in memory before spilling to spill_dir
     flush_interval_ms: int = 200
     # "batch": a crash loses at most the last flush_interval's rows; "strict": a whole answer, and a
@@ -93,6 +95,10 @@ class ModelAlias:
     tpm: int | None = None
     capabilities: tuple[str, ...] | None = None  # what GET /v1/models says the alias can do; None = not said
     file_metadata: dict[str, Any] = field(default_factory=dict)  # the prices file's context_window, capabilities
+    # Per target, the prices gateway.toml gave (None where it gave none): price tables fill in the rest.
+    configured_prices: list[dict[str, float | None]] = field(default_factory=list)
+    # Per target, the price table's context_window and capabilities for its model (capability routing).
+    target_metadata: list[dict[str, Any]] = field(default_factory=list)
     cache: bool = True  # answers of this alias may be cached (when [cache] backend is not "off")
     cache_ttl_s: float | None = None  # this alias's entries live this long; None = [cache] ttl_s
     guardrails: list[str] = field(default_factory=list)  # names of [[guardrails]] applied to this alias
@@ -119,6 +125,11 @@ class KeyConfig:
     metadata: dict[str, Any] = field(default_factory=dict)
     guardrails: list[str] = field(default_factory=list)  # names of [[guardrails]] applied to this key's requests
     source: str = "config"  # config | db (managed through the admin API)
+    # Each end user of this key (the request's `user`, or x-gateway-end-user): limits of their own, over
+    # [limits] per_user_rpm / per_user_tpm; user_budget_usd per budget_period.
+    user_rpm: int | None = None
+    user_tpm: int | None = None
+    user_budget_usd: float | None = None
 
 
 @dataclass(slots=True)
@@ -128,6 +139,8 @@ class LimitsConfig:
     # local | allow | deny: what to do when Redis cannot be reached (local: each replica enforces its share)
     on_store_error: str = "local"
     expected_replicas: int = 1  # under "local", each replica enforces every limit divided by this
+    per_user_rpm: int | None = None  # each end user of a key (proxy.end_users), unless the key says otherwise
+    per_user_tpm: int | None = None
 
 
 @dataclass(slots=True)

@@ -78,6 +78,15 @@ def test_wheel_carries_every_console_file(installed):
     assert {"index.html", "app.js", "vendor/uPlot.esm.js", "pages/playground.js"} <= set(expected)
 
 
+def test_wheel_carries_the_default_price_table(installed):
+    code = ("import proxy.prices as p; print(p.DEFAULT_PRICES); t = p.default_prices(); "
+            "print(t['openai/gpt-4o-mini']['input_per_mtok'], len(t) > 40)")
+    out = subprocess.run([str(installed / "bin" / "python"), "-c", code], cwd=installed, check=True,
+                         capture_output=True, text=True).stdout.splitlines()
+    assert out[0].startswith(str(installed)) and out[0].endswith("proxy/data/prices.json"), out
+    assert out[1] == "0.15 True"
+
+
 def test_installed_gateway_serves_chat_with_redis_limits(installed, tmp_path):
     redis = RedisServer().start()
     run = tmp_path / "run"  # the cwd: outside the repository, where relative ledger paths land

@@ -179,7 +179,7 @@ def test_migrate_command_creates_the_schema_once(tmp_path, capsys):
     url = f"sqlite:///{tmp_path / 'm.db'}"
     config = _config(tmp_path, url)
     assert cli.main(["migrate", "--config", config]) == 0
-    assert "schema (usage_log, api_keys) at version 4 (applied 1, 2, 3, 4)" in capsys.readouterr().out
+    assert "schema (usage_log, api_keys) at version 5 (applied 1, 2, 3, 4, 5)" in capsys.readouterr().out
     assert cli.main(["migrate", "--config", config]) == 0
     assert "(nothing to apply)" in capsys.readouterr().out
     assert pg.fetch_rows(url) == []
@@ -246,7 +246,7 @@ def test_api_keys_are_in_the_versioned_schema_and_an_old_database_upgrades(datab
 
     config = _config(tmp_path, database_url)
     assert cli.main(["migrate", "--config", config]) == 0
-    assert "at version 4 (applied 2, 3, 4)" in capsys.readouterr().out
+    assert "at version 5 (applied 2, 3, 4, 5)" in capsys.readouterr().out
 
     async def names() -> list[str]:
         keys = KeyStore(database_url)

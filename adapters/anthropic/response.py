@@ -16,6 +16,7 @@ from adapters.base import (
     int_or_zero,
     loads_object,
     upstream_status_error,
+    web_searches_of,
 )
 from adapters.targets import ProviderConfig
 
@@ -105,7 +106,7 @@ def usage_from(raw: dict[str, Any]) -> Usage:
     details = raw.get("output_tokens_details")
     reasoning = int_or_zero(details.get("thinking_tokens")) if isinstance(details, dict) else 0
     return Usage(prompt_tokens=prompt, completion_tokens=int_or_zero(raw.get("output_tokens")),
-                 cached_tokens=cache_read, reasoning_tokens=reasoning)
+                 cached_tokens=cache_read, reasoning_tokens=reasoning, web_searches=web_searches_of(raw))
 
 
 def openai_message(content: list[Any]) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Gemini generateContent body or error -> OpenAI chat completion body, usage and UpstreamError.
 
 Response mapping: text parts (not ``thought``) -> content, thought parts -> reasoning_content, functionCall
-parts -> tool_calls (finish_reason tool_calls); STOP stop, MAX_TOKENS length, safety/recitation/blocklist/
+parts -> tool_calls (finish_reason tool_calls), inlineData parts (generated images) -> images as OpenRouter
+gives them; STOP stop, MAX_TOKENS length, safety/recitation/blocklist/
 prohibited/SPII/language and promptFeedback.blockReason content_filter, anything else stop. Usage: prompt =
 promptTokenCount, completion = candidatesTokenCount + thoughtsTokenCount, reasoning = thoughtsTokenCount,
 cached = cachedContentTokenCount. A thoughtSignature on a text part (not a function call) is dropped: Google
@@ -138,9 +139,23 @@ def split_parts(parts: Any) -> tuple[list[str], list[str], list[dict[str, Any]]]
     return text, thoughts, calls
 
 
+def images_of(parts: Any) -> list[dict[str, Any]]:
+    """Generated images (``inlineData`` parts, not thoughts) in the shape OpenRouter gives them on a
+    message or delta: ``{"type": "image_url", "image_url": {"url": "data:<mime>;base64,<data>"}}``."""
+    out = []
+    for part in parts if isinstance(parts, list) else ():
+        inline = part.get("inlineData") if isinstance(part, dict) and not part.get("thought") else None
+        if isinstance(inline, dict) and isinstance(inline.get("data"), str) and inline["data"]:
+            mime = inline.get("mimeType") if isinstance(inline.get("mimeType"), str) else "image/png"
+            out.append({"type": "image_url", "image_url": {"url": f"data:{mime};base64,{inline['data']}"}})
+    return out
+
+
 def choice_of(candidate: dict[str, Any], position: int) -> dict[str, Any]:
     content = candidate.get("content")
-    text, thoughts, calls = split_parts(content.get("parts") if isinstance(content, dict) else None)
+    parts = content.get("parts") if isinstance(content, dict) else None
+    text, thoughts, calls = split_parts(parts)
+    images = images_of(parts)
     finish = finish_reason(candidate.get("finishReason"), bool(calls))
     message: dict[str, Any] = {"role": "assistant",
                                "content": "".join(text) if text else (None if calls or finish == "content_filter"
@@ -150,6 +165,8 @@ def choice_of(candidate: dict[str, Any], position: int) -> dict[str, Any]:
         message["reasoning_content"] = "".join(thoughts)
     if calls:
         message["tool_calls"] = calls
+    if images:
+        message["images"] = images
     index = candidate.get("index")
     return {"index": index if isinstance(index, int) else position, "message": message, "logprobs": None,
             "finish_reason": finish}

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from adapters.base import StreamTranslator, UpstreamError, Usage, bad_response
-from adapters.gemini.response import completion_id, finish_reason, google_error, split_parts, usage_of
+from adapters.gemini.response import completion_id, finish_reason, google_error, images_of, split_parts, usage_of
 from adapters.sse_decoder import SSEDecoder
 from adapters.targets import ProviderConfig
 
@@ -126,8 +126,12 @@ class GeminiStream(StreamTranslator):
         if state.finished:
             return
         content = candidate.get("content")
-        text, thoughts, calls = split_parts(content.get("parts") if isinstance(content, dict) else None)
+        parts = content.get("parts") if isinstance(content, dict) else None
+        text, thoughts, calls = split_parts(parts)
         self.delta(index, state, text, thoughts, calls, out)
+        images = images_of(parts)
+        if images:  # after the delta that opened the message (role), in OpenRouter's delta shape
+            self.chunk(index, {"images": images}, None, out)
         reason = candidate.get("finishReason")
         if reason:
             self.finish(index, state, finish_reason(reason, state.tools > 0), out)

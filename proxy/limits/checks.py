@@ -27,7 +27,7 @@ TOKENS_HEADERS = ("x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x
 
 @dataclass(slots=True)
 class Check:
-    scope: str  # key | model | global | parallel | budget
+    scope: str  # key | model | global | user | parallel | budget | user_budget
     kind: str  # gcra | parallel | budget
     key: str
     limit: float
@@ -49,6 +49,7 @@ class Plan:
     asks: list[float] | None = None  # per check, the lease units asked for with this request's script
     slot: Check | None = None  # its max_parallel check: the slot is renewed while the request runs
     owner: KeyConfig | None = None  # the key whose budget it checks: its spend is re-read if the store lost it
+    end_user: str | None = None  # its end user, whose spend (user_budget_usd) is re-read the same way
 
 
 @dataclass(slots=True)

@@ -96,7 +96,8 @@ class Limits:
         cannot give it (the reseeder logs why), ``on_store_error`` decides as if the store were down."""
         assert plan.owner is not None
         try:
-            if await self.reseeder.reseed(unknown.check, plan.owner):
+            user = plan.end_user if unknown.check.scope == "user_budget" else None
+            if await self.reseeder.reseed(unknown.check, plan.owner, user):
                 denial, results, grants = await self.backend.acquire(plan.checks, plan.request_id, plan.asks)
                 if denial is None and self.backend.remote and self.config.limits.on_store_error == "local":
                     self.degraded.seen(plan.checks, results, grants)

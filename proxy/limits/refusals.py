@@ -13,7 +13,8 @@ def rejection(denial: Denial) -> GatewayError:
     check = denial.check
     retry = str(max(1, math.ceil(denial.retry_after_s))) if denial.retry_after_s else str(int(WINDOW_S))
     if check.kind == "budget":
-        return GatewayError(429, f"Budget of ${check.limit:g} for this key is used up for the current period.",
+        whose = "this end user of this key" if check.scope == "user_budget" else "this key"
+        return GatewayError(429, f"Budget of ${check.limit:g} for {whose} is used up for the current period.",
                             "insufficient_quota", "insufficient_quota", headers={"retry-after": retry})
     headers = {"retry-after": retry}
     if check.kind == "gcra":

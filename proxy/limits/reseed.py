@@ -26,8 +26,9 @@ SEED_TIMEOUT_S = 5.0  # a spend the ledger cannot give within this long is treat
 RESEED_RETRY_S = 5.0  # after a failed re-read, a key's requests follow on_store_error this long before another try
 CLOCK_SKEW_S = 60.0  # rows stamped this far ahead of this replica's clock still count
 
-# A key's spend so far in its current budget period: (key name, budget period) -> USD.
-SpendSource = Callable[[str, str], Awaitable[float]]
+# A key's spend so far in its current budget period, or one end user's within it:
+# (key name, budget period, end user or None) -> USD.
+SpendSource = Callable[[str, str, str | None], Awaitable[float]]
 
 
 class LedgerSpend:
@@ -38,7 +39,7 @@ class LedgerSpend:
     def __init__(self, database_url: str) -> None:
         self.url = database_url
 
-    async def __call__(self, key_name: str, period: str) -> float:
+    async def __call__(self, key_name: str, period: str, end_user: str | None = None) -> float:
         now = datetime.now(UTC)
         _, start, _ = period_of(period, now)
         store = open_store(self.url)
@@ -46,11 +47,14 @@ class LedgerSpend:
             async with asyncio.timeout(SEED_TIMEOUT_S):
                 await store.open()
                 await store.migrate()
+                group = None if end_user is None else "end_user"
                 rows = await store.report(start or datetime(1970, 1, 1, tzinfo=UTC),
-                                          now + timedelta(seconds=CLOCK_SKEW_S), None, key_name)
+                                          now + timedelta(seconds=CLOCK_SKEW_S), group, key_name)
         finally:
             with contextlib.suppress(Exception):
                 await store.close()
+        if end_user is not None:
+            return next((r.cost_usd or 0.0 for r in rows if r.group == end_user), 0.0)
         return total_of(rows).cost_usd or 0.0
 
     def __repr__(self) -> str:
@@ -69,7 +73,7 @@ class Reseeder:
         self.retry_at: dict[str, float] = {}  # store key -> monotonic time before which no new try is made
         self.outage = Outage("usage database (budget spend)")
 
-    async def reseed(self, check: Check, owner: KeyConfig) -> bool:
+    async def reseed(self, check: Check, owner: KeyConfig, end_user: str | None = None) -> bool:
         """Whether the budget's spend is in the store now (seeded here, or by another replica); False
         while the ledger cannot give it. Raises StoreUnavailable when the store itself failed."""
         key = check.key
@@ -77,13 +81,13 @@ class Reseeder:
             return False
         future = self.pending.get(key)
         if future is None:
-            future = self.pending[key] = asyncio.ensure_future(self._seed(check, owner))
+            future = self.pending[key] = asyncio.ensure_future(self._seed(check, owner, end_user))
             future.add_done_callback(lambda _: self.pending.pop(key, None))
         return await asyncio.shield(future)
 
-    async def _seed(self, check: Check, owner: KeyConfig) -> bool:
+    async def _seed(self, check: Check, owner: KeyConfig, end_user: str | None) -> bool:
         try:
-            value = 0.0 if self.spend is None else await self.spend(owner.name, owner.budget_period)
+            value = 0.0 if self.spend is None else await self.spend(owner.name, owner.budget_period, end_user)
         except Exception as exc:  # the database is down or slow: on_store_error applies for a while
             self.retry_at[check.key] = time.monotonic() + RESEED_RETRY_S
             self.outage.failed(f"{type(exc).__name__}: {exc}", f"re-reading the spend of key {owner.name}")

@@ -70,7 +70,7 @@ async def handle(pipeline: Pipeline, inbound: PassthroughInbound, spec: Spec) ->
     pipeline.account.begin(tx)
     try:
         upload = await parse(pipeline, inbound, spec, tx)
-        tx.alias = pipeline.resolve(tx)
+        tx.alias = await pipeline.resolve(tx)
         await pipeline.hooks.before_request(tx)
         tx.ticket = await pipeline.admit(tx)
         runtime = pipeline.runtime

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from adapters.errors import APIError
+from proxy import end_users
 from proxy.dispatch import Dispatch, Outcome
 from proxy.errors import GatewayError, client_gone, error_body, internal_error
 from proxy.limits import Ticket
@@ -85,7 +86,8 @@ class Pipeline:
             tx.body = await inbound.json(self.runtime.config.server.max_body_bytes)
             await self.sessions.open(tx, getattr(inbound, "session_id", None))
             tx.request = parse(tx.endpoint, tx.body, tx.request_id, tx.header_id, getattr(inbound, "api_headers", None))
-            tx.alias = self.resolve(tx)
+            tx.request.end_user = end_users.identify(inbound, tx.request.body)
+            tx.alias = await self.resolve(tx)
             await self.hooks.before_request(tx)
             tx.ticket = await self.admit(tx)
             tx.dispatch = Dispatch(self.runtime.router, self.runtime.upstreams, self.runtime.obs, tx.alias, tx.request)
@@ -126,15 +128,16 @@ class Pipeline:
         return Transaction(inbound.endpoint, request_id, header_id, key, headers={"x-request-id": header_id},
                            authorization=inbound.authorization, cache_control=getattr(inbound, "cache_control", None))
 
-    def resolve(self, tx: Transaction) -> ModelAlias:
-        """The alias the model name means; a fuzzy match is said in a header and accounted to the alias."""
+    async def resolve(self, tx: Transaction) -> ModelAlias:
+        """The alias the model name means; a partial name's resolution is said in a header and accounted
+        (and, through a glob alias, forwarded) as the name it resolved to."""
         assert tx.request is not None
-        alias = self.runtime.resolve(tx.request.model, tx.key)
+        alias, name = await self.runtime.resolve_name(tx.request.model, tx.key)
+        if name != tx.request.model:
+            tx.headers["x-gateway-model-resolved"] = name
+            tx.request.model = name
         if alias.is_glob:
             check_forwarded_model(tx.request.model)
-        elif alias.name != tx.request.model:
-            tx.headers["x-gateway-model-resolved"] = alias.name
-            tx.request.model = alias.name
         return alias
 
     async def admit(self, tx: Transaction) -> Ticket | None:

@@ -100,7 +100,8 @@ class Accounting:
             model=tx.model, endpoint=tx.endpoint, stream=request.stream if request is not None else False,
             status=status, error_type=error_type, latency_ms=elapsed * 1000,
             ttft_ms=tx.ttft_s * 1000 if tx.ttft_s is not None else None,
-            attempts=dispatch.attempts if dispatch is not None else 0)
+            attempts=dispatch.attempts if dispatch is not None else 0,
+            end_user=request.end_user if request is not None else None)
         if dispatch is not None:
             record.provider, record.upstream_model = describe(tx.headers, dispatch, tx.outcome, record.model)
         billed = _billed(tx)
@@ -190,7 +191,7 @@ def hedge_rows(record: UsageRecord, dispatch: Dispatch) -> list[UsageRecord]:
                           created_at=record.created_at, key_name=record.key_name, model=record.model,
                           endpoint=record.endpoint, stream=record.stream, provider=call.target.provider,
                           upstream_model=call.target.model, status=499, latency_ms=seconds * 1000, attempts=1,
-                          error_type="hedge_lost")
+                          error_type="hedge_lost", end_user=record.end_user)
         billed = outcome_usage(outcome, prompt) if outcome is not None else None
         _set_usage(row, *(billed or (call.target, Usage(prompt_tokens=prompt, estimated=True))))
         rows.append(row)

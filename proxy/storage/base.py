@@ -15,10 +15,10 @@ COLUMNS: tuple[str, ...] = (
     "request_id", "created_at", "key_name", "model", "provider", "upstream_model", "endpoint", "stream", "status",
     "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens", "usage_estimated", "cost_usd",
     "latency_ms", "ttft_ms", "attempts", "cache_hit", "error_type", "cost_saved_usd",
-    "guardrail_actions",
+    "guardrail_actions", "end_user",
 )
 BOOL_COLUMNS = frozenset({"stream", "usage_estimated", "cache_hit"})
-GROUPS = ("model", "key", "provider", "day", "hour")
+GROUPS = ("model", "key", "provider", "day", "hour", "end_user")
 FILTER_COLUMNS = {"model": "model", "provider": "provider", "key": "key_name"}  # usage report filters
 CONNECT_TIMEOUT_S = 5.0
 
@@ -118,6 +118,10 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "add usage_log.guardrail_actions",
               sqlite=("ALTER TABLE usage_log ADD COLUMN guardrail_actions TEXT",),
               postgres=("ALTER TABLE usage_log ADD COLUMN IF NOT EXISTS guardrail_actions jsonb",)),
+    # End users (proxy.end_users): whom a key's request was for; null when it named none.
+    Migration(5, "add usage_log.end_user",
+              sqlite=("ALTER TABLE usage_log ADD COLUMN end_user TEXT",),
+              postgres=("ALTER TABLE usage_log ADD COLUMN IF NOT EXISTS end_user text",)),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -29,7 +29,7 @@ _PG_TYPES = {
     "prompt_tokens": "bigint", "completion_tokens": "bigint", "cached_tokens": "bigint", "reasoning_tokens": "bigint",
     "usage_estimated": "boolean", "cost_usd": "double precision", "latency_ms": "double precision",
     "ttft_ms": "double precision", "attempts": "integer", "cache_hit": "boolean", "error_type": "text",
-    "cost_saved_usd": "double precision", "guardrail_actions": "text",
+    "cost_saved_usd": "double precision", "guardrail_actions": "text", "end_user": "text",
 }
 _PG_CASTS = {"created_at": "to_timestamp(created_at)", "guardrail_actions": "guardrail_actions::jsonb"}
 
@@ -37,6 +37,7 @@ _PG_GROUPS = {
     "model": "model",
     "key": "key_name",
     "provider": "provider",
+    "end_user": "end_user",
     "day": "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
     "hour": "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:00:00\"Z\"')",
     None: "'total'",

@@ -41,6 +41,7 @@ _SQLITE_GROUPS = {
     "model": "model",
     "key": "key_name",
     "provider": "provider",
+    "end_user": "end_user",
     "day": "substr(created_at, 1, 10)",
     "hour": "substr(created_at, 1, 13) || ':00:00Z'",
     None: "'total'",

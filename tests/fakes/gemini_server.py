@@ -9,6 +9,7 @@ JSON array, as the real API sends) and ``:batchEmbedContents``. The model name p
                      5 thoughts, 4 cached, 23 total)
 *tools*              two parallel functionCall parts for the first declared (or allowed) function; for a
                      gemini-3 model the first carries a thoughtSignature and both carry ids, as Gemini 3 does
+*image*              the answer, then the generated picture as an inlineData part (image/png)
 finish-<REASON>      MAX_TOKENS: some text, then MAX_TOKENS; others: no content, just that finishReason
 blocked              promptFeedback.blockReason and no candidates
 fail-<code>          Google's error JSON: 400 INVALID_ARGUMENT, 403 PERMISSION_DENIED, 404 NOT_FOUND,
@@ -281,6 +282,10 @@ class Plan:
         self.finish: str = "STOP"
         self.usage: dict[str, int] = {}
         self.blocked = False
+        self.images: list[dict[str, Any]] = []  # inlineData parts of generated images
+
+
+GENERATED_IMAGE = base64.b64encode(b"\x89PNG\r\n\x1a\n fake image").decode()
 
 
 def text_of(parts: list[dict[str, Any]]) -> str:
@@ -316,6 +321,8 @@ def plan_for(model: str, body: dict[str, Any], state: State) -> Plan:
     plan.words = words_of(text)
     if model == "blocked":
         plan.blocked, plan.words = True, []
+    if "image" in model:  # an image model: a caption, then the picture as an inlineData part
+        plan.images = [{"inlineData": {"mimeType": "image/png", "data": GENERATED_IMAGE}}]
     prompt = sum(len(words_of(p.get("text", ""))) for c in body["contents"] for p in c["parts"])
     prompt += sum(len(words_of(p.get("text", ""))) for p in (body.get("systemInstruction") or {}).get("parts", []))
     candidates = len(plan.words) + 9 * len(plan.calls)
@@ -349,7 +356,7 @@ def whole_response(plan: Plan, n: int, model: str) -> dict[str, Any]:
         parts.append({"text": "".join(plan.thoughts), "thought": True})
     if plan.words:
         parts.append({"text": "".join(plan.words)})
-    parts += plan.calls
+    parts += plan.calls + plan.images
     return {"candidates": [candidate(parts, i, plan.finish) for i in range(n)], "usageMetadata": plan.usage,
             "modelVersion": model + "-001", "responseId": "resp-" + os.urandom(4).hex()}
 
@@ -363,6 +370,8 @@ def stream_chunks(plan: Plan, n: int, model: str) -> list[dict[str, Any]]:
     steps += [[{"text": w}] for w in plan.words]
     if plan.calls:
         steps.append(plan.calls)
+    if plan.images:
+        steps.append(plan.images)
     if not steps:
         steps = [[]]
     running = {"promptTokenCount": plan.usage["promptTokenCount"], "totalTokenCount": plan.usage["promptTokenCount"]}
