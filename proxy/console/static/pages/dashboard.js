@@ -33,7 +33,7 @@ function stat(label, value) {
 export async function render(root) {
   const p = params();
   const q = { period: PERIODS[p.get("period")] ? p.get("period") : "24h", bucket: p.get("bucket") === "day" ? "day" : "hour",
-              by: ["model", "provider", "key"].includes(p.get("by")) ? p.get("by") : "model",
+              by: ["model", "provider", "key", "end_user"].includes(p.get("by")) ? p.get("by") : "model",
               model: p.get("model") || "", provider: p.get("provider") || "", key: p.get("key") || "" };
   const now = new Date();
   root.append(el("h1", {}, "Usage"));
@@ -42,7 +42,7 @@ export async function render(root) {
     : el("input", { name, value: q[name], size: 12 }));
   const form = el("form", { class: "filters" },
     field("period", "Period", Object.keys(PERIODS)), field("bucket", "Bucket", ["hour", "day"]),
-    field("by", "Break down by", auth.isAdmin ? ["model", "provider", "key"] : ["model", "provider"]),
+    field("by", "Break down by", auth.isAdmin ? ["model", "provider", "key", "end_user"] : ["model", "provider", "end_user"]),
     field("model", "Model"), field("provider", "Provider"), auth.isAdmin ? field("key", "Key") : null,
     el("button", { type: "submit", class: "primary" }, "Apply"),
     el("button", { type: "button", id: "csv" }, "Export CSV"));
