@@ -23,7 +23,7 @@ from tests import pg
 FIND = Finder(PII_ENTITIES)
 
 
-@pytest.mark.parametrize("text, entity, value", [
+ENTITIES = [
     ("mail jane.roe@example.com today", "email", "jane.roe@example.com"),
     ("call (650) 253-0000 please", "phone", "(650) 253-0000"),
     ("ruf +49 30 901820 an", "phone", "+49 30 901820"),
@@ -37,8 +37,18 @@ FIND = Finder(PII_ENTITIES)
     ("-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----", "secret",
      "-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----"),
     ("Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.abc", "secret", "Bearer eyJhbGciOiJIUzI1NiJ9.abc"),
-])
+]
+
+
+@pytest.mark.parametrize("text, entity, value", ENTITIES)
 def test_each_entity_is_found(text, entity, value):
+    assert [(text[s:e], k) for s, e, k in FIND.spans(text)] == [(value, entity)]
+
+
+@pytest.mark.parametrize("text, entity, value", ENTITIES)
+def test_each_entity_is_found_in_non_ascii_text(text, entity, value):
+    """ASCII text is scanned through a class map, other text with Unicode patterns: both find the same."""
+    text = f"Grüße — {text} — 谢谢"
     assert [(text[s:e], k) for s, e, k in FIND.spans(text)] == [(value, entity)]
 
 

@@ -11,6 +11,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Iterable, Iterator
 
+import ahocorasick_rs
 import phonenumbers
 
 Span = tuple[int, int, str]  # start, end, entity type
@@ -18,6 +19,10 @@ Span = tuple[int, int, str]  # start, end, entity type
 _EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
 # A run of digits and separators: cards, SSNs and phones are looked for only inside one (prose has few).
 _DIGIT_RUN = re.compile(r"\d[\d \t\-().]{5,40}\d")
+# The same run over ASCII text mapped to classes (digit "d", separator "s", other "x"): a pattern that starts with
+# a literal skips to each digit in C, where ``\d`` first is tested at every character (~3 µs against ~17 on 2 KB).
+_RUN_CLASS = str.maketrans({i: "d" if chr(i).isdigit() else "s" if chr(i) in " \t-()." else "x" for i in range(128)})
+_CLASS_RUN = re.compile(r"d[ds]{5,40}d")
 _CARD = re.compile(r"(?<![\d\-])\d(?:[ \-]?\d){12,18}(?![\d\-])")
 _IBAN = re.compile(r"[A-Z]{2}\d\d(?: ?[A-Z0-9]){11,30}\b")
 _SSN = re.compile(r"(?<![\d\-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d\-])")
@@ -34,6 +39,8 @@ _SECRET = re.compile(
     r"|\bxox[abprs]-[A-Za-z0-9\-]{10,}"  # Slack tokens
     r"|\b[Bb]earer\s+[A-Za-z0-9\-._~+/]{16,}=*"  # bearer tokens
 )
+# One pass for every mark, not a substring test each; leftmost-first (whether any is there) lets it skip in SIMD.
+_SECRET_AC = ahocorasick_rs.AhoCorasick(_SECRET_MARKS, matchkind=ahocorasick_rs.MatchKind.LeftmostFirst)
 
 
 Runs = list[tuple[int, str]]  # (start, text) of each run of digits and separators
@@ -41,7 +48,8 @@ Runs = list[tuple[int, str]]  # (start, text) of each run of digits and separato
 
 def _digit_runs(text: str) -> Runs:
     runs = []
-    for m in _DIGIT_RUN.finditer(text):
+    found = _CLASS_RUN.finditer(text.translate(_RUN_CLASS)) if text.isascii() else _DIGIT_RUN.finditer(text)
+    for m in found:
         start = m.start()
         while start and text[start - 1] in "+(":  # a phone's "+1" or "(650)"
             start -= 1
@@ -105,7 +113,7 @@ def _ips(text: str, runs: Runs) -> Iterator[Span]:
                 continue  # part of a longer dotted number (a version, an OID)
             if all(int(octet) <= 255 and (octet == "0" or octet[0] != "0") for octet in m.group().split(".")):
                 yield s, e, "ip_address"
-    if "::" in text or text.count(":") >= 3:
+    if ":" in text and ("::" in text or text.count(":") >= 3):
         for m in _IPV6.finditer(text):
             try:
                 ipaddress.IPv6Address(m.group())
@@ -134,7 +142,7 @@ def _phones(text: str, runs: Runs) -> Iterator[Span]:
 
 
 def _secrets(text: str, runs: Runs) -> Iterator[Span]:
-    if any(mark in text for mark in _SECRET_MARKS):
+    if _SECRET_AC.find_matches_as_indexes(text):
         for m in _SECRET.finditer(text):
             yield m.start(), m.end(), "secret"
 

@@ -8,6 +8,8 @@ import base64
 import binascii
 import re
 
+import ahocorasick_rs
+
 _I = re.IGNORECASE
 # (words one of which the lowercased text must contain, pattern, weight): the words are a cheap
 # test that skips the pattern for nearly every benign prompt.
@@ -52,8 +54,14 @@ _TOOL_SIGNALS = re.compile(r"\b(assistant|ai|model|agent)\b[,:]?\s+(you must|mus
                            r"\b(important|attention|note to (the )?(ai|assistant))\s*:|\binstead,?\s+(you|do|send)|"
                            r"\b(send|forward|email|upload|exfiltrate)\b[^.\n]{0,40}\b(to|at)\b[^.\n]{0,20}"
                            r"(https?://|@)", _I)
-_WORDS = tuple(dict.fromkeys(word for words, _, _ in _SIGNALS for word in words))  # each tested once
+_WORDS = tuple(dict.fromkeys(word for words, _, _ in _SIGNALS for word in words))
+# One pass finds every word present (each overlapping one too): ~4 µs on 2 KB where a substring test per word took ~37.
+_WORDS_AC = ahocorasick_rs.AhoCorasick(_WORDS)
+_GATES = tuple(frozenset(_WORDS.index(word) for word in words) for words, _, _ in _SIGNALS)
 _BASE64 = re.compile(r"[A-Za-z0-9+/]{24,}={0,2}")
+# Base64's characters as "a", any other ASCII as a space: a base64 run of 24 shows as "a" * 24 (translate is C-fast).
+_BASE64_CLASS = str.maketrans({i: "a" if chr(i).isalnum() or chr(i) in "+/" else " " for i in range(128)})
+_BASE64_RUN = "a" * 24
 _TAGS = re.compile("[\U000e0000-\U000e007f]+")
 _ZERO_WIDTH = re.compile("[\u200b-\u200f\u2060-\u2064\ufeff]")
 
@@ -67,9 +75,9 @@ def _combine(scores: list[float]) -> float:
 
 def score(text: str, tool_result: bool = False, depth: int = 0) -> float:
     """How much ``text`` looks like an injection attempt: 0 (nothing) to 1."""
-    low = text.lower()
-    present = {word for word in _WORDS if word in low}
-    found = [w for words, pattern, w in _SIGNALS if present.intersection(words) and pattern.search(text)]
+    present = {i for i, _, _ in _WORDS_AC.find_matches_as_indexes(text.lower(), overlapping=True)}
+    found = [w for gate, (_, pattern, w) in zip(_GATES, _SIGNALS, strict=True)
+             if present and not gate.isdisjoint(present) and pattern.search(text)]
     if tool_result and _TOOL_SIGNALS.search(text):
         found.append(0.6)
     if depth == 0 and not text.isascii():
@@ -81,7 +89,7 @@ def score(text: str, tool_result: bool = False, depth: int = 0) -> float:
         if len(_ZERO_WIDTH.findall(text)) >= 3:
             found.append(0.35)
             found.append(score(_ZERO_WIDTH.sub("", text), tool_result, 1))
-    if depth == 0 and len(text) >= 24:
+    if depth == 0 and len(text) >= 24 and _BASE64_RUN in text.translate(_BASE64_CLASS):
         for m in _BASE64.finditer(text):
             inner = _decoded(m.group())
             if inner is not None:

@@ -1,10 +1,12 @@
 """The guardrails row of `make bench`: the gateway in bare mode with and without [server] guardrails (PII
-redaction and injection checks) on a 2 KB chat prompt, side by side: server CPU per request and latency."""
+redaction and injection checks) on a 2 KB chat prompt, side by side: server CPU per request and latency,
+the median of alternating rounds, and whether on minus off stays under the issue's 0.1 ms target."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import statistics
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,24 +31,42 @@ action = "block"
 """
 
 
+ROUNDS = 5  # off and on alternate, so a neighbour's load on a shared machine falls on both alike
+TARGET_US = 100  # issue 22: PII and injection checks on a 2 KB prompt add well under 0.1 ms of CPU
+
+
 @dataclass
 class GuardrailsBench:
     status: str = "ok"
-    loads: dict[str, tuple[Load, Load]] = field(default_factory=dict)  # off | on -> (c=1, c=16)
+    rounds: dict[str, list[tuple[Load, Load]]] = field(default_factory=dict)  # off | on -> [(c=1, c=16)] per round
 
     def table(self) -> str:
         if self.status != "ok":
             return f"guardrails row: {self.status}\n"
-        lines = ["| 2 KB prompt, gateway bare | c=1 p50 ms | c=1 CPU us/req | c=16 rps | c=16 CPU us/req |",
-                 "|---|---|---|---|---|"]
-        for name, (c1, c16) in self.loads.items():
-            lines.append(f"| guardrails {name} | {c1.p50_ms:.2f} | {c1.server_us:.0f} | {c16.rps:.0f} | "
-                         f"{c16.server_us:.0f} |")
-        off, on = self.loads.get("off"), self.loads.get("on")
+        lines = [f"| 2 KB prompt, gateway bare (median of {ROUNDS} rounds) | c=1 p50 ms | c=1 CPU us/req | c=16 rps | "
+                 "c=16 CPU us/req |", "|---|---|---|---|---|"]
+        for name, runs in self.rounds.items():
+            lines.append(f"| guardrails {name} | {_median(r[0].p50_ms for r in runs):.2f} | "
+                         f"{_median(r[0].server_us for r in runs):.0f} | {_median(r[1].rps for r in runs):.0f} | "
+                         f"{_median(r[1].server_us for r in runs):.0f} |")
+        off, on = self.rounds.get("off"), self.rounds.get("on")
         if off and on:
-            lines.append(f"\nguardrails on - off: {on[0].server_us - off[0].server_us:+.0f} us CPU/request at c=1, "
-                         f"{on[1].server_us - off[1].server_us:+.0f} us at c=16")
+            c1 = [b[0].server_us - a[0].server_us for a, b in zip(off, on, strict=False)]
+            c16 = [b[1].server_us - a[1].server_us for a, b in zip(off, on, strict=False)]
+            worst = max(_median(c1), _median(c16))
+            verdict = "met" if worst < TARGET_US else "NOT met"
+            lines.append(f"\nguardrails on - off (median of the rounds' differences): {_median(c1):+.0f} us "
+                         f"CPU/request at c=1, {_median(c16):+.0f} us at c=16; target < {TARGET_US} us: {verdict}")
+            lines.append(f"rounds' differences: c=1 {_list(c1)}; c=16 {_list(c16)}")
         return "\n".join(lines) + "\n"
+
+
+def _median(values: Iterable[float]) -> float:
+    return statistics.median(list(values))
+
+
+def _list(values: list[float]) -> str:
+    return ", ".join(f"{v:+.0f}" for v in values)
 
 
 def guarded_config(bare: Path) -> Path:
@@ -60,18 +80,24 @@ def guarded_config(bare: Path) -> Path:
 
 def run_guardrails(bench: GuardrailsBench, start: Callable[[str, Path], Server], bare: Path, upstream: Server,
                    seconds: int, min_requests: int, cap_s: int) -> None:
-    for name, config in (("off", bare), ("on", guarded_config(bare))):
-        server = start(f"gateway-guardrails-{name}", config)
-        try:
-            url = server.url + CHAT
-            wrk(url, 16, 1, None, [BODY_2KB])  # warm-up
-            settle()
-            c1 = measured(server, upstream, lambda u=url: phase(u, 1, seconds, None, [BODY_2KB], min_requests,
-                                                                 cap_s))
-            settle()
-            c16 = measured(server, upstream, lambda u=url: phase(u, 16, seconds, None, [BODY_2KB], min_requests,
-                                                                  cap_s))
-            bench.loads[name] = (c1, c16)
-            log(f"guardrails {name}: {c1.server_us:.0f} us CPU/request at c=1, {c16.server_us:.0f} at c=16")
-        finally:
+    servers: dict[str, Server] = {}
+    try:
+        for name, config in (("off", bare), ("on", guarded_config(bare))):
+            servers[name] = start(f"gateway-guardrails-{name}", config)
+            wrk(servers[name].url + CHAT, 16, 1, None, [BODY_2KB])  # warm-up
+        each = max(2, seconds // 2)
+        for i in range(ROUNDS):
+            for name, server in servers.items():
+                url = server.url + CHAT
+                settle()
+                c1 = measured(server, upstream, lambda u=url: phase(u, 1, each, None, [BODY_2KB], min_requests,
+                                                                     cap_s))
+                settle()
+                c16 = measured(server, upstream, lambda u=url: phase(u, 16, each, None, [BODY_2KB], min_requests,
+                                                                      cap_s))
+                bench.rounds.setdefault(name, []).append((c1, c16))
+                log(f"guardrails {name}, round {i + 1}: {c1.server_us:.0f} us CPU/request at c=1, "
+                    f"{c16.server_us:.0f} at c=16")
+    finally:
+        for server in servers.values():
             server.stop()
