@@ -192,10 +192,12 @@ def test_a_client_leaving_while_its_end_waits_leaves_one_row(strict_gateway) -> 
     rid = f"sd-left-{uuid.uuid4().hex[:8]}"
     with journal_held(gw) as (waiting, gate):
         with stream_lines(gw.url, rid) as r:
-            for line in r.iter_lines():
+            lines = r.iter_lines()  # held: a dropped line generator closes the response (httpx), i.e. the client leaves
+            for line in lines:
                 if '"usage":{' in line:
                     break
-            until(waiting.is_set)
+            until(waiting.is_set)  # the end waits on the journal ...
+        # ... and only then the client leaves (the with block closes the response)
     # The client hung up while the end waited: its row was submitted before the wait, once. Nobody waits
     # on it now, so the next strict wait (a whole answer's) journals it.
     whole = httpx.post(gw.url + "/v1/chat/completions", headers={"authorization": f"Bearer {GATEWAY_KEY}"},
