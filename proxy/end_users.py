@@ -15,7 +15,7 @@ MAX_CHARS = 256
 
 
 def identify(inbound: Any, body: dict[str, Any]) -> str | None:
-    header = getattr(inbound, "end_user", None)
+    header = inbound.end_user
     if header:
         return _checked(header, HEADER)
     user = body.get("user")

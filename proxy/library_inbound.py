@@ -20,6 +20,7 @@ class LibraryInbound:
     """One in-process request: its body is already a dict, its key the Gateway's ``api_key``."""
 
     __slots__ = ("endpoint", "authorization", "client_request_id", "watch", "body", "cache_control", "end_user")
+    api_headers = session_id = None  # no client API headers, no sessions in-process
 
     def __init__(self, endpoint: str, body: dict[str, Any], api_key: str | None) -> None:
         self.endpoint = endpoint

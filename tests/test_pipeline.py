@@ -49,6 +49,8 @@ class Rows:
 class Inbound:
     """A request from a program, not from HTTP."""
 
+    api_headers = cache_control = session_id = end_user = None
+
     def __init__(self, body: dict[str, Any] | bytes, key: str = SECRET, endpoint: str = "chat") -> None:
         self.endpoint = endpoint
         self.authorization = f"Bearer {key}"

@@ -39,6 +39,7 @@ class EmbedRequest:
 
     endpoint = "embeddings"
     client_request_id = None
+    api_headers = session_id = end_user = None
 
     def __init__(self, authorization: str | None, body: dict[str, Any]) -> None:
         self.authorization = authorization

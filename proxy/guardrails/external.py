@@ -136,6 +136,7 @@ class _Inbound:
     """A classification request, as if a client sent it with the guarded request's key."""
 
     endpoint = "chat"
+    api_headers = cache_control = session_id = end_user = None
 
     def __init__(self, authorization: str | None, request_id: str, body: dict[str, Any]) -> None:
         self.authorization = authorization

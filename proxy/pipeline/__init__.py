@@ -84,8 +84,8 @@ class Pipeline:
         self.account.begin(tx)
         try:
             tx.body = await inbound.json(self.runtime.config.server.max_body_bytes)
-            await self.sessions.open(tx, getattr(inbound, "session_id", None))
-            tx.request = parse(tx.endpoint, tx.body, tx.request_id, tx.header_id, getattr(inbound, "api_headers", None))
+            await self.sessions.open(tx, inbound.session_id)
+            tx.request = parse(tx.endpoint, tx.body, tx.request_id, tx.header_id, inbound.api_headers)
             tx.request.end_user = end_users.identify(inbound, tx.request.body)
             tx.alias = await self.resolve(tx)
             await self.hooks.before_request(tx)
@@ -126,7 +126,7 @@ class Pipeline:
             headers = {"x-request-id": header_id, **e.headers}
             return WholeAnswer(e.status, headers, orjson.dumps(error_body(e, inbound.endpoint)), no_bookkeeping)
         return Transaction(inbound.endpoint, request_id, header_id, key, headers={"x-request-id": header_id},
-                           authorization=inbound.authorization, cache_control=getattr(inbound, "cache_control", None))
+                           authorization=inbound.authorization, cache_control=inbound.cache_control)
 
     async def resolve(self, tx: Transaction) -> ModelAlias:
         """The alias the model name means; a partial name's resolution is said in a header and accounted

@@ -25,9 +25,12 @@ class Inbound(Protocol):
 
     endpoint: str  # chat | embeddings | messages | responses
     authorization: str | None  # the key's header as an Authorization value (proxy.auth.presented_key)
-    # Optional: headers of the client's API a pass-through target needs too (anthropic-beta).
-    # api_headers: dict[str, str]
     client_request_id: str | None  # the client's x-request-id, if any
+    # What an HTTP client may also say (None in-process unless the caller says it too):
+    api_headers: dict[str, str] | None  # headers of the client's API a pass-through target needs (anthropic-beta)
+    cache_control: tuple[str | None, str | None] | None  # Cache-Control and x-gateway-cache-ttl (proxy.cache)
+    session_id: str | None  # x-gateway-session-id (proxy.pipeline.sessions)
+    end_user: str | None  # x-gateway-end-user (proxy.end_users)
     watch: ClientWatch
 
     async def json(self, limit: int) -> dict[str, Any]:
