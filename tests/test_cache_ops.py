@@ -201,6 +201,7 @@ def test_a_failed_leader_lets_its_followers_go_at_once_in_process(fake_openai, t
 
     class Local:
         endpoint, client_request_id, cache_control = "chat", None, None
+        api_headers = session_id = end_user = None
 
         def __init__(self) -> None:
             self.authorization = f"Bearer {GATEWAY_KEY}"
