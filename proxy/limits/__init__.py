@@ -20,7 +20,8 @@ Semantics (identical in both backends):
   by one store call (``admit``). Under steady traffic a replica takes leases: a request that goes to
   Redis also asks for a small block of each rpm/tpm limit's room (about ``LEASE_HORIZON_S`` of this
   replica's recent demand, at most ``LEASE_LIMIT_SHARE`` of the limit, and only while
-  ``LEASE_FREE_SHARE`` of the window stays free after it). What a lease has left after
+  ``LEASE_FREE_SHARE`` of the window stays free after it). Requests that find a lease empty while
+  its refill is on its way wait for that call rather than each making one. What a lease has left after
   ``LEASE_HOLD_S`` goes back to Redis. Leased units are counted in Redis when granted, so the replicas
   together never admit more than a limit; near a limit no leases are granted, and a replica may refuse
   early by at most what other replicas still hold. Keys with a budget or max_parallel, and requests

@@ -8,6 +8,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import asyncio
+
     from proxy.settings import KeyConfig
 
 WINDOW_S = 60.0  # rpm and tpm: a limit of N per minute refills over this window
@@ -50,6 +52,7 @@ class Plan:
     slot: Check | None = None  # its max_parallel check: the slot is renewed while the request runs
     owner: KeyConfig | None = None  # the key whose budget it checks: its spend is re-read if the store lost it
     end_user: str | None = None  # its end user, whose spend (user_budget_usd) is re-read the same way
+    wait: asyncio.Future[None] | None = None  # a lease grant on its way that may bring room for it
 
 
 @dataclass(slots=True)

@@ -17,6 +17,7 @@ LEASE_LIMIT_SHARE = 0.01  # and never more than this share of the limit
 LEASE_FREE_SHARE = 0.25  # the store grants a lease only while this share of the window stays free after it
 LEASE_HOLD_S = 0.5  # what a lease has left after this long goes back to the store
 LEASE_WAIT_S = 1.0  # a lease asked for and not answered within this long is asked for again
+LEASE_WAITS_MAX = 3  # a request finding its lease empty waits for at most this many grants, then asks the store
 LEASES_MAX = 10_000  # limits with a lease remembered; all are given back when full
 
 
@@ -34,6 +35,7 @@ class Lease:
     last_ask: float = 0.0  # monotonic: the latest request of this limit that went to the store
     check: Check | None = None  # the limit as of the latest grant (what a give-back is settled by)
     limit: float = 0.0  # its value: a lease serves only requests checked against the same limit (0: none)
+    answered: asyncio.Future[None] | None = None  # done when the grant on its way arrives (or fails)
 
 
 class Leases:
@@ -47,7 +49,8 @@ class Leases:
 
     def admit(self, plan: Plan) -> Ticket | None:
         """A Ticket if the leases hold room for every check of the plan (taken from them now); else
-        None, and the plan goes to the store, asking for leases where its checks see steady traffic."""
+        None, and the plan goes to the store, asking for leases where its checks see steady traffic, or
+        first waits (``plan.wait``) for a grant already on its way to a check it lacks room in."""
         if not plan.leasable:
             return None
         now = time.monotonic()
@@ -56,6 +59,8 @@ class Leases:
             lease = leases.get(check.key)
             if lease is None or lease.left < check.amount or lease.until < now or lease.limit != check.limit:
                 plan.asks = self._asks(plan.checks, now)
+                if plan.asks is None and lease is not None and lease.asked_until >= now:
+                    plan.wait = lease.answered
                 return None
         results: list[float] = []
         for check in plan.checks:
@@ -91,6 +96,7 @@ class Leases:
                     want = 0.0
                 else:
                     lease.asked_until = now + LEASE_WAIT_S
+                    self._expect(lease)
             asks.append(want)
         return asks if any(asks) else None
 
@@ -107,6 +113,8 @@ class Leases:
             if not asks[i] or lease is None:
                 continue
             lease.asked_until = 0.0
+            _answer(lease.answered)
+            lease.answered = None
             got = grants[i] if grants and results else 0.0
             if not got:
                 continue
@@ -119,6 +127,16 @@ class Leases:
             lease.remaining, lease.reset_at = results[2 * i], now + results[2 * i + 1]
             results[2 * i] += lease.left
             asyncio.get_running_loop().call_later(LEASE_HOLD_S, self._expire, lease, now)
+
+    @staticmethod
+    def _expect(lease: Lease) -> None:
+        """A future the requests that find the lease empty meanwhile wait on: one store call brings room
+        for them all, where each would otherwise make its own (at high rates, several per grant). It is
+        answered with the grant, or after LEASE_WAIT_S when the ask was lost."""
+        _answer(lease.answered)  # an earlier ask's waiters, if it was never answered, go on now
+        loop = asyncio.get_running_loop()
+        lease.answered = loop.create_future()
+        loop.call_later(LEASE_WAIT_S, _answer, lease.answered)
 
     def absorb(self, check: Check, delta: float) -> bool:
         """Whether a request's token correction fits this replica's lease of ``check``: tokens not used
@@ -149,3 +167,8 @@ class Leases:
         for lease in self.by_key.values():
             self._give_back(lease)
         self.by_key.clear()
+
+
+def _answer(answered: asyncio.Future[None] | None) -> None:
+    if answered is not None and not answered.done():
+        answered.set_result(None)

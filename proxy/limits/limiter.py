@@ -11,7 +11,7 @@ from proxy.client_request import ClientRequest
 from proxy.limits.checks import Denial, Plan, Ticket, period_of
 from proxy.limits.degraded import PROBE_S, Degraded
 from proxy.limits.heartbeat import Heartbeat
-from proxy.limits.leases import Leases
+from proxy.limits.leases import LEASE_WAITS_MAX, Leases
 from proxy.limits.memory import MemoryBackend
 from proxy.limits.outage import Outage
 from proxy.limits.planner import Planner, budget_key
@@ -70,7 +70,12 @@ class Limits:
         """Check and reserve in one store call: a Ticket, None when the store is down and
         ``on_store_error = "allow"``, or a GatewayError (429, or 503 under ``"deny"``). A budget whose
         spend the store lost is re-read from the ledger first (one more round trip, rarely). Under
-        ``"local"``, once the store failed, requests are checked in-process until it answers again."""
+        ``"local"``, once the store failed, requests are checked in-process until it answers again. A
+        plan whose lease is being refilled by another request's call waits for that call first."""
+        if plan.wait is not None:  # another request's store call is bringing leases: share it
+            ticket = await self._from_grants_on_their_way(plan)
+            if ticket is not None:
+                return ticket
         local = self.backend.remote and self.config.limits.on_store_error == "local"
         if local and self.degraded.active:
             self.leases.granted(plan, None, None)
@@ -90,6 +95,20 @@ class Limits:
             self.degraded.replicas = self.config.limits.expected_replicas  # a reload may change it
             self.degraded.seen(plan.checks, results, grants)
         return self._verdict(plan, denial, results, grants)
+
+    async def _from_grants_on_their_way(self, plan: Plan) -> Ticket | None:
+        """Waits for the lease grants other requests' store calls are bringing, a few at most, and
+        takes room from them; None when they brought too little, and the plan goes to the store."""
+        for _ in range(LEASE_WAITS_MAX):
+            wait, plan.wait = plan.wait, None
+            if wait is None:
+                return None
+            await asyncio.shield(wait)  # shielded: a waiter that is cancelled leaves the others waiting
+            ticket = self.leases.admit(plan)
+            if ticket is not None:
+                return ticket
+        plan.wait = None
+        return None
 
     async def _admit_reseeded(self, plan: Plan, unknown: SpendUnknown) -> Ticket | None:
         """The budget's spend from the ledger into the store, then the check again; while the ledger
