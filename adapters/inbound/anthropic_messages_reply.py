@@ -12,8 +12,8 @@ from typing import Any
 
 import orjson
 
-from adapters.base import StreamTranslator, UpstreamError, Usage
-from adapters.sse_decoder import SSEDecoder
+from adapters.base import StreamTranslator, Usage
+from adapters.inbound.stream_bases import FromChatStream
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
                 "content_filter": "refusal"}
@@ -91,7 +91,7 @@ def message_from_chat(chat: dict[str, Any], alias: str, usage: Usage | None, req
             "stop_sequence": None, "usage": usage_of(usage)}
 
 
-class MessagesFromChat(StreamTranslator):
+class MessagesFromChat(FromChatStream):
     """Wraps a target's chat stream translator: its OpenAI chunks -> Messages events, as they come.
 
     Block by block: a new kind of delta (thinking, text, a tool call) closes the open block and opens
@@ -100,61 +100,21 @@ class MessagesFromChat(StreamTranslator):
     """
 
     def __init__(self, inner: StreamTranslator, alias: str, request_id: str) -> None:
-        self.inner = inner
+        super().__init__(inner, request_id)
         self.alias = alias
-        self.request_id = request_id
-        self.decoder = SSEDecoder()
-        self.started = False
         self.index = -1  # the open block's index; -1 before the first
         self.open: str | None = None  # the open block's kind: thinking, text, tool:<n>
         self.tools: dict[int, int] = {}  # OpenAI tool call index -> block index
         self.stop_reason = "end_turn"
-        self.usage: Usage | None = None
-        self.done = False
-        self.error: UpstreamError | None = None
-
-    def feed(self, data: bytes) -> bytes:
-        out = self.inner.feed(data)
-        return self._convert(out) if out else b""
-
-    def end(self) -> bytes:
-        out = self.inner.end()  # raises if the stream ended early
-        return self._convert(out) + (b"" if self.done else self._convert(b"data: [DONE]\n\n"))
-
-    def estimated_completion_tokens(self) -> int:
-        return self.inner.estimated_completion_tokens()
-
-    def _convert(self, data: bytes) -> bytes:
-        out: list[bytes] = []
-        for _, payload in self.decoder.feed(data):
-            if self.done:
-                break
-            if payload == b"[DONE]":
-                out.append(self._finish())
-                continue
-            try:
-                chunk = orjson.loads(payload)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(chunk, dict):
-                out.append(self._chunk(chunk))
-        self.usage = self.inner.usage or self.usage
-        return b"".join(out)
 
     def _chunk(self, chunk: dict[str, Any]) -> bytes:
         if isinstance(chunk.get("error"), dict):
             return self._failed(chunk["error"])
         out = [] if self.started else [self._start(chunk)]
-        usage = Usage.from_openai(chunk.get("usage"))
-        if usage is not None:
-            self.usage = usage
-        for choice in chunk.get("choices") or ():
-            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                continue
-            delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+        for delta, finish_reason in self._deltas(chunk):
             out.extend(self._delta(delta))
-            if choice.get("finish_reason"):
-                self.stop_reason = STOP_REASONS.get(choice["finish_reason"], "end_turn")
+            if finish_reason:
+                self.stop_reason = STOP_REASONS.get(finish_reason, "end_turn")
         return b"".join(out)
 
     def _start(self, chunk: dict[str, Any]) -> bytes:
@@ -241,7 +201,4 @@ class MessagesFromChat(StreamTranslator):
         return b"".join(out)
 
     def _failed(self, err: dict[str, Any]) -> bytes:
-        self.done = True
-        self.error = self.inner.error
-        status = self.error.status if self.error is not None else 500
-        return error_event(status, str(err.get("message") or "upstream stream error"))
+        return error_event(self._upstream_failed(), str(err.get("message") or "upstream stream error"))

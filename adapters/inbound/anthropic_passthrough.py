@@ -13,9 +13,10 @@ from typing import Any
 import orjson
 
 from adapters.anthropic.response import ERROR_STATUS, anthropic_error, error_of, usage_from
-from adapters.base import Reply, StreamTranslator, UpstreamError, UpstreamRequest, Usage, bad_response, loads_object
+from adapters.base import Reply, UpstreamRequest, bad_response, loads_object
 from adapters.inbound.anthropic_messages_reply import error_event, sse
-from adapters.sse_decoder import last_event_end, parse_events
+from adapters.inbound.stream_bases import EventRelay
+from adapters.sse_decoder import parse_events
 from adapters.targets import ProviderConfig
 
 
@@ -40,38 +41,15 @@ def reply(provider: ProviderConfig, alias: str, body: bytes) -> Reply:
     return Reply(orjson.dumps(data), usage_from(usage) if isinstance(usage, dict) else None)
 
 
-class MessagesPassthrough(StreamTranslator):
+class MessagesPassthrough(EventRelay):
+    terminal = "message_stop"
+
     def __init__(self, provider: ProviderConfig, alias: str) -> None:
-        self.provider = provider
-        self.alias = alias
-        self.pending = b""
+        super().__init__(provider, alias)
         self.raw_usage: dict[str, Any] = {}
-        self.usage: Usage | None = None
-        self.done = False
-        self.error: UpstreamError | None = None
-        self.deltas = 0
 
-    def feed(self, data: bytes) -> bytes:
-        if self.done:
-            return b""
-        data = self.pending + data if self.pending else data
-        cut = last_event_end(data)
-        self.pending = data[cut:]
-        return self._events(data[:cut]) if cut else b""
-
-    def end(self) -> bytes:
-        out = b""
-        if self.pending and not self.done:
-            rest, self.pending = self.pending, b""
-            out = self._events(rest + b"\n\n")
-        if not self.done:
-            self._settle()
-            raise UpstreamError(502, f"upstream {self.provider.name} stream ended before message_stop",
-                                "bad_response", "upstream_error", "stream_truncated")
-        return out
-
-    def estimated_completion_tokens(self) -> int:
-        return self.deltas
+    def _ended_early(self) -> None:
+        self._settle()
 
     def _events(self, block: bytes) -> bytes:
         rebuilt = False
@@ -80,12 +58,7 @@ class MessagesPassthrough(StreamTranslator):
             if name == "ping":
                 out.append(b"event: ping\ndata: " + data + b"\n\n")
                 continue
-            try:
-                event = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                raise bad_response(self.provider, f"a stream event that is not JSON ({name})") from None
-            if not isinstance(event, dict):
-                raise bad_response(self.provider, f"a stream event that is not an object ({name})")
+            event = self._object(name, data)
             kind = event.get("type") or name
             if kind == "message_start" and isinstance(event.get("message"), dict):
                 self._usage(event["message"].get("usage"))

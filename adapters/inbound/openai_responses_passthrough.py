@@ -14,7 +14,6 @@ import orjson
 
 from adapters.base import (
     Reply,
-    StreamTranslator,
     UpstreamError,
     UpstreamRequest,
     Usage,
@@ -23,7 +22,8 @@ from adapters.base import (
     loads_object,
     upstream_status_error,
 )
-from adapters.sse_decoder import last_event_end, parse_events
+from adapters.inbound.stream_bases import EventRelay
+from adapters.sse_decoder import parse_events
 from adapters.targets import ProviderConfig
 
 TERMINAL = ("response.completed", "response.incomplete", "response.failed")
@@ -53,36 +53,8 @@ def reply(provider: ProviderConfig, alias: str, body: bytes) -> Reply:
     return Reply(orjson.dumps(data), usage_from(data.get("usage")))
 
 
-class ResponsesPassthrough(StreamTranslator):
-    def __init__(self, provider: ProviderConfig, alias: str) -> None:
-        self.provider = provider
-        self.alias = alias
-        self.pending = b""
-        self.usage: Usage | None = None
-        self.done = False
-        self.error: UpstreamError | None = None
-        self.deltas = 0
-
-    def feed(self, data: bytes) -> bytes:
-        if self.done:
-            return b""
-        data = self.pending + data if self.pending else data
-        cut = last_event_end(data)
-        self.pending = data[cut:]
-        return self._events(data[:cut]) if cut else b""
-
-    def end(self) -> bytes:
-        out = b""
-        if self.pending and not self.done:
-            rest, self.pending = self.pending, b""
-            out = self._events(rest + b"\n\n")
-        if not self.done:
-            raise UpstreamError(502, f"upstream {self.provider.name} stream ended before response.completed",
-                                "bad_response", "upstream_error", "stream_truncated")
-        return out
-
-    def estimated_completion_tokens(self) -> int:
-        return self.deltas
+class ResponsesPassthrough(EventRelay):
+    terminal = "response.completed"
 
     def _events(self, block: bytes) -> bytes:
         rebuilt = False
@@ -92,12 +64,7 @@ class ResponsesPassthrough(StreamTranslator):
                 self.deltas += 1
                 out.append(b"event: " + name.encode() + b"\ndata: " + data + b"\n\n")
                 continue
-            try:
-                event = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                raise bad_response(self.provider, f"a stream event that is not JSON ({name})") from None
-            if not isinstance(event, dict):
-                raise bad_response(self.provider, f"a stream event that is not an object ({name})")
+            event = self._object(name, data)
             kind = event.get("type") or name
             response = event.get("response")
             if isinstance(response, dict):

@@ -15,8 +15,8 @@ from typing import Any
 
 import orjson
 
-from adapters.base import StreamTranslator, UpstreamError, Usage
-from adapters.sse_decoder import SSEDecoder
+from adapters.base import StreamTranslator, Usage
+from adapters.inbound.stream_bases import FromChatStream
 
 # Fields of the request echoed in the response object, with OpenAI's defaults.
 ECHOED = {"instructions": None, "max_output_tokens": None, "metadata": {}, "parallel_tool_calls": True,
@@ -111,7 +111,7 @@ def response_from_chat(chat: dict[str, Any], request: dict[str, Any], alias: str
     return out
 
 
-class ResponsesFromChat(StreamTranslator):
+class ResponsesFromChat(FromChatStream):
     """Wraps a target's chat stream translator: its OpenAI chunks -> Responses events, as they come.
 
     One output item is open at a time (reasoning, message, or a function call); a delta of another
@@ -119,52 +119,18 @@ class ResponsesFromChat(StreamTranslator):
     """
 
     def __init__(self, inner: StreamTranslator, request: dict[str, Any], alias: str, request_id: str) -> None:
-        self.inner = inner
-        self.request_id = request_id
+        super().__init__(inner, request_id)
         self.response = envelope(request, alias, response_id(request_id), int(time.time()))
-        self.decoder = SSEDecoder()
         self.seq = 0
-        self.started = False
         self.items: list[dict[str, Any]] = []  # finished output items
         self.open: dict[str, Any] | None = None  # the open item, as it grows
         self.calls: dict[int, dict[str, Any]] = {}  # chat tool call index -> its item
         self.finish: str | None = None
-        self.usage: Usage | None = None
-        self.done = False
-        self.error: UpstreamError | None = None
-
-    def feed(self, data: bytes) -> bytes:
-        out = self.inner.feed(data)
-        return self._convert(out) if out else b""
-
-    def end(self) -> bytes:
-        out = self.inner.end()  # raises if the stream ended early
-        return self._convert(out) + (b"" if self.done else self._convert(b"data: [DONE]\n\n"))
-
-    def estimated_completion_tokens(self) -> int:
-        return self.inner.estimated_completion_tokens()
 
     def _event(self, kind: str, **fields: Any) -> bytes:
         data = {"type": kind, "sequence_number": self.seq, **fields}
         self.seq += 1
         return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
-
-    def _convert(self, data: bytes) -> bytes:
-        out: list[bytes] = []
-        for _, payload in self.decoder.feed(data):
-            if self.done:
-                break
-            if payload == b"[DONE]":
-                out.append(self._finish())
-                continue
-            try:
-                chunk = orjson.loads(payload)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(chunk, dict):
-                out.append(self._chunk(chunk))
-        self.usage = self.inner.usage or self.usage
-        return b"".join(out)
 
     def _start(self) -> bytes:
         self.started = True
@@ -176,16 +142,10 @@ class ResponsesFromChat(StreamTranslator):
         if isinstance(chunk.get("error"), dict):
             out.append(self._failed(chunk["error"]))
             return b"".join(out)
-        usage = Usage.from_openai(chunk.get("usage"))
-        if usage is not None:
-            self.usage = usage
-        for choice in chunk.get("choices") or ():
-            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                continue
-            delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+        for delta, finish_reason in self._deltas(chunk):
             out.extend(self._delta(delta))
-            if choice.get("finish_reason"):
-                self.finish = choice["finish_reason"]
+            if finish_reason:
+                self.finish = finish_reason
         return b"".join(out)
 
     def _delta(self, delta: dict[str, Any]) -> list[bytes]:
@@ -279,9 +239,7 @@ class ResponsesFromChat(StreamTranslator):
         return b"".join(out)
 
     def _failed(self, err: dict[str, Any]) -> bytes:
-        self.done = True
-        self.error = self.inner.error
-        status = self.error.status if self.error is not None else 500
+        status = self._upstream_failed()
         self.response.update(status="failed", output=self.items,
                              error={"code": "rate_limit_exceeded" if status == 429 else "server_error",
                                     "message": str(err.get("message") or "upstream stream error")})
