@@ -359,10 +359,10 @@ def test_steady_traffic_is_admitted_from_leases_and_counted_exactly():
     admitted, local, headers = asyncio.run(run())
     assert admitted == n
     assert local > n * 0.8  # after the first few, leases carry the traffic
-    # within half of one request's step for rpm (600 µs) and one request's reservation for tpm (10 tokens,
-    # 60 µs): some runs end 36 µs (6 tokens) high since the redis-py client, never low; not yet explained
+    # within half of one request's step for rpm (600 µs) and two tokens for tpm (12 µs): float rounding.
+    # A batch of corrections cut off at shutdown once left runs 6 tokens (one request's -6) high.
     assert float(store.get(rpm_bucket)) == pytest.approx(rpm_tat + n * 60 / 100_000, abs=3e-4)
-    assert float(store.get(tpm_bucket)) == pytest.approx(tpm_tat + n * 4 * 60 / 10_000_000, abs=6e-5)
+    assert float(store.get(tpm_bucket)) == pytest.approx(tpm_tat + n * 4 * 60 / 10_000_000, abs=1.2e-5)
     # what the headers show falls by one per request, leased or not (10 s of the window were used; it
     # refills by 1,667 a second, which a request that went to Redis shows: up to a second's refill
     # between two requests, so a loaded machine's pause does not fail the run)

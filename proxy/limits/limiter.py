@@ -259,6 +259,5 @@ class Limits:
             self.prober.cancel()
         self.heartbeat.stop()
         self.leases.give_back_all()
-        self.settlements.stop()
-        await self.settlements.flush()
+        await self.settlements.close()
         await self.backend.aclose()

@@ -15,7 +15,7 @@ SETTLE_BATCH_MAX = 500  # entries per script call
 class Settlements:
     """Corrections not yet sent, and the task that sends them; runs off the request path."""
 
-    __slots__ = ("backend", "flusher", "mirror", "on_store_error", "owed", "releases")
+    __slots__ = ("backend", "flusher", "mirror", "on_store_error", "owed", "releases", "waiting")
 
     def __init__(self, backend: Backend, on_store_error: Callable[[StoreUnavailable, str], None]) -> None:
         self.backend = backend
@@ -24,6 +24,7 @@ class Settlements:
         # Token and budget corrections summed per store key: the script adds them, so one entry per key.
         self.owed: dict[str, tuple[Check, float]] = {}
         self.flusher: asyncio.Task[None] | None = None
+        self.waiting = False  # the flusher is still waiting for its batch to fill (nothing taken yet)
         self.mirror: Callable[[Check, float], None] | None = None  # told of every correction (degraded.py's shadow)
 
     def release(self, check: Check, request_id: str) -> None:
@@ -42,7 +43,11 @@ class Settlements:
 
     async def _flush_after(self, delay: float) -> None:
         if delay:
-            await asyncio.sleep(delay)
+            self.waiting = True
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                self.waiting = False
         await self.flush()
 
     async def flush(self) -> None:
@@ -55,7 +60,13 @@ class Settlements:
                 except StoreUnavailable as exc:  # logged once per outage by the caller, not per batch
                     self.on_store_error(exc, "settling")
 
-    def stop(self) -> None:
-        """Cancel a batch still waiting; ``flush`` then sends what it held."""
-        if self.flusher is not None:
-            self.flusher.cancel()
+    async def close(self) -> None:
+        """At shutdown: a batch still waiting is sent now, and one being sent is waited for. Cancelling
+        that one would lose it: its entries are no longer pending, and redis-py may not have written
+        the call yet (it can wait on the connection first)."""
+        flusher = self.flusher
+        if flusher is not None and not flusher.done():
+            if self.waiting:
+                flusher.cancel()
+            await asyncio.wait((flusher,))
+        await self.flush()
