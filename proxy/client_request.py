@@ -24,6 +24,8 @@ class ClientRequest:
     choices: int = 1  # n: each completion is billed its own tokens
     frontend: Frontend = CHAT  # the client's API: how the answer is made for it
     end_user: str | None = None  # who the key's request is for (proxy.end_users): limits and the row
+    images: int = 0  # images a pass-through request asks for (n): a budget reserves them at per_image
+    characters: int = 0  # characters it asks to have spoken: reserved at per_character
 
     def completion_allowance(self, default: int) -> int:
         """The completion tokens to plan for: what the client asked for (else the target's default)

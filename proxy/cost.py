@@ -58,6 +58,11 @@ def media_cost(target: Target, usage: Usage) -> float | None:
     return sum(parts) + (target.per_request or 0.0)
 
 
-def estimated_cost(target: Target, prompt_tokens: int, completion_tokens: int) -> float | None:
-    """What a request would cost before it is sent: no cached tokens assumed, so never an underestimate."""
-    return cost_usd(target, Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens))
+def estimated_cost(target: Target, prompt_tokens: int, completion_tokens: int, images: int = 0,
+                   characters: int = 0) -> float | None:
+    """What a request would cost before it is sent: no cached tokens assumed, so never an underestimate;
+    the media units it asks for (images, characters to speak) at their unit prices on top."""
+    tokens = cost_usd(target, Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens))
+    units = [n * price for n, price in ((images, target.per_image), (characters, target.per_character))
+             if n and price is not None]
+    return (tokens or 0.0) + sum(units) if units else tokens

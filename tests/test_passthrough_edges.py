@@ -257,3 +257,39 @@ def test_http1_stops_sending_a_streamed_body_the_upstream_answered_early_and_doe
         server.close()
 
     asyncio.run(run())
+
+
+def test_a_budget_reserves_the_images_and_characters_a_request_asks_for(make_gateway, tmp_path, media):
+    """A budget of $0.10 with images at $0.04: two images are reserved ($0.08) and admitted; a third
+    would pass the budget, so it is refused before the upstream is called (429 insufficient_quota),
+    not found out when its row is written. Speech is reserved by the characters of its input."""
+    url, state = media
+    gw = make_gateway(f"""
+{storage(tmp_path)}
+[providers.media]
+kind = "openai"
+base_url = "{url}/v1"
+
+[[models]]
+name = "dalle"
+targets = [{{ provider = "media", model = "dall-e-3", per_image = 0.04 }}]
+
+[[models]]
+name = "tts"
+targets = [{{ provider = "media", model = "tts-1", per_character = 0.01 }}]
+
+[[keys]]
+name = "team"
+key = "{GATEWAY_KEY}"
+budget_usd = 0.10
+""")
+    post = lambda path, body: httpx.post(gw.url + "/v1" + path, json=body, headers=AUTH, timeout=10)  # noqa: E731
+    assert post("/images/generations", {"model": "dalle", "prompt": "a fox", "n": 2}).status_code == 200
+    sent = len(state.requests)
+    refused = post("/images/generations", {"model": "dalle", "prompt": "a fox", "n": 1})
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "insufficient_quota"
+    assert len(state.requests) == sent  # never sent: the upstream would have billed it
+    # $0.02 left: 3 characters ($0.03) are refused up front, 2 ($0.02) pass
+    assert post("/audio/speech", {"model": "tts", "input": "abc", "voice": "alloy"}).status_code == 429
+    assert len(state.requests) == sent
+    assert post("/audio/speech", {"model": "tts", "input": "ab", "voice": "alloy"}).status_code == 200

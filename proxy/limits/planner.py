@@ -59,7 +59,8 @@ class Planner:
         owner: KeyConfig | None = None
         if budgeted:
             assert key is not None
-            cost = max((estimated_cost(t, prompt_tokens, max_tokens) or 0.0) for t in alias.targets)
+            cost = max((estimated_cost(t, prompt_tokens, max_tokens, request.images, request.characters) or 0.0)
+                       for t in alias.targets)
             period_id, _, ttl = period_of(key.budget_period, datetime.now(UTC))
             if key.budget_usd is not None:
                 checks.append(Check("budget", "budget", budget_key(key.name, period_id), key.budget_usd, cost, "usd",

@@ -28,7 +28,7 @@ from proxy.passthrough.dispatch import Passed, PassthroughDispatch
 from proxy.passthrough.multipart import Upload
 from proxy.passthrough.relay import open_relay
 from proxy.passthrough.specs import Spec
-from proxy.passthrough.usage import estimate
+from proxy.passthrough.usage import asked_units, estimate
 from proxy.pipeline.transaction import Answer, Inbound, Transaction, WholeAnswer
 from proxy.pipeline.validate import check_model
 from proxy.settings import Config
@@ -113,6 +113,8 @@ async def parse(pipeline: Pipeline, inbound: PassthroughInbound, spec: Spec, tx:
                                code="unsupported_endpoint")
         model = name
     stream = spec.raw or body.get("stream") in (True, "true")
+    images, characters = asked_units(spec.name, body)
     tx.request = ClientRequest(spec.name, model, body, tx.request_id, tx.header_id, stream,
-                               prompt_estimate=estimate(body) if spec.body == "json" else 0)
+                               prompt_estimate=estimate(body) if spec.body == "json" else 0, images=images,
+                               characters=characters)
     return upload

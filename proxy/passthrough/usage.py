@@ -12,6 +12,8 @@ from typing import Any
 from adapters.base import Usage, int_or_zero
 from proxy.pipeline.estimate import text_tokens
 
+IMAGES_MAX = 10  # OpenAI's largest n for an image request
+
 
 def prompt_text(body: dict[str, Any]) -> list[str]:
     """The text a request sends to the model: prompt, input, query and documents."""
@@ -33,6 +35,22 @@ def prompt_text(body: dict[str, Any]) -> list[str]:
 def estimate(body: dict[str, Any]) -> int:
     """The prompt tokens of a JSON pass-through request, by the pipeline's own text rule."""
     return sum(text_tokens(text) for text in prompt_text(body))
+
+
+def asked_units(endpoint: str, body: dict[str, Any]) -> tuple[int, int]:
+    """(images, characters) a request asks for, for a budget to reserve at the unit prices: ``n`` of an
+    image request (1 when absent or not a number; at most OpenAI's 10), the ``input`` speech reads."""
+    if endpoint.startswith("images."):
+        n = body.get("n")  # a number in JSON, a string in a multipart form
+        count = 1
+        if isinstance(n, int) and not isinstance(n, bool):
+            count = n
+        elif isinstance(n, str) and n.isdigit():
+            count = int(n)
+        return min(max(count, 1), IMAGES_MAX), 0
+    if endpoint == "audio.speech" and isinstance(body.get("input"), str):
+        return 0, len(body["input"])
+    return 0, 0
 
 
 def usage_of(endpoint: str, request: dict[str, Any], answer: Any, estimate_tokens: int) -> Usage:
