@@ -128,6 +128,7 @@ def create_app(config: Config, tracer_provider: Any = None) -> Starlette | FastP
         # The response cache is app-level too: entries outlive reloads; each Runtime gets its stage.
         cache = app.state.cache = SharedCache.from_config(config)
         metrics.cache_gauges = cache.gauges
+        cache.start()
         # Audit log and sessions: app-level too, in the ledger's database.
         console = app.state.console = Console(config.storage.database_url, config.storage.retention_days)
         app.state.on_runtime = [lambda rt: apply_keys(rt, managed), cache.attach, console.attach]  # every Runtime

@@ -14,15 +14,19 @@ and each new Runtime gets a ``ResponseCache`` stage over them. Backend and size 
     embeddings      embeddings cached per input item
     flight          identical misses wait for the first one's answer
     semantic        the nearest earlier prompt's answer, by embeddings
+    clears          a memory cache's clear passed to every worker of ``--workers N``
 """
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
+from proxy.cache.clears import ClearOrders
 from proxy.cache.flight import Flights
 from proxy.cache.semantic import SemanticIndex
 from proxy.cache.store import CacheStore, MemoryStore, Stats
+from proxy.observability.aggregate import METRICS_DIR_ENV
 
 if TYPE_CHECKING:
     from proxy.runtime import Runtime
@@ -36,12 +40,16 @@ class SharedCache:
         self.store = store
         self.flights = Flights()
         self.semantic: SemanticIndex | None = None
+        self.orders: ClearOrders | None = None  # memory caches of several workers: clears reach them all
 
     @classmethod
     def from_config(cls, config: Config) -> SharedCache:
         cache = config.cache
         if cache.backend == "memory":
             shared = cls(MemoryStore(int(cache.max_size_mb * 1024 * 1024)))
+            workers_dir = os.environ.get(METRICS_DIR_ENV)  # set by the supervisor of `--workers N`
+            if workers_dir:
+                shared.orders = ClearOrders(workers_dir)
         elif cache.backend == "redis":
             from proxy.cache.redis_store import RedisStore  # only a Redis cache loads the client
             from proxy.redis_client import RedisTLS
@@ -75,11 +83,24 @@ class SharedCache:
             return Stats("off", 0, 0, None)
         return await self.store.stats()
 
+    def start(self) -> None:
+        if self.orders is not None:
+            self.orders.start(self._clear_here)
+
     async def clear(self, alias: str | None) -> int:
+        """Drop every entry, or one alias's: here, and in the other workers' memory caches too."""
+        dropped = await self._clear_here(alias)
+        if self.orders is not None:
+            self.orders.announce(alias)
+        return dropped
+
+    async def _clear_here(self, alias: str | None) -> int:
         if self.semantic is not None and alias is None:
             self.semantic.clear()  # vectors of one alias's dropped entries just find nothing
         return 0 if self.store is None else await self.store.clear(alias)
 
     async def aclose(self) -> None:
+        if self.orders is not None:
+            self.orders.stop()
         if self.store is not None:
             await self.store.aclose()
