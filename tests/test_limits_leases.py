@@ -108,3 +108,30 @@ def test_an_ask_never_answered_does_not_hold_its_waiters(private_redis, monkeypa
     assert outcome == "admitted"
     assert took >= 0.25  # it did wait for the lost ask, then went on by itself
     assert float(store.get(bucket)) == pytest.approx(tat + 2 * WINDOW_S / RPM, abs=1e-4)
+
+
+def test_near_the_limit_a_refused_ask_is_not_repeated_at_once(private_redis):
+    """With five sixths of the window used, the store refuses leases (a quarter must stay free). After
+    a refusal the next requests go to the store plainly for a while: no new ask, and nothing to wait
+    for, so requests near a limit never queue behind asks that will be refused."""
+    config, store, bucket, _ = _setup(private_redis.url)
+    now, micros = store.time()
+    store.set(bucket, repr(now + micros / 1e6 + 50))  # 50 of the window's 60 s used
+
+    async def run() -> None:
+        limits = Limits(config, RedisBackend(private_redis.url))
+        key, alias = config.keys[0], config.models["m"]
+        try:
+            assert await _one(limits, config, "first") == "admitted"  # no lease yet: a plain store call
+            second = limits.plan(key, alias, chat_request({"messages": MSG, "max_tokens": 1}, "second"))
+            assert limits.admit_here(second) is None and second.asks  # close behind: it asks for a lease
+            await limits.admit(second)  # admitted, the lease refused
+            assert limits.leases.held() == 0
+            third = limits.plan(key, alias, chat_request({"messages": MSG, "max_tokens": 1}, "third"))
+            assert limits.admit_here(third) is None
+            assert third.asks is None and third.wait is None  # straight to the store, asking nothing
+            await limits.admit(third)
+        finally:
+            await limits.aclose()
+
+    asyncio.run(run())

@@ -21,7 +21,8 @@ Semantics (identical in both backends):
   Redis also asks for a small block of each rpm/tpm limit's room (about ``LEASE_HORIZON_S`` of this
   replica's recent demand, at most ``LEASE_LIMIT_SHARE`` of the limit, and only while
   ``LEASE_FREE_SHARE`` of the window stays free after it). Requests that find a lease empty while
-  its refill is on its way wait for that call rather than each making one. What a lease has left after
+  its refill is on its way wait for that call rather than each making one; after an ask is refused
+  (near the limit), none is made for ``LEASE_HORIZON_S``, so nothing waits. What a lease has left after
   ``LEASE_HOLD_S`` goes back to Redis. Leased units are counted in Redis when granted, so the replicas
   together never admit more than a limit; near a limit no leases are granted, and a replica may refuse
   early by at most what other replicas still hold. Keys with a budget or max_parallel, and requests

@@ -32,6 +32,7 @@ class Lease:
     granted_at: float = 0.0
     size: float = 0.0  # units of the latest grant (0: none since the last give-back)
     asked_until: float = 0.0  # monotonic: a grant is on its way until then
+    refused_until: float = 0.0  # monotonic: an ask refused or failed; no other until then (near a limit)
     last_ask: float = 0.0  # monotonic: the latest request of this limit that went to the store
     check: Check | None = None  # the limit as of the latest grant (what a give-back is settled by)
     limit: float = 0.0  # its value: a lease serves only requests checked against the same limit (0: none)
@@ -86,7 +87,7 @@ class Leases:
             if lease.limit and lease.limit != check.limit:  # the limit changed (a reload, the admin API)
                 self._give_back(lease)
             want = 0.0
-            if lease.asked_until < now:
+            if lease.asked_until < now and lease.refused_until < now:
                 if lease.size and now < lease.until:  # used up before it expired: size by its pace
                     want = lease.size * LEASE_HORIZON_S / max(now - lease.granted_at, 1e-4)
                 elif gap < LEASE_AFTER_S:
@@ -116,7 +117,8 @@ class Leases:
             _answer(lease.answered)
             lease.answered = None
             got = grants[i] if grants and results else 0.0
-            if not got:
+            if not got:  # near the limit (or the store failed): the next requests go to it without waiting
+                lease.refused_until = now + LEASE_HORIZON_S
                 continue
             assert results is not None
             if lease.limit and lease.limit != check.limit:
