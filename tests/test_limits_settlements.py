@@ -4,6 +4,7 @@ being sent: on a redis-server of the test's own."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import redis
@@ -72,3 +73,57 @@ def test_a_correction_being_sent_at_shutdown_still_reaches_redis(private_redis):
     asyncio.run(run())
     assert float(store.get(bucket)) == pytest.approx(tat + 4 * WINDOW_S / TPM, abs=1e-5)  # one token is 6e-6 s
 
+
+
+def test_a_budget_check_that_timed_out_gives_back_what_it_reserved_once_redis_answers():
+    """Redis stalls (DEBUG SLEEP 1.5) while a budgeted request is checked: the gateway's call times out
+    after 0.5 s and the request is refused (on_store_error = "deny"), but the script runs once Redis
+    wakes and reserves the request's worst-case cost. When the store answers again, that reservation
+    is taken back: the budget's spend ends as the requests that really ran left it."""
+    import threading
+    import tomllib
+    from datetime import UTC, datetime
+
+    from proxy.errors import GatewayError
+    from proxy.limits.checks import period_of
+    from proxy.limits.planner import budget_key
+
+    server = RedisServer("--enable-debug-command", "yes").start()
+    try:
+        text = GCRA_TOML.replace("rpm = 60\ntpm = 600\n", "budget_usd = 10.0\n")
+        text += '\n[limits]\non_store_error = "deny"\n'
+        config = parse_config(tomllib.loads(text), "t.toml", {})
+        key, alias = config.keys[0], config.models["m"]
+        store = redis.Redis.from_url(server.url)
+
+        async def run() -> tuple[float, float]:
+            limits = Limits(config, RedisBackend(server.url))
+            await limits.seed_budgets({"k": 0.0}, config.keys)
+            spend_key = budget_key("k", period_of(key.budget_period, datetime.now(UTC))[0])
+            body = {"messages": MSG, "max_tokens": 9}
+            assert await limits.acquire(key, alias, chat_request(body, "first")) is not None  # scripts loaded
+            before = float(store.get(spend_key))
+            stall = threading.Thread(target=lambda: redis.Redis.from_url(server.url).execute_command(
+                "DEBUG", "SLEEP", "1.5"))
+            stall.start()
+            await asyncio.sleep(0.2)  # Redis is asleep now
+            with pytest.raises(GatewayError) as refused:
+                await limits.acquire(key, alias, chat_request(body, "timed-out"))
+            assert refused.value.status == 503
+            await asyncio.get_running_loop().run_in_executor(None, stall.join)
+            phantom = float(store.get(spend_key)) - before  # the refused request's script ran after all
+            ticket = await limits.acquire(key, alias, chat_request(body, "later"))  # the store answers again
+            assert ticket is not None
+            deadline = time.monotonic() + 10
+            while float(store.get(spend_key)) > before + ticket.reserved_cost + 1e-12:
+                assert time.monotonic() < deadline, f"spend stayed at {float(store.get(spend_key))}"
+                await asyncio.sleep(0.1)
+            left = float(store.get(spend_key)) - before
+            await limits.aclose()
+            return phantom, left
+
+        phantom, left = asyncio.run(run())
+        assert phantom > 0  # the fault did happen: a reservation nobody would settle
+        assert left == pytest.approx(phantom)  # the later request reserved as much as the refused one
+    finally:
+        server.stop()

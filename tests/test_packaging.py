@@ -62,7 +62,7 @@ def test_wheel_carries_the_lua_scripts_and_no_checkout(installed):
                           "print(proxy.__file__); print(sorted(f.name for f in p.glob('*.lua')))"],
                          cwd=installed, check=True, capture_output=True, text=True).stdout.splitlines()
     assert out[0].startswith(str(installed)), out  # the wheel's copy, not the repository's
-    assert out[1] == str(["acquire.lua", "renew.lua", "settle.lua"])
+    assert out[1] == str(["acquire.lua", "release.lua", "renew.lua", "settle.lua"])
 
 
 def test_wheel_carries_every_console_file(installed):

@@ -1,6 +1,7 @@
 -- Check every scope of one request and, only if all pass, reserve them: one atomic round trip.
--- KEYS: one per check. ARGV: the request id, then per check ARGS_PER_CHECK values: kind, limit, ttl
--- (a budget's time left in its period; a parallel slot's TTL), amount, lease units asked for.
+-- KEYS: one per check, then, when a check is a budget, the request's held key. ARGV: the request id,
+-- then per check ARGS_PER_CHECK values: kind, limit, ttl (a budget's time left in its period; a
+-- parallel slot's TTL), amount, lease units asked for.
 -- The upper-case names are constants the loader prepends from Python (proxy/limits/redis_backend.py).
 -- Reply: {0, failing check's index, seconds to wait}; {1, budget check's index, 0} when that budget's
 -- spend key is absent (lost with Redis's data, or a period not seeded yet: nothing is reserved, and the
@@ -11,7 +12,8 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local rid = ARGV[1]
 local out = {}
 local new = {}
-for i = 1, #KEYS do
+local n = (#ARGV - 1) / ARGS_PER_CHECK
+for i = 1, n do
   local b = 1 + (i - 1) * ARGS_PER_CHECK
   local kind, limit, ttl, amount = ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
   if kind == 'gcra' then
@@ -43,7 +45,7 @@ for i = 1, #KEYS do
     out[#out + 1] = '0'
   end
 end
-for i = 1, #KEYS do
+for i = 1, n do
   local b = 1 + (i - 1) * ARGS_PER_CHECK
   local kind, ttl, amount = ARGV[b + 1], tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
   if kind == 'gcra' then
@@ -58,5 +60,14 @@ for i = 1, #KEYS do
     redis.call('INCRBYFLOAT', KEYS[i], amount)
     if ttl > 0 then redis.call('EXPIRE', KEYS[i], math.ceil(ttl) + BUDGET_KEY_LINGER_S) end
   end
+end
+if #KEYS > n then
+  -- the budget reservations by budget key, kept a while: if the caller never reads this reply (it timed
+  -- out), release.lua takes them back once the store answers again
+  for i = 1, n do
+    local b = 1 + (i - 1) * ARGS_PER_CHECK
+    if ARGV[b + 1] == 'budget' then redis.call('HSET', KEYS[#KEYS], KEYS[i], ARGV[b + 4]) end
+  end
+  redis.call('EXPIRE', KEYS[#KEYS], HELD_TTL_S)
 end
 return table.concat(out, ' ')

@@ -24,14 +24,17 @@ from proxy.observability.observer import Observer
 from proxy.records import UsageRecord
 from proxy.settings import Config, KeyConfig, ModelAlias
 
+DOUBT_RELEASE_S = 1.0  # after the store answers again, the wait before a timed-out check's reservation is taken back
+DOUBTFUL_MAX = 10_000  # timed-out budgeted checks remembered (their reservations expire from Redis in HELD_TTL_S)
+
 
 class Limits:
     """Every limit of the gateway over one store. ``config`` is reassigned on reload; the state (the
     store's counts, this replica's leases and slots) outlives it. ``spend`` reads a key's spend from the
     usage ledger when the store has lost it (None: it starts again at 0)."""
 
-    __slots__ = ("backend", "config", "degraded", "heartbeat", "leases", "observer", "outage", "planner", "prober",
-                 "reseeder", "settlements")
+    __slots__ = ("backend", "config", "degraded", "doubtful", "heartbeat", "leases", "observer", "outage", "planner",
+                 "prober", "releaser", "reseeder", "settlements")
 
     def __init__(self, config: Config, backend: Backend, observer: Observer | None = None,
                  spend: SpendSource | None = None) -> None:
@@ -50,6 +53,10 @@ class Limits:
         if backend.remote:
             self.settlements.mirror = self.degraded.corrected
         self.prober: asyncio.Task[None] | None = None
+        # Budgeted requests whose store check timed out: it may have reserved their worst-case cost
+        # after all (Redis was slow, not gone), which is taken back once the store answers again.
+        self.doubtful: list[str] = []
+        self.releaser: asyncio.Task[None] | None = None
 
     @classmethod
     def from_config(cls, config: Config, observer: Observer | None = None) -> Limits:
@@ -91,6 +98,8 @@ class Limits:
             raise
         if self.outage.down_since is not None and not self.degraded.active:
             self.outage.recovered()
+        if self.doubtful:
+            self._release_doubtful_soon()
         if local and denial is None:
             self.degraded.replicas = self.config.limits.expected_replicas  # a reload may change it
             self.degraded.seen(plan.checks, results, grants)
@@ -137,6 +146,8 @@ class Limits:
 
     def _unavailable(self, plan: Plan, exc: StoreUnavailable) -> Ticket | None:
         self.leases.granted(plan, None, None)
+        if plan.owner is not None and self.backend.remote and len(self.doubtful) < DOUBTFUL_MAX:
+            self.doubtful.append(plan.request_id)
         mode = self.config.limits.on_store_error
         self._store_error(exc, f"checking a request (on_store_error = {mode})")
         if mode == "deny":
@@ -180,6 +191,22 @@ class Limits:
                 self._store_error(exc, "adding the requests admitted in-process to its counters")
                 continue
             self.outage.recovered(f"{admitted} requests admitted in-process meanwhile were added to its counters")
+            self._release_doubtful_soon()
+
+    def _release_doubtful_soon(self) -> None:
+        if self.doubtful and (self.releaser is None or self.releaser.done()):
+            self.releaser = asyncio.ensure_future(self._release_doubtful(DOUBT_RELEASE_S))
+
+    async def _release_doubtful(self, after_s: float) -> None:
+        """Take back what the timed-out checks reserved, if they did. Not at once: a check that timed
+        out may still be queued in Redis, behind what stalled it, on a connection of its own."""
+        await asyncio.sleep(after_s)
+        request_ids, self.doubtful = self.doubtful, []
+        try:
+            await self.backend.release(request_ids)
+        except StoreUnavailable as exc:
+            self.doubtful = (request_ids + self.doubtful)[:DOUBTFUL_MAX]
+            self._store_error(exc, "taking back the reservations of budget checks that timed out")
 
     def _verdict(self, plan: Plan, denial: Denial | None, results: list[float],
                  grants: list[float] | None) -> Ticket:
@@ -257,6 +284,10 @@ class Limits:
     async def aclose(self) -> None:
         if self.prober is not None:
             self.prober.cancel()
+        if self.releaser is not None:
+            self.releaser.cancel()
+        if self.doubtful:
+            await self._release_doubtful(0.0)
         self.heartbeat.stop()
         self.leases.give_back_all()
         await self.settlements.close()

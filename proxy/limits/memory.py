@@ -85,6 +85,9 @@ class MemoryBackend:
             if held is not None and request_id in held:
                 held[request_id] = now
 
+    async def release(self, request_ids: list[str]) -> None:
+        pass  # an in-process acquire always answers: nothing is ever in doubt
+
     async def seed(self, key: str, value: float, ttl_s: float) -> None:
         self.values.setdefault(key, value)
 

@@ -13,6 +13,7 @@ from proxy.limits.checks import (
     BUDGET_SLACK_USD,
     GCRA_SLACK_S,
     PARALLEL_RETRY_S,
+    PREFIX,
     WINDOW_S,
     Check,
     Denial,
@@ -27,6 +28,7 @@ ACQUIRE_ARGS_PER_CHECK = 5  # kind, limit, ttl, amount, lease asked for
 SETTLE_ARGS_PER_ENTRY = 4  # kind, limit, delta, request id
 GCRA_KEY_LINGER_MS = 1000  # an rpm/tpm key outlives its last reservation by this much, then expires
 BUDGET_KEY_LINGER_S = 86400  # a budget's key outlives its period by this much, for late settlements
+HELD_TTL_S = 120  # a budgeted request's reservations stay readable this long, for a release after a timeout
 REDIS_ERRORS = (Exception,)  # any failure of a call is the store's (see proxy.redis_client.ERRORS)
 
 
@@ -39,10 +41,17 @@ def lua_script(name: str, **constants: float) -> str:
 ACQUIRE_LUA = lua_script("acquire.lua", ARGS_PER_CHECK=ACQUIRE_ARGS_PER_CHECK, WINDOW_S=WINDOW_S,
                          GCRA_SLACK_S=GCRA_SLACK_S, LEASE_MAX_AHEAD_S=WINDOW_S * (1 - LEASE_FREE_SHARE),
                          PARALLEL_RETRY_S=PARALLEL_RETRY_S, BUDGET_SLACK_USD=BUDGET_SLACK_USD,
-                         GCRA_KEY_LINGER_MS=GCRA_KEY_LINGER_MS, BUDGET_KEY_LINGER_S=BUDGET_KEY_LINGER_S)
+                         GCRA_KEY_LINGER_MS=GCRA_KEY_LINGER_MS, BUDGET_KEY_LINGER_S=BUDGET_KEY_LINGER_S,
+                         HELD_TTL_S=HELD_TTL_S)
 SETTLE_LUA = lua_script("settle.lua", ARGS_PER_ENTRY=SETTLE_ARGS_PER_ENTRY, WINDOW_S=WINDOW_S,
                         GCRA_KEY_LINGER_MS=GCRA_KEY_LINGER_MS)
 RENEW_LUA = lua_script("renew.lua")
+RELEASE_LUA = lua_script("release.lua")
+
+
+def held_key(request_id: str) -> str:
+    """Where acquire.lua keeps a budgeted request's reservations (same hash tag as every limit key)."""
+    return f"{PREFIX}held:{request_id}"
 
 
 class RedisBackend:
@@ -60,9 +69,13 @@ class RedisBackend:
         return _wire(check)
 
     async def acquire(self, checks: list[Check], request_id: str, asks: list[float] | None = None) -> Verdict:
+        keys = [c.key for c in checks]
+        for check in checks:
+            if check.kind == "budget":
+                keys.append(held_key(request_id))
+                break
         try:
-            reply = await self.client.run_script(ACQUIRE_LUA, [c.key for c in checks],
-                                                 acquire_args(checks, request_id, asks))
+            reply = await self.client.run_script(ACQUIRE_LUA, keys, acquire_args(checks, request_id, asks))
         except REDIS_ERRORS as exc:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
         return verdict_of(checks, reply)
@@ -82,6 +95,12 @@ class RedisBackend:
             args += [request_id.encode(), str(int(check.ttl_s * 1000))]
         try:
             await self.client.run_script(RENEW_LUA, [c.key for c, _ in slots], args)
+        except REDIS_ERRORS as exc:
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
+
+    async def release(self, request_ids: list[str]) -> None:
+        try:
+            await self.client.run_script(RELEASE_LUA, [held_key(rid) for rid in request_ids], [])
         except REDIS_ERRORS as exc:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
 

@@ -41,6 +41,10 @@ class Backend(Protocol):
     async def renew(self, slots: list[tuple[Check, str]]) -> None:
         """Keep these max_parallel slots (check, request id) alive for another slot TTL."""
 
+    async def release(self, request_ids: list[str]) -> None:
+        """Take back the budget reservations of these requests, if their acquire (whose reply never
+        came) did reserve them; a request released once is not released again."""
+
     async def seed(self, key: str, value: float, ttl_s: float) -> None:
         """Start a budget's spend at ``value`` unless it is already set."""
 
