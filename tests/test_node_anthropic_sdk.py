@@ -6,7 +6,6 @@ and errors as the SDK's own error classes. Installed with npm into the session's
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from tests.fakes.anthropic_server import make_app as make_fake_anthropic
 from tests.fakes.gemini_server import make_app as make_fake_gemini
 from tests.servers import ServerThread
 from tests.test_messages import ANTHROPIC_KEY, GEMINI_KEY, HI, WEATHER, assert_event_grammar, config
-from tests.test_node_sdk import _node
+from tests.test_node_sdk import _node, install_sdk
 
 ANTHROPIC_NODE = "@anthropic-ai/sdk@1.17.0"
 
@@ -56,15 +55,7 @@ process.stdout.write(JSON.stringify(out));
 @pytest.fixture(scope="module")
 def node_sdk(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory with the Anthropic SDK installed and the test script beside it (once per module)."""
-    _node()
-    where = tmp_path_factory.mktemp("node-anthropic")
-    (where / "package.json").write_text('{"name": "gateway-node-anthropic-test", "private": true, "type": "module"}')
-    env = {**os.environ, "npm_config_cache": str(where / "npm-cache"), "npm_config_update_notifier": "false"}
-    done = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--ignore-scripts", "--no-package-lock",
-                           ANTHROPIC_NODE], cwd=where, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, f"npm install {ANTHROPIC_NODE} failed:\n{done.stdout}\n{done.stderr}"
-    (where / "call.mjs").write_text(SCRIPT)
-    return where
+    return install_sdk(tmp_path_factory, ANTHROPIC_NODE, SCRIPT)
 
 
 @pytest.fixture(scope="module")

@@ -71,18 +71,24 @@ def _node() -> str:
     return node
 
 
-@pytest.fixture(scope="module")
-def node_sdk(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A directory with the OpenAI Node SDK installed and the test script beside it (once per module)."""
+def install_sdk(tmp_path_factory: pytest.TempPathFactory, package: str, script: str) -> Path:
+    """A temporary directory with ``package`` installed by npm (its cache there too) and ``script``
+    beside it as call.mjs."""
     _node()
-    where = tmp_path_factory.mktemp("node-openai")
+    where = tmp_path_factory.mktemp("node-sdk")
     (where / "package.json").write_text('{"name": "gateway-node-sdk-test", "private": true, "type": "module"}')
     env = {**os.environ, "npm_config_cache": str(where / "npm-cache"), "npm_config_update_notifier": "false"}
     done = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--ignore-scripts", "--no-package-lock",
-                           OPENAI_NODE], cwd=where, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, f"npm install {OPENAI_NODE} failed:\n{done.stdout}\n{done.stderr}"
-    (where / "call.mjs").write_text(SCRIPT)
+                           package], cwd=where, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"npm install {package} failed:\n{done.stdout}\n{done.stderr}"
+    (where / "call.mjs").write_text(script)
     return where
+
+
+@pytest.fixture(scope="module")
+def node_sdk(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory with the OpenAI Node SDK installed and the test script beside it (once per module)."""
+    return install_sdk(tmp_path_factory, OPENAI_NODE, SCRIPT)
 
 
 @pytest.fixture(scope="module")
