@@ -28,7 +28,9 @@ ACQUIRE_ARGS_PER_CHECK = 5  # kind, limit, ttl, amount, lease asked for
 SETTLE_ARGS_PER_ENTRY = 4  # kind, limit, delta, request id
 GCRA_KEY_LINGER_MS = 1000  # an rpm/tpm key outlives its last reservation by this much, then expires
 BUDGET_KEY_LINGER_S = 86400  # a budget's key outlives its period by this much, for late settlements
-HELD_TTL_S = 120  # a budgeted request's reservations stay readable this long, for a release after a timeout
+# A budgeted request's reservations stay readable this long, for a release after a timeout. It counts from
+# when the script ran, and the release follows the store's recovery by a second: short keeps Redis small.
+HELD_TTL_S = 30
 REDIS_ERRORS = (Exception,)  # any failure of a call is the store's (see proxy.redis_client.ERRORS)
 
 
